@@ -1,0 +1,56 @@
+"""voxelfm: 3D CT foundation models as frozen feature extractors.
+
+Read any CT (:func:`read_volume`), load the VoxelFM 3D ViT or a random-init config
+(:func:`load_backbone`), extract CLS / patch / register embeddings at any volume size
+(:func:`extract_features`), pre-train with DINO + iBOT + KoLeo (:mod:`voxelfm.ssl`), and evaluate
+frozen features with probes and honest statistics (:mod:`voxelfm.probes`, :mod:`voxelfm.stats`).
+
+Research software: outputs are research features, not for clinical use.
+
+The public names below are imported lazily so ``import voxelfm`` stays fast and importing
+:mod:`voxelfm.stats` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    # io
+    "Volume": "voxelfm.io",
+    "read_volume": "voxelfm.io",
+    # errors
+    "VoxelFMError": "voxelfm.errors",
+    "VolumeReadError": "voxelfm.errors",
+    "CheckpointError": "voxelfm.errors",
+    "ConfigError": "voxelfm.errors",
+    # preprocess
+    "Preset": "voxelfm.preprocess",
+    "get_preset": "voxelfm.preprocess",
+    # models
+    "load_backbone": "voxelfm.models",
+    "save_backbone": "voxelfm.models",
+    "build_backbone": "voxelfm.models",
+    # inference
+    "Features": "voxelfm.inference",
+    "EmbeddingStore": "voxelfm.inference",
+    "extract_features": "voxelfm.inference",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'voxelfm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
