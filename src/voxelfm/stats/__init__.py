@@ -1,0 +1,37 @@
+"""Metrics with honest uncertainty for evaluating frozen-feature probes (numpy/scipy only).
+
+Every metric returns an :class:`Estimate` (value, CI, method, n). Closed-form intervals where they
+are cheap (AUROC: Hanley–McNeil by default, DeLong on request); otherwise a point estimate
+(``method="point"``) and :func:`bootstrap_ci` (vectorised for the common metrics) gives the CI.
+
+Survival convention: **higher risk = shorter survival** (see :func:`c_index`).
+
+This package never imports torch: pass numpy arrays (``tensor.numpy()``).
+"""
+
+from voxelfm.stats._validate import DegenerateDataError
+from voxelfm.stats.auroc import auroc, hanley_mcneil_se
+from voxelfm.stats.bootstrap import PairedTest, bootstrap_ci, paired_bootstrap_test
+from voxelfm.stats.estimate import BootstrapEstimate, Estimate
+from voxelfm.stats.regression import mae, mean_euclidean_error, mse, r2, rmse
+from voxelfm.stats.segmentation import DiceResult, dice_scores
+from voxelfm.stats.survival import (
+    Concordance,
+    KaplanMeier,
+    c_index,
+    concordance_counts,
+    kaplan_meier,
+    time_dependent_auroc,
+)
+from voxelfm.stats.thresholded import accuracy_at, confusion_at, f1_at, precision_at, recall_at
+
+__all__ = [
+    "Estimate", "BootstrapEstimate", "DegenerateDataError",
+    "auroc", "hanley_mcneil_se",
+    "bootstrap_ci", "paired_bootstrap_test", "PairedTest",
+    "c_index", "concordance_counts", "Concordance", "kaplan_meier", "KaplanMeier",
+    "time_dependent_auroc",
+    "dice_scores", "DiceResult",
+    "mae", "mse", "rmse", "r2", "mean_euclidean_error",
+    "f1_at", "precision_at", "recall_at", "accuracy_at", "confusion_at",
+]
