@@ -1,0 +1,81 @@
+"""Multi-head self-attention with 3D RoPE on patch tokens; SDPA or the reference's explicit form."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from voxelfm.models.layers.rope import apply_rope_3d
+
+__all__ = ["Attention", "ATTENTION_MODES"]
+
+ATTENTION_MODES: tuple[str, ...] = ("sdpa", "naive")
+
+
+class Attention(nn.Module):
+    """Self-attention; keys ``qkv`` (rows q | k | v, head-major) and ``proj`` (REFERENCE.md §1.5).
+
+    RoPE is applied to q and k of the patch tokens, then q is scaled by ``head_dim ** -0.5``.
+
+    Modes (``mode`` attribute, or :meth:`set_mode`):
+
+    * ``"sdpa"`` (default): ``torch.nn.functional.scaled_dot_product_attention`` — fused kernels,
+      memory linear in the number of tokens (no N×N matrix on the flash / memory-efficient paths).
+    * ``"naive"``: ``softmax(q kᵀ) v`` with the N×N matrix materialised, exactly as the reference;
+      for parity tests.
+
+    Args:
+        dim: model width ``C``.
+        num_heads: heads; ``head_dim = C / num_heads``.
+        qkv_bias, proj_bias: biases of the two linears.
+        attn_drop, proj_drop: dropout probabilities (0 in VoxelFM).
+        mode: ``"sdpa"`` or ``"naive"``.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, proj_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, mode: str = "sdpa") -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.mode = "sdpa"
+        self.set_mode(mode)
+
+    def set_mode(self, mode: str) -> None:
+        """Select ``"sdpa"`` or ``"naive"`` attention."""
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention mode must be one of {list(ATTENTION_MODES)}, got {mode!r}")
+        self.mode = mode
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None,
+                num_special: int = 0) -> Tensor:
+        """``x [B, N, C]`` → ``[B, N, C]``.
+
+        Args:
+            rope: ``(sin, cos)`` each ``[N - num_special, 3, head_dim // 6]``, or ``None`` for no
+                position encoding.
+            num_special: leading tokens (CLS + registers) left unrotated.
+        """
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # B, heads, N, head_dim
+        if rope is not None:
+            q, k = apply_rope_3d(q, k, rope[0], rope[1], num_special)
+        if self.mode == "naive":
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # B, heads, N, N
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            out = attn @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
+        out = out.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}, mode={self.mode!r}"
