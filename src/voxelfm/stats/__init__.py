@@ -12,8 +12,18 @@ This package never imports torch: pass numpy arrays (``tensor.numpy()``).
 from voxelfm.stats._validate import DegenerateDataError
 from voxelfm.stats.auroc import auroc, hanley_mcneil_se
 from voxelfm.stats.bootstrap import PairedTest, bootstrap_ci, paired_bootstrap_test
+from voxelfm.stats.delong import DeLongResult, delong_ci, delong_covariance, delong_test
 from voxelfm.stats.estimate import BootstrapEstimate, Estimate
+from voxelfm.stats.multilabel import (
+    MultiLabelAUROC,
+    auroc_multilabel,
+    auroc_ovr,
+    macro_auroc,
+    micro_auroc,
+)
+from voxelfm.stats.multiple_testing import adjust_pvalues
 from voxelfm.stats.regression import mae, mean_euclidean_error, mse, r2, rmse
+from voxelfm.stats.retrieval import RetrievalResult, recall_at_k, retrieval_recall
 from voxelfm.stats.segmentation import DiceResult, dice_scores
 from voxelfm.stats.survival import (
     Concordance,
@@ -28,10 +38,14 @@ from voxelfm.stats.thresholded import accuracy_at, confusion_at, f1_at, precisio
 __all__ = [
     "Estimate", "BootstrapEstimate", "DegenerateDataError",
     "auroc", "hanley_mcneil_se",
+    "delong_ci", "delong_test", "delong_covariance", "DeLongResult",
+    "auroc_multilabel", "auroc_ovr", "macro_auroc", "micro_auroc", "MultiLabelAUROC",
+    "adjust_pvalues",
     "bootstrap_ci", "paired_bootstrap_test", "PairedTest",
     "c_index", "concordance_counts", "Concordance", "kaplan_meier", "KaplanMeier",
     "time_dependent_auroc",
     "dice_scores", "DiceResult",
     "mae", "mse", "rmse", "r2", "mean_euclidean_error",
     "f1_at", "precision_at", "recall_at", "accuracy_at", "confusion_at",
+    "retrieval_recall", "RetrievalResult", "recall_at_k",
 ]

@@ -81,6 +81,27 @@ def _b_auroc(arrays, idx, **_):
         return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
 
+def _b_macro_auroc(arrays, idx, **_):
+    y = np.asarray(arrays[0])
+    s = np.asarray(arrays[1], dtype=float)
+    if y.ndim != 2 or s.shape != y.shape:
+        raise _NoFastPath
+    n_pos = y.astype(bool).sum(0)
+    cols = np.flatnonzero((n_pos > 0) & (n_pos < len(y)))
+    per = np.stack([_b_auroc((y[:, j], s[:, j]), idx) for j in cols], axis=1)
+    return per.mean(axis=1)  # NaN when any label is undefined in the resample
+
+
+def _b_micro_auroc(arrays, idx, **_):
+    y = np.asarray(arrays[0])
+    s = np.asarray(arrays[1], dtype=float)
+    if y.ndim != 2 or s.shape != y.shape:
+        raise _NoFastPath
+    n_lab = y.shape[1]
+    flat_idx = (idx[:, :, None] * n_lab + np.arange(n_lab)).reshape(len(idx), -1)
+    return _b_auroc((y.ravel(), s.ravel()), flat_idx)
+
+
 def _b_regression(kind):
     def f(arrays, idx, **_):
         t = np.asarray(arrays[0], dtype=float)
@@ -158,11 +179,13 @@ def _b_median(arrays, idx, **kw):
 
 @functools.cache
 def _fast_paths() -> dict[Callable, Callable]:
-    from voxelfm.stats import regression, survival, thresholded
+    from voxelfm.stats import multilabel, regression, survival, thresholded
     from voxelfm.stats.auroc import auroc
 
     return {
         auroc: _b_auroc,
+        multilabel.macro_auroc: _b_macro_auroc,
+        multilabel.micro_auroc: _b_micro_auroc,
         regression.mae: _b_regression("mae"),
         regression.mse: _b_regression("mse"),
         regression.rmse: _b_regression("rmse"),
