@@ -15,7 +15,7 @@ def _fmt(x: float, spec: str) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Estimate:
     """A metric value with a two-sided ``1 - alpha`` confidence interval.
 
@@ -50,6 +50,20 @@ class Estimate:
 
     def __float__(self) -> float:
         return self.value
+
+    def _key(self) -> tuple:
+        # NaN-aware identity: two point estimates with NaN limits compare equal.
+        return tuple(None if isinstance(v, float) and math.isnan(v) else v
+                     for v in (self.value, self.ci_low, self.ci_high, self.method, self.n,
+                               self.alpha, self.name))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Estimate):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def has_ci(self) -> bool:
