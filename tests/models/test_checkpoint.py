@@ -204,3 +204,10 @@ def test_device_and_eval(data_dir):
     m = load_backbone(data_dir / "teacher_checkpoint.pth", device=torch.device("cpu"))
     assert not m.training and next(m.parameters()).device.type == "cpu"
     assert all(b.sample_drop_ratio == 0.0 for b in m.blocks)  # the teacher: no drop path
+
+
+def test_legacy_torch_save_format(tmp_path, reference):
+    path = tmp_path / "legacy.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in reference.state_dict().items()}}, path,
+               _use_new_zipfile_serialization=False)  # cannot be memory-mapped: falls back
+    _same_weights(load_backbone(path), reference)
