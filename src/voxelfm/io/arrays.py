@@ -19,6 +19,11 @@ NPZ_IMAGE_KEYS = ("image", "volume", "ct", "array", "data", "img", "arr_0")
 
 
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise VolumeReadError(path, "not a readable numpy file (no .npy/.npz signature); corrupt or another "
+                                    "format")
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False), None, None

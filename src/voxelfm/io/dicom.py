@@ -133,7 +133,7 @@ class _Scan:
     groups: dict[str, list[_Header]] = field(default_factory=dict)
     n_files: int = 0
     unreadable: list[Path] = field(default_factory=list)
-    non_image: int = 0
+    skipped: int = 0  # files skipped by name (non-DICOM suffix, hidden, DICOMDIR)
     duplicates: int = 0
 
 
@@ -196,6 +196,7 @@ def _scan(root: Path, recursive: bool = True) -> _Scan:
     seen_sop: set[str] = set()
     for path in _iter_files(root, recursive):
         if _skip_name(path) and path != root:
+            scan.skipped += 1
             continue
         scan.n_files += 1
         got = _read_header(path)
@@ -543,7 +544,8 @@ def _read_series(headers: list[_Header], where: Path, source: dict[str, Any]) ->
     transfer_syntax = None
     from voxelfm.utils import progress
 
-    for k, fi in enumerate(progress(geo.order, total=n, desc="decoding DICOM", unit="slice", leave=False)):
+    for k, fi in enumerate(progress(geo.order, total=n, desc="decoding DICOM", unit="slice", leave=False,
+                                         disable=True if n < 64 else None)):
         fr = frames[int(fi)]
         h = headers[fr.file]
         if fr.file in decoded:
@@ -641,13 +643,14 @@ def _volume_files_in(folder: Path) -> list[str]:
 def _choose(scan: _Scan, where: Path, series_uid: str | None) -> tuple[str, list[DicomSeriesInfo]]:
     infos = _sorted_infos(scan)
     if not infos:
-        if scan.n_files == 0:
+        if scan.n_files == 0 and scan.skipped == 0:
             raise VolumeReadError(where, "the folder is empty (no files); pass the folder that holds the "
                                          "DICOM slices")
         others = _volume_files_in(where) if where.is_dir() else []
         extra = f"; it holds {', '.join(others)} — pass that file instead" if others else \
             " — pass the folder that holds the DICOM slices"
-        raise VolumeReadError(where, f"no readable DICOM image files among {scan.n_files} file(s){extra}")
+        raise VolumeReadError(where, f"no readable DICOM image files among {scan.n_files + scan.skipped} "
+                                     f"file(s){extra}")
     if series_uid is not None:
         match = [s for s in infos if s.uid == series_uid]
         if not match:
@@ -683,7 +686,7 @@ def read_dicom(path: str | Path, *, series_uid: str | None = None) -> SourceImag
     path = Path(path)
     if not path.exists():
         raise VolumeReadError(path, "no such file or folder")
-    if path.is_file() and zipfile.is_zipfile(path):
+    if path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path)):
         return _read_zip(path, series_uid)
     source: dict[str, Any] = {"path": str(path), "archive": None, "warnings": []}
     if path.is_file():
