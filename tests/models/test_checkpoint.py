@@ -211,3 +211,15 @@ def test_legacy_torch_save_format(tmp_path, reference):
     torch.save({"teacher": {f"backbone.{k}": v for k, v in reference.state_dict().items()}}, path,
                _use_new_zipfile_serialization=False)  # cannot be memory-mapped: falls back
     _same_weights(load_backbone(path), reference)
+
+
+def test_config_embedded_in_checkpoint(tmp_path, data_dir, reference):
+    """voxelfm pre-training checkpoints carry the resolved YAML under "config"."""
+    raw = read_checkpoint(data_dir / "training_checkpoint.pth")
+    text = (data_dir / "config.yaml").read_text().replace("mean: -573.8", "mean: -600.0")
+    text = text.replace("upper: 1900.0", "upper: 2000.0")
+    torch.save({"iteration": 5, "model": dict(raw["model"]), "config": text}, tmp_path / "step_0000005.pth")
+    m = load_backbone(tmp_path / "step_0000005.pth")
+    assert m.source["config_source"] == "stored in the checkpoint" and m.source["iteration"] == 5
+    assert m.preset.mean == -600.0 and m.preset.hu_window == (-1000.0, 2000.0)
+    _same_weights(m, reference)

@@ -44,3 +44,12 @@ def test_write_then_read(tmp_path):
     assert back == cfg and (mean, std) == (-600.0, 450.0)
     resolved, preset, _ = resolve_config(tmp_path)
     assert resolved == cfg and preset.mean == -600.0
+
+
+def test_reference_preset_reads_norm_and_pixel_range(data_dir, tmp_path):
+    from voxelfm.models.reference_config import reference_preset
+
+    p = reference_preset(data_dir / "config.yaml")
+    assert (p.name, p.mean, p.std, p.hu_window) == ("default", -573.8, 461.3, (-1000.0, 1900.0))
+    (tmp_path / "c.yaml").write_text("student: {}\ndatasets:\n- pixel_range: {lower: -1024, upper: 3071}\n")
+    assert reference_preset(tmp_path / "c.yaml").hu_window == (-1024.0, 3071.0)

@@ -41,7 +41,7 @@ from voxelfm.preprocess.presets import Preset
 
 __all__ = [
     "load_backbone", "save_backbone", "save_reference_teacher", "extract_backbone_state_dict",
-    "infer_config", "load_state_dict_strict", "read_checkpoint", "find_reference_checkpoint",
+    "infer_config", "embedded_config", "load_state_dict_strict", "read_checkpoint", "find_reference_checkpoint",
     "WEIGHTS_NAME", "CONFIG_NAME", "MODEL_CARD_NAME", "LICENCE_NOTE",
 ]
 
@@ -184,6 +184,29 @@ def _is_backbone_like(d: Mapping[str, Any]) -> bool:
 
 def _key_prefixes(d: Mapping[str, Any]) -> list[str]:
     return sorted({str(k).split(".")[0] for k in d})[:10]
+
+
+def embedded_config(obj: Any) -> tuple[ViTConfig, Preset | None, str] | None:
+    """The run config stored inside a checkpoint dict (``obj["config"]``: a YAML string or a dict with
+    a ``student`` section, as voxelfm pre-training checkpoints hold), or ``None``."""
+    if not isinstance(obj, Mapping):
+        return None
+    raw = obj.get("config")
+    if isinstance(raw, str):
+        from voxelfm.models.reference_config import parse_reference_yaml
+
+        try:
+            raw = parse_reference_yaml(raw, "embedded config")
+        except ConfigError:
+            return None
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("student"), Mapping):
+        return None
+    try:
+        cfg, preset, _ = resolve_config(dict(raw))
+    except ConfigError as exc:
+        logger.warning("ignoring the config stored in the checkpoint: %s", exc)
+        return None
+    return cfg, preset, "stored in the checkpoint"
 
 
 # ----------------------------------------------------------------------------- config inference
@@ -374,8 +397,9 @@ def load_backbone(source: str | os.PathLike[str] | Mapping[str, Any], *, config:
             in-memory checkpoint dict, or a config name (``vit_base``...) for random init.
         config: the architecture: a reference ``config.yaml`` path (``student.*`` → ViTConfig,
             ``datasets[0].norm`` → ``model.preset``), a voxelfm ``config.json``, a :class:`ViTConfig`,
-            a dict or a name. Default: the config stored with the weights (voxelfm folder, run folder),
-            else inferred from the state-dict shapes (see :func:`infer_config`).
+            a dict or a name. Default: the config stored with the weights (voxelfm folder, run folder's
+            ``config.yaml``, a ``"config"`` entry inside the checkpoint dict as voxelfm pre-training
+            writes), else inferred from the state-dict shapes (see :func:`infer_config`).
         device: where to put the model.
 
     Returns:
@@ -402,6 +426,12 @@ def load_backbone(source: str | os.PathLike[str] | Mapping[str, Any], *, config:
     if isinstance(source, Mapping):
         sd, fmt, info = extract_backbone_state_dict(source)
         provenance.update(format=fmt, path=None, **info)
+        stored = embedded_config(source)
+        if stored is not None:
+            if cfg is None:
+                cfg, cfg_desc = stored[0], stored[2]
+            if preset is None:
+                preset = stored[1]
     else:
         path = Path(source)
         if not path.exists():
@@ -450,7 +480,10 @@ def _load_path(path: Path) -> tuple[dict[str, Tensor], str, dict[str, Any],
             if yaml_path is not None:
                 c, stored_preset, _ = resolve_config(yaml_path)
                 stored_cfg = (c, str(yaml_path))
-            sd, fmt, info = extract_backbone_state_dict(read_checkpoint(weights))
+            obj = read_checkpoint(weights)
+            sd, fmt, info = extract_backbone_state_dict(obj)
+            if stored_cfg is None and (emb := embedded_config(obj)) is not None:
+                stored_cfg, stored_preset = (emb[0], emb[2]), emb[1]
             logger.info("loading %s (%s)", weights, fmt)
             return sd, fmt, info, stored_cfg, stored_preset, weights
     if path.suffix.lower() == ".json":  # a voxelfm config.json: load its folder
@@ -471,7 +504,10 @@ def _load_path(path: Path) -> tuple[dict[str, Tensor], str, dict[str, Any],
             stored_cfg, stored_preset = (c, str(meta_cfg if meta_cfg.is_file() else path)), p
         sd, _, info = extract_backbone_state_dict(sd)
         return sd, "voxelfm" if data is not None else "safetensors", info, stored_cfg, stored_preset, path
-    sd, fmt, info = extract_backbone_state_dict(read_checkpoint(path))
+    obj = read_checkpoint(path)
+    sd, fmt, info = extract_backbone_state_dict(obj)
+    if (emb := embedded_config(obj)) is not None:
+        stored_cfg, stored_preset = (emb[0], emb[2]), emb[1]
     return sd, fmt, info, stored_cfg, stored_preset, path
 
 

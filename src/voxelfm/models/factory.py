@@ -9,7 +9,7 @@ from typing import Any
 
 from voxelfm.errors import ConfigError
 from voxelfm.models.config import CONFIGS, ViTConfig, config_names, get_config
-from voxelfm.models.reference_config import read_reference_config
+from voxelfm.models.reference_config import load_reference_yaml, read_reference_config, reference_preset
 from voxelfm.models.vit import VisionTransformer3D
 from voxelfm.preprocess.presets import Preset
 
@@ -19,10 +19,6 @@ ConfigLike = str | os.PathLike[str] | ViTConfig | dict[str, Any]
 
 #: ``format`` tag of the ``config.json`` written by :func:`voxelfm.models.save_backbone`.
 VOXELFM_FORMAT = "voxelfm-backbone"
-
-
-def _default_preset(mean: float, std: float) -> Preset:
-    return Preset(name="default").with_normalisation(mean, std)
 
 
 def _from_voxelfm_json(data: dict[str, Any], source: str) -> tuple[ViTConfig, Preset | None]:
@@ -51,8 +47,8 @@ def resolve_config(config: ConfigLike) -> tuple[ViTConfig, Preset | None, str]:
         return config, None, "ViTConfig"
     if isinstance(config, dict):
         if "student" in config:
-            cfg, mean, std = read_reference_config(config)
-            return cfg, _default_preset(mean, std), "reference config dict"
+            cfg, _, _ = read_reference_config(config)
+            return cfg, reference_preset(config), "reference config dict"
         if config.get("format") == VOXELFM_FORMAT or "config" in config:
             cfg, preset = _from_voxelfm_json(config, "config dict")
             return cfg, preset, "voxelfm config dict"
@@ -68,8 +64,9 @@ def resolve_config(config: ConfigLike) -> tuple[ViTConfig, Preset | None, str]:
             raise ConfigError(f"{path}: folder holds no config.json or config.yaml")
         if path.is_file():
             if path.suffix.lower() in (".yaml", ".yml"):
-                cfg, mean, std = read_reference_config(path)
-                return cfg, _default_preset(mean, std), str(path)
+                data = load_reference_yaml(path)
+                cfg, _, _ = read_reference_config(data)
+                return cfg, reference_preset(data), str(path)
             if path.suffix.lower() == ".json":
                 try:
                     data = json.loads(path.read_text(encoding="utf-8"))

@@ -8,6 +8,7 @@ normalisation mean/std in HU, §7).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ from typing import Any
 from voxelfm.errors import ConfigError
 from voxelfm.models.config import ViTConfig
 
-__all__ = ["read_reference_config", "reference_config_dict", "write_reference_config",
-           "DEFAULT_MEAN", "DEFAULT_STD"]
+__all__ = ["read_reference_config", "reference_preset", "reference_config_dict", "write_reference_config",
+           "load_reference_yaml", "parse_reference_yaml", "DEFAULT_MEAN", "DEFAULT_STD"]
 
 DEFAULT_MEAN = -573.8
 DEFAULT_STD = 461.3
@@ -25,18 +26,38 @@ DEFAULT_STD = 461.3
 _IGNORED_STUDENT_KEYS = {"pretrained_weights", "arch"}
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
+def load_reference_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a YAML config file into a dict (:class:`ConfigError` if missing or invalid)."""
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"reference config not found: {path}")
+    return parse_reference_yaml(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_reference_yaml(text: str, source: str = "config") -> dict[str, Any]:
+    """Parse YAML text into a dict (:class:`ConfigError` if invalid or not a mapping)."""
+    import yaml
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{source}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a YAML mapping with a 'student' section")
+        raise ConfigError(f"{source}: expected a YAML mapping with a 'student' section")
     return data
+
+
+def _as_data(path_or_dict: str | os.PathLike[str] | dict[str, Any]) -> tuple[dict[str, Any], str]:
+    if isinstance(path_or_dict, dict):
+        return path_or_dict, "config"
+    return load_reference_yaml(Path(path_or_dict)), str(path_or_dict)
+
+
+def _dataset0(data: dict[str, Any]) -> dict[str, Any]:
+    datasets = data.get("datasets")
+    if isinstance(datasets, list) and datasets and isinstance(datasets[0], dict):
+        return datasets[0]
+    return {}
 
 
 def read_reference_config(path_or_dict: str | os.PathLike[str] | dict[str, Any]
@@ -52,12 +73,7 @@ def read_reference_config(path_or_dict: str | os.PathLike[str] | dict[str, Any]
     Raises:
         ConfigError: no ``student`` section, invalid values or normalisation.
     """
-    source = "config"
-    if isinstance(path_or_dict, dict):
-        data = path_or_dict
-    else:
-        source = str(path_or_dict)
-        data = _load_yaml(Path(path_or_dict))
+    data, source = _as_data(path_or_dict)
     student = data.get("student")
     if not isinstance(student, dict):
         raise ConfigError(f"{source}: no 'student' section; this does not look like a reference "
@@ -68,18 +84,35 @@ def read_reference_config(path_or_dict: str | os.PathLike[str] | dict[str, Any]
     except ConfigError as exc:
         raise ConfigError(f"{source}: student section: {exc}") from None
     mean, std = DEFAULT_MEAN, DEFAULT_STD
-    datasets = data.get("datasets")
-    if isinstance(datasets, list) and datasets and isinstance(datasets[0], dict):
-        norm = datasets[0].get("norm")
-        if isinstance(norm, dict):
-            try:
-                mean = float(norm.get("mean", mean))
-                std = float(norm.get("std", std))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{source}: datasets[0].norm mean/std must be numbers, got {norm}") from None
+    norm = _dataset0(data).get("norm")
+    if isinstance(norm, dict):
+        try:
+            mean = float(norm.get("mean", mean))
+            std = float(norm.get("std", std))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: datasets[0].norm mean/std must be numbers, got {norm}") from None
     if not std > 0:
         raise ConfigError(f"{source}: datasets[0].norm.std must be > 0, got {std}")
     return config, mean, std
+
+
+def reference_preset(path_or_dict: str | os.PathLike[str] | dict[str, Any]):
+    """The ``default`` :class:`~voxelfm.preprocess.Preset` of a reference config: normalisation from
+    ``datasets[0].norm`` and HU window from ``datasets[0].pixel_range`` (the training clip;
+    [−1000, 1900] when absent)."""
+    from voxelfm.preprocess.presets import Preset
+
+    data, source = _as_data(path_or_dict)
+    _, mean, std = read_reference_config(data)
+    preset = Preset(name="default").with_normalisation(mean, std)
+    pixel_range = _dataset0(data).get("pixel_range")
+    if isinstance(pixel_range, dict) and "lower" in pixel_range and "upper" in pixel_range:
+        try:
+            window = (float(pixel_range["lower"]), float(pixel_range["upper"]))
+            preset = dataclasses.replace(preset, hu_window=window)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: invalid datasets[0].pixel_range {pixel_range} ({exc})") from None
+    return preset
 
 
 def reference_config_dict(config: ViTConfig, mean: float = DEFAULT_MEAN, std: float = DEFAULT_STD,
