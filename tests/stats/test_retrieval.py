@@ -129,6 +129,7 @@ def test_max_pairs_and_skipped_labels():
 def test_recall_at_k_generic():
     scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.5, 0.5, 0.9, 0.2]])
     relevant = np.array([[0, 1, 1, 0], [0, 1, 0, 0]], bool)
-    # query 1: top-2 = items 0, 1 → 1 of 2 relevant; query 2: top-2 = item 2, then tie 0/1 → relevant 1 wins
+    # query 1: top-2 = items 0, 1 → 1 of 2 relevant;
+    # query 2: top-2 = item 2, then the tie 0/1 → the relevant item 1 wins
     assert recall_at_k(scores, relevant, 2).value == pytest.approx((0.5 + 1.0) / 2)
     assert recall_at_k(scores, relevant, 1).value == pytest.approx(0.0)

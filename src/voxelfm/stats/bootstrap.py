@@ -244,25 +244,38 @@ def _replicates(metric: Callable, arrays: tuple[np.ndarray, ...], n: int, n_resa
     fast, kw = _resolve(metric)
     out: list[list[np.ndarray]] = [[] for _ in sets]
     chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    bar = None  # progress bar, only for the per-resample loop
     done = 0
-    while done < n_resamples:
-        b = min(chunk, n_resamples - done)
-        idx = _indices(rng, n, strata, b)
-        for k, arrs in enumerate(sets):
-            vals = None
-            if fast is not None:
-                try:
-                    with warnings.catch_warnings():
+    try:
+        while done < n_resamples:
+            b = min(chunk, n_resamples - done)
+            idx = _indices(rng, n, strata, b)
+            for k, arrs in enumerate(sets):
+                vals = None
+                if fast is not None:
+                    try:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            vals = np.asarray(fast(arrs, idx, **kw), dtype=float)
+                    except _NoFastPath:
+                        fast = None
+                if vals is None:
+                    if bar is None:
+                        from voxelfm.utils.progress import progress
+
+                        bar = progress(total=n_resamples * len(sets), desc=f"bootstrap {_name(metric)}".strip(),
+                                       unit="resample", leave=False)
+                    vals = np.empty(len(idx))
+                    with warnings.catch_warnings(), np.errstate(all="ignore"):
                         warnings.simplefilter("ignore")
-                        vals = np.asarray(fast(arrs, idx, **kw), dtype=float)
-                except _NoFastPath:
-                    fast = None
-            if vals is None:
-                with warnings.catch_warnings(), np.errstate(all="ignore"):
-                    warnings.simplefilter("ignore")
-                    vals = np.array([_call_quiet(metric, tuple(a[row] for a in arrs)) for row in idx])
-            out[k].append(vals)
-        done += b
+                        for i, row in enumerate(idx):
+                            vals[i] = _call_quiet(metric, tuple(a[row] for a in arrs))
+                            bar.update(1)
+                out[k].append(vals)
+            done += b
+    finally:
+        if bar is not None:
+            bar.close()
     return [np.concatenate(v) for v in out]
 
 

@@ -14,7 +14,8 @@ def adjust_pvalues(pvalues, method: Literal["holm", "bonferroni", "fdr_bh"] = "h
 
     Methods:
         ``"holm"`` (default) — Holm's step-down; controls the family-wise error rate like
-            Bonferroni and is uniformly more powerful. ``p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j))``.
+            Bonferroni and is uniformly more powerful:
+            ``p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j))``.
         ``"bonferroni"`` — ``min(1, m·p)``.
         ``"fdr_bh"`` — Benjamini–Hochberg false-discovery-rate adjustment
             (``scipy.stats.false_discovery_control``).

@@ -193,7 +193,9 @@ def retrieval_recall(embeddings, labels, *, ks: Sequence[int] = (1, 5, 10), n_ne
     n_trials_d: dict[str, int] = {}
     skipped: dict[str, str] = {}
     evaluated: list[str] = []
-    for j in _label_order(lab):
+    from voxelfm.utils.progress import progress
+
+    for j in progress(_label_order(lab), total=lab.shape[1], desc=f"retrieval ({method})", unit="label"):
         name = names[j]
         pos = np.flatnonzero(lab[:, j])
         neg = np.flatnonzero(~lab[:, j])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -40,7 +41,6 @@ class DiceResult:
     macro: Estimate
     micro: Estimate
     n_resamples: int = 0
-    extra: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         """JSON-able summary: macro, micro and per-class estimates."""
@@ -144,14 +144,11 @@ def dice_scores(pred, target, num_classes: int, *, ignore_background: bool = Tru
             reps_ma.append(ma)
             reps_mi.append(mi)
         q = [alpha / 2, 1 - alpha / 2]
-        with np.errstate(invalid="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                lo_pc, hi_pc = np.nanquantile(np.concatenate(reps_pc), q, axis=0)
-                lo_ma, hi_ma = np.nanquantile(np.concatenate(reps_ma), q)
-                lo_mi, hi_mi = np.nanquantile(np.concatenate(reps_mi), q)
+        with warnings.catch_warnings():  # all-NaN columns (a class absent from every resample)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo_pc, hi_pc = np.nanquantile(np.concatenate(reps_pc), q, axis=0)
+            lo_ma, hi_ma = np.nanquantile(np.concatenate(reps_ma), q)
+            lo_mi, hi_mi = np.nanquantile(np.concatenate(reps_mi), q)
         method = "bootstrap-percentile"
     else:
         raise ValueError(f"ci must be 'bootstrap' or None, got {ci!r}")

@@ -284,7 +284,8 @@ def time_dependent_auroc(time, event, risk, horizon: float, *,
         keep = np.ones(len(t), dtype=bool)
         label = e & (t <= h)
     else:
-        raise ValueError(f"method must be 'ipcw', 'exclude_censored' or 'censored_as_negative', got {method!r}")
+        raise ValueError("method must be 'ipcw', 'exclude_censored' or 'censored_as_negative', "
+                         f"got {method!r}")
     if label.all() or not label.any():
         raise DegenerateDataError(f"time-dependent AUROC undefined at horizon {h}: "
                                   f"{int(label.sum())} cases and {int((~label).sum())} controls")
