@@ -1,0 +1,53 @@
+"""Probes on frozen embeddings: heads, tasks, training with model selection, suites and figures.
+
+Typical use::
+
+    from voxelfm.probes import train_probe
+    run = train_probe("store/", "labels.csv", "lung_nodule", task="binary", head="mlp")
+    print(run.metrics["auroc"])            # 0.912 [0.871, 0.953]
+
+    from voxelfm.probes import run_suite
+    run_suite("suite.yaml", "results/")    # tasks × backbones × heads × data fractions → tables + figures
+
+See ``docs/probes.md`` for tasks, heads, defaults, metrics and the suite YAML format.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    "train_probe": "voxelfm.probes.run",
+    "ProbeRun": "voxelfm.probes.run",
+    "HEADS": "voxelfm.probes.run",
+    "HEAD_DEFAULTS": "voxelfm.probes.run",
+    "TASKS": "voxelfm.probes.tasks",
+    "get_task": "voxelfm.probes.tasks",
+    "TrainConfig": "voxelfm.probes.trainer",
+    "Trainer": "voxelfm.probes.trainer",
+    "make_splits": "voxelfm.probes.splits",
+    "nested_fractions": "voxelfm.probes.splits",
+    "cox_ph_loss": "voxelfm.probes.losses",
+    "run_suite": "voxelfm.probes.suite",
+    "load_suite": "voxelfm.probes.suite",
+    "SuiteResult": "voxelfm.probes.suite",
+    "results_table": "voxelfm.probes.suite",
+    "pca_rgb_figure": "voxelfm.probes.figures",
+    "roc_figure": "voxelfm.probes.figures",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'voxelfm.probes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
