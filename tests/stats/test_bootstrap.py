@@ -89,6 +89,8 @@ def test_c_index_fast_path_equals_generic():
 def test_macro_auroc_fast_path_equals_generic():
     rng = np.random.default_rng(4)
     y = rng.random((80, 3)) < 0.4
+    y[:, 2] = False
+    y[:2, 2] = True  # a rare label: one class only in ~13 % of resamples
     s = rng.random((80, 3)) + y
     fast = bootstrap_ci(macro_auroc, y, s, n_resamples=200, seed=2)
     slow = bootstrap_ci(lambda a, b: macro_auroc(a, b), y, s, n_resamples=200, seed=2)

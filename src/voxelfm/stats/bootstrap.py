@@ -1,12 +1,14 @@
 """Percentile bootstrap confidence intervals and a paired bootstrap test of two models.
 
 Resampling draws row indices ``[B, N]`` with replacement (within each stratum when ``stratify``
-is given). Metrics from :mod:`voxelfm.stats` that have a vectorised form (``auroc``, ``mae``,
-``mse``, ``rmse``, ``r2``, ``f1_at``, ``precision_at``, ``recall_at``, ``accuracy_at``, ``c_index``
-for N ≤ 4000, ``np.mean``, ``np.median``) are evaluated on all resamples at once from per-resample
-index counts; any other metric is called once per resample. A metric of your own can provide
-a vectorised form as an attribute ``metric.batched(*arrays)`` that receives every array with a
-leading resample axis ``[B, N, ...]`` and returns ``[B]`` values (NaN where undefined).
+is given). Metrics from :mod:`voxelfm.stats` that have a vectorised form (``auroc``,
+``macro_auroc``, ``micro_auroc``, ``mae``, ``mse``, ``rmse``, ``r2``, ``f1_at``, ``precision_at``,
+``recall_at``, ``accuracy_at``, ``c_index`` for N ≤ 3000, ``np.mean``, ``np.median``) are
+evaluated on all resamples at once from the index matrix; any other metric is called once per
+resample. A metric of your own can provide a vectorised form as an attribute
+``metric.batched(*arrays)`` that receives every array with a leading resample axis ``[B, N, ...]``
+and returns ``[B]`` values (NaN where undefined). Both paths draw the same indices, so they give
+identical replicates.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from voxelfm.stats.estimate import BootstrapEstimate, Estimate
 
 __all__ = ["bootstrap_ci", "paired_bootstrap_test", "PairedTest"]
 
-_CHUNK_ELEMENTS = 4_000_000  # resample-matrix elements per chunk (bounds memory to ~100 MB)
+_CHUNK_ELEMENTS = 2_000_000  # resample-matrix elements per chunk (bounds peak memory to ~100 MB)
 _UNDEFINED = (ValueError, ZeroDivisionError, FloatingPointError)
 _WARN_SKIPPED_FRACTION = 0.05
+_CINDEX_FAST_MAX_N = 3000  # the vectorised C-index bootstrap holds two N×N float64 pair matrices
 
 
 class _NoFastPath(Exception):
@@ -89,7 +92,8 @@ def _b_macro_auroc(arrays, idx, **_):
     n_pos = y.astype(bool).sum(0)
     cols = np.flatnonzero((n_pos > 0) & (n_pos < len(y)))
     per = np.stack([_b_auroc((y[:, j], s[:, j]), idx) for j in cols], axis=1)
-    return per.mean(axis=1)  # NaN when any label is undefined in the resample
+    # as macro_auroc: labels with one class in this resample are left out of its mean
+    return np.nanmean(per, axis=1)
 
 
 def _b_micro_auroc(arrays, idx, **_):
@@ -151,7 +155,7 @@ def _b_cindex(arrays, idx, tied_tol: float = 1e-8, **_):
 
     t, e, r = _survival_inputs(arrays[0], arrays[1], ("risk", arrays[2]))
     n = len(t)
-    if n > 4000:
+    if n > _CINDEX_FAST_MAX_N:
         raise _NoFastPath
     rows = np.arange(n)
     comp, conc, tie, _ = _pair_matrices(t, e, r, rows, float(tied_tol))
@@ -263,8 +267,8 @@ def _replicates(metric: Callable, arrays: tuple[np.ndarray, ...], n: int, n_resa
                     if bar is None:
                         from voxelfm.utils.progress import progress
 
-                        bar = progress(total=n_resamples * len(sets), desc=f"bootstrap {_name(metric)}".strip(),
-                                       unit="resample", leave=False)
+                        bar = progress(total=n_resamples * len(sets), unit="resample", leave=False,
+                                       desc=f"bootstrap {_name(metric)}".strip())
                     vals = np.empty(len(idx))
                     with warnings.catch_warnings(), np.errstate(all="ignore"):
                         warnings.simplefilter("ignore")

@@ -65,7 +65,8 @@ def _defined(y: np.ndarray) -> np.ndarray:
 
 def macro_auroc(y_true, y_score) -> Estimate:
     """Unweighted mean AUROC over the label columns of ``[N, L]`` arrays that hold both classes
-    (point estimate; ``bootstrap_ci(macro_auroc, Y, S, ...)`` for a CI)."""
+    (point estimate; ``bootstrap_ci(macro_auroc, Y, S, ...)`` for a CI — there, a label with one
+    class in a resample is left out of that resample's mean, as here)."""
     y, s = _matrix_inputs(y_true, y_score)
     ok = _defined(y)
     if not ok.any():

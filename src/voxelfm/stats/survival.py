@@ -103,7 +103,7 @@ def c_index(time, event, risk, *, tied_tol: float = 1e-8) -> Estimate:
     Returns:
         Point :class:`Estimate` (``name="c_index"``, ``n = N``); for a CI use
         ``bootstrap_ci(c_index, time, event, risk, n_resamples=1000)`` (the reference's
-        1000-resample percentile bootstrap; vectorised for N ≤ 4000).
+        1000-resample percentile bootstrap; vectorised for N ≤ 3000).
 
     Raises:
         DegenerateDataError: no comparable pair (e.g. every sample censored).
