@@ -118,3 +118,20 @@ def extract_features(model, img, spacing, patch_size, mean, std, crop_background
         out = model(x)
     patch = out["x_norm_patchtokens"].reshape(D // patch_size, H // patch_size, W // patch_size, -1)
     return {"cls": out["x_norm_clstoken"], "patch": patch, "registers": out.get("x_norm_regtokens")}
+
+
+def load_nifti(path):
+    """Reference ``load_nifti``: file order with axes reversed (x y z → z y x), clip [-1000, 1900]."""
+    import nibabel as nib
+    import numpy as np
+
+    nifti = nib.load(str(path))
+    image = nifti.get_fdata()
+    affine = nifti.affine
+    s = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    spacing = (float(s[2]), float(s[1]), float(s[0]))
+    assert abs(spacing[2] - spacing[1]) < 0.001
+    image = torch.from_numpy(image).float()
+    image = image.permute(2, 1, 0)
+    image = image.clip(-1000, 1900)
+    return image, spacing

@@ -1,6 +1,17 @@
-"""Feature extraction: full and chunked forward passes, batch extraction into an embedding store."""
+"""Feature extraction: full and chunked forward passes, batch extraction into an embedding store.
 
+* :func:`extract_features` — one volume → :class:`Features` (``preset``, ``mode`` full/chunked/auto).
+* :func:`extract_batch` — many volumes → an :class:`EmbeddingStore` (resumable, background
+  workers, ``torchrun`` sharding); the ``voxelfm extract`` command wraps it.
+"""
+
+from voxelfm.inference.batch import BatchSummary, extract_batch
+from voxelfm.inference.chunked import WindowPlan, estimate_forward_bytes, plan_windows
+from voxelfm.inference.extract import extract_features, extract_preprocessed
 from voxelfm.inference.features import Features
 from voxelfm.inference.store import EmbeddingStore
 
-__all__ = ["Features", "EmbeddingStore"]
+__all__ = [
+    "Features", "EmbeddingStore", "extract_features", "extract_preprocessed", "extract_batch",
+    "BatchSummary", "WindowPlan", "plan_windows", "estimate_forward_bytes",
+]

@@ -4,6 +4,9 @@ Layout of a store folder ``ROOT``::
 
     ROOT/embeddings/<safe id>.safetensors   tensors cls [C], patch [d,h,w,C], registers [R,C];
                                            header metadata {"voxelfm": JSON record}
+    ROOT/embeddings/<safe id>.pth           optional reference layout {"cls": [1,C], "patch": [d,h,w,C]}
+                                           (``voxelfm extract --format pth|both``); read as a fallback
+                                           when there is no safetensors file (no registers, no record)
     ROOT/index/<writer>.jsonl               append-only status log, one JSON object per item
                                            (id, source, file, status ok|failed|skipped, error, ...)
     ROOT/index.csv                          consolidated table (rewritten atomically by
@@ -76,11 +79,23 @@ class EmbeddingStore:
                    "embed_dim": features.embed_dim, "seconds": round(float(seconds), 3)})
         return path
 
-    def write_reference_pth(self, item_id: str, features: Features) -> Path:
-        """Write the reference layout ``<id>.pth`` = ``{"cls": [1,C], "patch": [d,h,w,C]}``."""
-        path = self.root / "embeddings" / f"{safe_id(item_id)}.pth"
+    def pth_file_for(self, item_id: str) -> Path:
+        """Path of the reference-layout ``.pth`` file of ``item_id`` (the id is sanitised)."""
+        return self.root / "embeddings" / f"{safe_id(item_id)}.pth"
+
+    def write_reference_pth(self, item_id: str, features: Features, *, log: bool = False,
+                            source: str = "", seconds: float = 0.0) -> Path:
+        """Write the reference layout ``<id>.pth`` = ``{"cls": [1,C], "patch": [d,h,w,C]}`` atomically.
+
+        With ``log=True`` the item is also logged as ``ok`` with this file (a ``.pth``-only store).
+        """
+        path = self.pth_file_for(item_id)
         with atomic_write(path) as tmp:
             torch.save(features.to_reference_dict(), tmp)
+        if log:
+            self._log({"id": item_id, "source": str(source), "file": str(path.relative_to(self.root)),
+                       "status": "ok", "error": "", "grid": "x".join(map(str, features.grid)),
+                       "embed_dim": features.embed_dim, "seconds": round(float(seconds), 3)})
         return path
 
     def record_failure(self, item_id: str, *, source: str = "", error: str = "",
@@ -142,13 +157,15 @@ class EmbeddingStore:
         rec = self.records().get(item_id)
         if rec is None:
             return None
-        if rec["status"] == "ok" and not self.file_for(item_id).exists():
-            return None
+        if rec["status"] == "ok":
+            logged = self.root / rec["file"] if rec.get("file") else self.file_for(item_id)
+            if not logged.exists():
+                return None
         return rec["status"]
 
     def has(self, item_id: str) -> bool:
-        """True if ``item_id`` has a complete embedding file."""
-        return self.file_for(item_id).exists()
+        """True if ``item_id`` has a complete embedding file (safetensors, or a reference ``.pth``)."""
+        return self.file_for(item_id).exists() or self.pth_file_for(item_id).exists()
 
     @property
     def ids(self) -> list[str]:
@@ -169,8 +186,21 @@ class EmbeddingStore:
             raise KeyError(f"no embedding for id {item_id!r} in store {self.root}")
         return safe_open(str(path), framework="pt")
 
+    def _load_pth(self, item_id: str) -> dict[str, torch.Tensor]:
+        path = self.pth_file_for(item_id)
+        if not path.exists():
+            raise KeyError(f"no embedding for id {item_id!r} in store {self.root}")
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        cls = d["cls"].reshape(-1).float()
+        regs = d.get("registers")
+        return {"cls": cls, "patch": d["patch"].float(),
+                "registers": regs.float() if regs is not None else torch.zeros(0, cls.shape[0])}
+
     def load(self, item_id: str) -> Features:
         """Load all tokens of ``item_id`` as :class:`Features` (float32)."""
+        if not self.file_for(item_id).exists() and self.pth_file_for(item_id).exists():
+            t = self._load_pth(item_id)
+            return Features(cls=t["cls"], patch=t["patch"], registers=t["registers"])
         with self._open(item_id) as f:
             meta = json.loads((f.metadata() or {}).get("voxelfm", "{}"))
             t = {k: f.get_tensor(k).float() for k in ("cls", "patch", "registers")}
@@ -182,6 +212,8 @@ class EmbeddingStore:
         """Load one tensor (``"cls"``, ``"patch"`` or ``"registers"``) of ``item_id``."""
         if key not in ("cls", "patch", "registers"):
             raise ValueError(f"key must be cls, patch or registers, got {key!r}")
+        if not self.file_for(item_id).exists() and self.pth_file_for(item_id).exists():
+            return self._load_pth(item_id)[key]
         with self._open(item_id) as f:
             return f.get_tensor(key).float()
 

@@ -1,0 +1,82 @@
+"""``voxelfm extract``: embed CT volumes (files, DICOM folders, CSV manifests) into an embedding store."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = "extract CLS / patch / register embeddings of CT volumes into an embedding store"
+
+EPILOG = """examples:
+  voxelfm extract -i scans/ -o emb/ --weights 99999.pth --config config.yaml --preset paper \\
+      --crop-background --max-patches 25000
+  voxelfm extract -i cohort.csv -o emb/ --weights vit_base --workers 4 --dtype bf16
+  torchrun --nproc_per_node=4 -m voxelfm extract -i cohort.csv -o emb/ --weights model/
+
+Re-running with the same -o skips finished ids (--retry-failed re-tries failures).
+Exit status: 0 all ok, 1 some items failed (see OUT/index.csv), 2 usage error."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("-i", "--input", nargs="+", required=True, metavar="INPUT",
+                        help="volume files, folders (every DICOM series found is one item) or CSV manifests (id,path)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="embedding store folder")
+    parser.add_argument("--weights", required=True, metavar="W",
+                        help="weights file or folder, or a config name (vit_tiny, vit_small, vit_base) for random init")
+    parser.add_argument("--config", default=None, metavar="CONFIG",
+                        help="architecture + normalisation: reference config.yaml or voxelfm config.json")
+    parser.add_argument("--preset", default="default", choices=("default", "paper"),
+                        help="preprocessing preset (default: one HU window, canonical orientation; "
+                             "paper: the reference pipeline exactly)")
+    parser.add_argument("--crop-background", action="store_true", help="crop to the body before resampling")
+    parser.add_argument("--max-patches", type=int, default=None, metavar="N",
+                        help="token budget per volume (the paper used 25000)")
+    parser.add_argument("--mode", default="auto", choices=("auto", "full", "chunked"),
+                        help="one forward pass, overlapping windows, or auto by memory budget")
+    parser.add_argument("--window", default=None, metavar="W",
+                        help="chunk size: tokens per side (16, 16x16x8) or voxels (224vox)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction (default 0.25)")
+    parser.add_argument("--memory-budget-gb", type=float, default=None, metavar="GB",
+                        help="activation memory budget for auto mode (default: env VOXELFM_MEMORY_BUDGET_GB, "
+                             "60%% of free GPU memory, or 4 GiB on CPU)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast dtype")
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="background processes reading + preprocessing (0 = none; default 2)")
+    parser.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"),
+                        help="safetensors store files, reference .pth {cls, patch} files, or both")
+    parser.add_argument("--retry-failed", action="store_true", help="re-try ids whose last attempt failed")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_patches is not None and args.max_patches < 1:
+        raise ValueError(f"--max-patches must be >= 1, got {args.max_patches}")
+    if not 0 <= args.overlap < 1:
+        raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    from voxelfm.io import collect_inputs
+
+    items = collect_inputs(args.input)  # fail fast on bad paths, before loading the model
+    if not items:
+        raise ValueError(f"no volumes found in {' '.join(args.input)}")
+
+    import torch
+
+    from voxelfm.inference.batch import extract_batch
+    from voxelfm.models import load_backbone
+
+    if "OMP_NUM_THREADS" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"])))
+    model = load_backbone(args.weights, config=args.config, device="cpu")
+    summary = extract_batch(
+        model, items, args.output, preset=args.preset, crop_background=args.crop_background,
+        max_patches=args.max_patches, mode=args.mode, window=args.window, overlap=args.overlap,
+        device=args.device, dtype=args.dtype, memory_budget_gb=args.memory_budget_gb,
+        workers=args.workers, format=args.format, retry_failed=args.retry_failed)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(summary, file=sys.stdout, flush=True)
+    return 0 if summary.failed == 0 else 1

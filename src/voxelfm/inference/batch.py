@@ -1,0 +1,318 @@
+"""Batch extraction: many volumes → one :class:`EmbeddingStore`, resumable, overlapped, sharded.
+
+* Reading and preprocessing run in background workers (a ``torch.utils.data.DataLoader`` with
+  ``workers`` processes), so the next volumes are read while the model runs on the current one.
+* Every embedding file is written atomically and logged in ``index/<writer>.jsonl``; a re-run
+  skips ids already ``ok`` (and, unless ``retry_failed``, ids that failed before). A failing
+  volume is logged as ``failed`` with its error and the run goes on.
+* Under ``torchrun`` (or any initialised ``torch.distributed`` group) rank ``r`` of ``W`` takes
+  items ``r, r+W, r+2W, ...``, logs to ``index/rank<r>.jsonl``; after a barrier rank 0 writes
+  the merged ``index.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from voxelfm.inference.extract import extract_preprocessed, resolve_device, resolve_preset
+from voxelfm.inference.store import EmbeddingStore
+from voxelfm.preprocess import Preset, preprocess_volume
+from voxelfm.utils import atomic_write_text, progress, safe_id
+
+__all__ = ["BatchSummary", "BatchItem", "extract_batch", "FORMATS"]
+
+FORMATS: tuple[str, ...] = ("safetensors", "pth", "both")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One volume of a batch: ``id`` plus a path (``series_uid`` picks a DICOM series) or an
+    in-memory source (``Volume`` / array)."""
+
+    id: str
+    source: Any
+    series_uid: str | None = None
+
+    @property
+    def source_text(self) -> str:
+        if isinstance(self.source, (str, os.PathLike)):
+            return os.fspath(self.source) + (f"#{self.series_uid}" if self.series_uid else "")
+        return f"<{type(self.source).__name__}>"
+
+
+@dataclass
+class BatchSummary:
+    """Outcome of one :func:`extract_batch` call (all ranks together under ``torchrun``).
+
+    ``skipped`` counts ids already done (or failed before, without ``retry_failed``).
+    """
+
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    total: int = 0
+    out: str = ""
+    seconds: float = 0.0
+    failed_ids: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"voxelfm extract: {self.ok} ok, {self.failed} failed, {self.skipped} skipped "
+                f"of {self.total} in {self.seconds:.1f} s -> {self.out}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "failed": self.failed, "skipped": self.skipped, "total": self.total,
+                "out": self.out, "seconds": round(self.seconds, 3), "failed_ids": list(self.failed_ids)}
+
+
+def _as_items(items: Iterable[Any]) -> list[BatchItem]:
+    items = list(items)
+    if items and all(isinstance(i, (str, os.PathLike)) for i in items):
+        from voxelfm.io import collect_inputs
+
+        items = collect_inputs(items)
+    out: list[BatchItem] = []
+    seen: set[str] = set()
+    for it in items:
+        if isinstance(it, BatchItem):
+            bi = it
+        elif hasattr(it, "id") and hasattr(it, "path"):  # voxelfm.io.InputItem
+            bi = BatchItem(str(it.id), it.path, getattr(it, "series_uid", None))
+        elif isinstance(it, dict):
+            bi = BatchItem(str(it["id"]), it.get("path", it.get("source")), it.get("series_uid"))
+        elif isinstance(it, (tuple, list)) and len(it) in (2, 3):
+            bi = BatchItem(str(it[0]), it[1], it[2] if len(it) == 3 else None)
+        else:
+            raise ValueError(f"cannot use {it!r} as a batch item: give paths, voxelfm.io.InputItem, "
+                             "(id, path) tuples or {'id', 'path'} dicts")
+        if not bi.id.strip():
+            raise ValueError(f"empty id for item {bi.source_text}")
+        if bi.id in seen:
+            raise ValueError(f"duplicate id {bi.id!r} in the batch; ids must be unique")
+        seen.add(bi.id)
+        out.append(bi)
+    return out
+
+
+class _ReadPreprocess(torch.utils.data.Dataset):
+    """Reads and preprocesses one item; errors are returned, not raised (the run goes on)."""
+
+    def __init__(self, items: Sequence[BatchItem], preset: Preset, crop_background: bool,
+                 max_patches: int | None, patch_size: int) -> None:
+        self.items = list(items)
+        self.preset = preset
+        self.crop_background = crop_background
+        self.max_patches = max_patches
+        self.patch_size = patch_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None, float]:
+        item = self.items[i]
+        t0 = time.perf_counter()
+        try:
+            src = item.source
+            if isinstance(src, (str, os.PathLike)):
+                from voxelfm.io import read_volume
+
+                src = read_volume(src, series_uid=item.series_uid)
+            pre = preprocess_volume(src, self.preset, crop_background=self.crop_background,
+                                    max_patches=self.max_patches, patch_size=self.patch_size, normalise=True)
+            return i, pre, None, time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - recorded as a failure of this item
+            return i, None, _error_text(exc), time.perf_counter() - t0
+
+
+def _error_text(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _dist_context(device: str | torch.device | None) -> tuple[int, int, bool]:
+    """``(rank, world_size, we_initialised)``; initialises a group from torchrun's env if needed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and "RANK" in os.environ and dist.is_available():
+        use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def _clean_stale_tmp(store: EmbeddingStore, ids: Iterable[str]) -> int:
+    """Remove temporary files a killed run left for ``ids`` (never another item's)."""
+    folder = store.root / "embeddings"
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for item_id in ids:
+        sid = safe_id(item_id)
+        for ext in ("safetensors", "pth"):
+            for tmp in folder.glob(f".{sid}.{ext}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def _settings(model: Any, preset: Preset, crop_background: bool, max_patches: int | None) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    return {"preset": preset.to_dict(), "crop_background": bool(crop_background),
+            "max_patches": max_patches, "model": cfg.to_dict() if hasattr(cfg, "to_dict") else None}
+
+
+def _check_settings(root: Path, settings: dict[str, Any], write: bool) -> None:
+    path = root / "extraction.json"
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = sorted(k for k in settings if json.dumps(old.get(k), sort_keys=True)
+                      != json.dumps(settings[k], sort_keys=True))
+        if diff:
+            raise ValueError(f"{root} holds embeddings made with different settings ({', '.join(diff)}); "
+                             "use a new output folder or the same settings")
+    elif write:
+        from voxelfm import __version__
+
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({**settings, "voxelfm_version": __version__}, indent=1))
+
+
+def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.PathLike[str], *,
+                  preset: str | Preset = "default", crop_background: bool = False,
+                  max_patches: int | None = None, mode: str = "auto",
+                  window: int | str | Sequence[int] | None = None, overlap: float = 0.25,
+                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                  memory_budget_gb: float | None = None, workers: int = 0, format: str = "safetensors",
+                  retry_failed: bool = False, writer: str | None = None,
+                  show_progress: bool | None = None) -> BatchSummary:
+    """Extract features of many volumes into the store at ``out`` (resumable).
+
+    Args:
+        model: the backbone (same as :func:`voxelfm.extract_features`).
+        items: paths (files, folders, CSV manifests — expanded by :func:`voxelfm.io.collect_inputs`),
+            :class:`voxelfm.io.InputItem` s, ``(id, path_or_array)`` tuples or ``{"id", "path"}``
+            dicts. Ids become file names only through :func:`voxelfm.utils.safe_id`.
+        out: the store folder (:class:`EmbeddingStore`).
+        preset, crop_background, max_patches, mode, window, overlap, device, dtype,
+            memory_budget_gb: as :func:`voxelfm.extract_features`.
+        workers: background processes that read + preprocess (0 = in this process).
+        format: ``"safetensors"`` (the store format), ``"pth"`` (reference layout
+            ``{"cls": [1,C], "patch": [d,h,w,C]}`` only) or ``"both"``.
+        retry_failed: also retry ids whose last attempt failed (default: skip them).
+        writer: name of this process's status log (default ``main``; ``rank<r>`` under torchrun).
+        show_progress: progress bar with ETA (default: on, rank 0 only; ``VOXELFM_NO_PROGRESS=1``
+            silences it).
+
+    Returns:
+        :class:`BatchSummary` (ok / failed / skipped counts summed over ranks).
+
+    Raises:
+        ValueError: bad arguments, duplicate ids, or ``out`` written with different settings.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    formats = {"safetensors": ("safetensors",), "pth": ("pth",), "both": ("safetensors", "pth")}[format]
+    t_start = time.perf_counter()
+    all_items = _as_items(items)
+    rank, world, owns_group = _dist_context(device)
+    if world > 1 and device is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    resolved = resolve_preset(model, preset)
+    root = Path(out)
+    settings = _settings(model, resolved, crop_background, max_patches)
+    _check_settings(root, settings, write=rank == 0)
+    store = EmbeddingStore(root, writer=writer or (f"rank{rank}" if world > 1 else "main"))
+    store.records(refresh=True)
+
+    mine = all_items[rank::world]
+    todo: list[BatchItem] = []
+    skipped = 0
+    for it in mine:
+        st = store.status(it.id)
+        done = st == "ok" and all(
+            (store.file_for(it.id) if f == "safetensors" else store.pth_file_for(it.id)).exists() for f in formats)
+        if done or (st == "failed" and not retry_failed):
+            skipped += 1
+        else:
+            todo.append(it)
+    _clean_stale_tmp(store, (it.id for it in todo))
+
+    ok = failed = 0
+    failed_ids: list[str] = []
+    dev = resolve_device(device, model)
+    ds = _ReadPreprocess(todo, resolved, crop_background, max_patches, int(model.patch_size))
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                         collate_fn=_identity, worker_init_fn=_worker_init if workers else None,
+                                         prefetch_factor=2 if workers else None,
+                                         persistent_workers=False)
+    disable = None if show_progress is None else not show_progress
+    if rank != 0:
+        disable = True
+    try:
+        for i, pre, err, read_s in progress(loader, total=len(todo), desc="extract", unit="vol", disable=disable):
+            item = todo[i]
+            if err is None:
+                t0 = time.perf_counter()
+                try:
+                    feats = extract_preprocessed(model, pre, mode=mode, window=window, overlap=overlap,
+                                                 device=dev, dtype=dtype, memory_budget_gb=memory_budget_gb)
+                    feats.record["read_preprocess_seconds"] = round(read_s, 4)
+                    seconds = read_s + time.perf_counter() - t0
+                    if "pth" in formats:
+                        store.write_reference_pth(item.id, feats, log="safetensors" not in formats,
+                                                  source=item.source_text, seconds=seconds)
+                    if "safetensors" in formats:
+                        store.write(item.id, feats, source=item.source_text, seconds=seconds)
+                    ok += 1
+                    continue
+                except torch.cuda.OutOfMemoryError as exc:
+                    torch.cuda.empty_cache()
+                    err = _error_text(exc) + " (try --mode chunked or a smaller --max-patches)"
+                except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                    err = _error_text(exc)
+            store.record_failure(item.id, source=item.source_text, error=err)
+            failed += 1
+            failed_ids.append(item.id)
+    finally:
+        del loader
+    counts = [ok, failed, skipped, len(mine)]
+    if world > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor(counts, dtype=torch.int64,
+                         device=dev if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+        counts = [int(v) for v in t.tolist()]
+        dist.barrier()
+    if rank == 0:
+        store.write_index()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if owns_group:
+            dist.destroy_process_group()
+    return BatchSummary(ok=counts[0], failed=counts[1], skipped=counts[2], total=counts[3], out=str(root),
+                        seconds=time.perf_counter() - t_start, failed_ids=failed_ids)
