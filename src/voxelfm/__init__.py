@@ -34,6 +34,8 @@ _LAZY: dict[str, str] = {
     "load_backbone": "voxelfm.models",
     "save_backbone": "voxelfm.models",
     "build_backbone": "voxelfm.models",
+    "ViTConfig": "voxelfm.models",
+    "VisionTransformer3D": "voxelfm.models",
     # inference
     "Features": "voxelfm.inference",
     "EmbeddingStore": "voxelfm.inference",
