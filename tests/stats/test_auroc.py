@@ -109,3 +109,13 @@ def test_ovr_matches_sklearn():
     r = auroc_ovr(y, p)
     assert r.macro.value == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
     assert r.labels == ["0", "1", "2", "3"]
+
+
+def test_auroc_equals_scipy_mann_whitney_u():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(9)
+    y = rng.random(120) < 0.4
+    s = np.round(rng.normal(size=120) + y, 1)
+    u = mannwhitneyu(s[y], s[~y]).statistic
+    assert auroc(y, s).value == pytest.approx(u / (y.sum() * (~y).sum()))

@@ -133,3 +133,27 @@ def test_recall_at_k_generic():
     # query 2: top-2 = item 2, then the tie 0/1 → the relevant item 1 wins
     assert recall_at_k(scores, relevant, 2).value == pytest.approx((0.5 + 1.0) / 2)
     assert recall_at_k(scores, relevant, 1).value == pytest.approx(0.0)
+
+
+def test_expected_equals_exhaustive_average_over_negative_subsets():
+    """The hypergeometric formula is the exact mean of the protocol over all negative draws."""
+    from itertools import combinations
+
+    rng = np.random.default_rng(7)
+    n, n_neg_draw = 9, 3
+    emb = np.round(rng.normal(size=(n, 2)), 1)  # coarse values → some tied similarities
+    labels = np.zeros((n, 1), bool)
+    labels[:3, 0] = True
+    res = retrieval_recall(emb, labels, ks=(1, 2), n_negatives=n_neg_draw, method="expected")
+    e = emb.astype(np.float32)
+    e = e / (np.linalg.norm(e, axis=1, keepdims=True) + np.float32(1e-8))
+    sim = e @ e.T
+    pos, neg = np.arange(3), np.arange(3, n)
+    hits = {1: [], 2: []}
+    for q in pos:
+        for p in pos[pos != q]:
+            for k in (1, 2):
+                h = [np.sum(sim[q, list(c)] > sim[q, p]) < k for c in combinations(neg, n_neg_draw)]
+                hits[k].append(np.mean(h))
+    for k in (1, 2):
+        assert res.per_label["label_0"][k].value == pytest.approx(np.mean(hits[k]), abs=1e-12)
