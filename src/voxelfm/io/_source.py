@@ -37,6 +37,8 @@ class SourceImage:
         map_padding: map voxels < -1500 HU to -1024 (False for plain arrays).
         full_fov: the image is a whole scan (enables the "no air" warning).
         storage_dtype: dtype on disk (8-bit data is rejected as not HU).
+        may_be_nonfinite: False when the values come from integers with finite scaling (skips the
+            O(N) finiteness check).
     """
 
     array: np.ndarray
@@ -52,6 +54,7 @@ class SourceImage:
     map_padding: bool = True
     full_fov: bool = True
     storage_dtype: Any = None
+    may_be_nonfinite: bool = True
 
 
 def _warn(source: dict[str, Any], message: str) -> None:
@@ -85,7 +88,8 @@ def build_volume(img: SourceImage, *, check_values: bool = True) -> Volume:
     array = np.ascontiguousarray(cmap.apply(img.array), dtype=np.float32)
     pad_mask = None if img.padding_mask is None else np.ascontiguousarray(cmap.apply(img.padding_mask))
 
-    check_finite(array, path)
+    if img.may_be_nonfinite:
+        check_finite(array, path)
     if img.map_padding:
         n_pad, lowest = map_padding(array, extra_mask=pad_mask)
         src["padding_voxels"] = n_pad

@@ -106,4 +106,5 @@ def read_array_file(path: str | Path, spacing: Sequence[float] | None = None) ->
         map_padding=False,
         full_fov=False,
         storage_dtype=array.dtype,
+        may_be_nonfinite=array.dtype.kind in "fc",
     )

@@ -571,8 +571,11 @@ def _read_series(headers: list[_Header], where: Path, source: dict[str, Any]) ->
         slope = 1.0 if slope is None else slope
         intercept = 0.0 if intercept is None else intercept
         rescales.add((slope, intercept))
-        np.multiply(px, slope, out=out[k], casting="unsafe")
-        out[k] += intercept
+        if slope == 1.0:
+            np.add(px, np.float32(intercept), out=out[k], casting="unsafe")
+        else:
+            np.multiply(px, slope, out=out[k], casting="unsafe")
+            out[k] += intercept
         m = _padding_mask(ds, px)
         if m is not None and m.any():
             if pad_mask is None:
@@ -622,6 +625,7 @@ def _read_series(headers: list[_Header], where: Path, source: dict[str, Any]) ->
         source=source,
         padding_mask=pad_mask,
         storage_dtype=storage if all_unit else None,
+        may_be_nonfinite=storage is not None and storage.kind == "f",
     )
 
 

@@ -102,4 +102,5 @@ def read_nifti(path: str | Path) -> SourceImage:
         reference_clip=NIFTI_REFERENCE_CLIP,
         source=source,
         storage_dtype=None if scaled else storage,
+        may_be_nonfinite=storage.kind == "f" or not (np.isfinite(slope) and np.isfinite(inter)),
     )

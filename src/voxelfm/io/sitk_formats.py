@@ -79,4 +79,5 @@ def read_sitk_image(path: str | Path, fmt: str) -> SourceImage:
         reference_clip=SITK_REFERENCE_CLIP,
         source=source,
         storage_dtype=storage,
+        may_be_nonfinite=storage.kind == "f",
     )
