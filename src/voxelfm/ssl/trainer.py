@@ -174,7 +174,7 @@ class Trainer:
                  max_minutes: float | None = None, resume: bool = True, device: str | None = None,
                  num_workers: int | None = None, knn_labels: str | os.PathLike[str] | None = None,
                  knn_target: str | Sequence[str] | None = None, show_progress: bool = True,
-                 export: bool = True) -> None:
+                 export: bool = True, callbacks: Sequence[Any] = ()) -> None:
         from voxelfm.ssl.distributed import init_distributed
 
         self.cfg = cfg
@@ -194,6 +194,9 @@ class Trainer:
         self.amp_dtype = resolve_precision(str(cfg.compute_precision), self.device)
         self.resume = resume
         self._requested_max_steps = max_steps
+        self.callbacks = list(callbacks)
+        self.last_positions: list[int] = []
+        self.last_volume_indices: list[int] = []
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
@@ -282,10 +285,15 @@ class Trainer:
                 wrapped = FSDP(module, device_id=self.device if self.device.type == "cuda" else None,
                                use_orig_params=True, sync_module_states=True)
             else:
+                import inspect
+
                 from torch.nn.parallel import DistributedDataParallel as DDP
 
+                # buffers (RoPE periods) are constants: no per-forward buffer sync
+                sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in \
+                    inspect.signature(DDP.__init__).parameters else {"broadcast_buffers": False}
                 wrapped = DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                              find_unused_parameters=False, broadcast_buffers=False)
+                              find_unused_parameters=False, **sync)
             self.model.student[k] = wrapped
             self.ddp_modules.append(wrapped)
 
@@ -325,10 +333,15 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         total_sum = torch.zeros((), device=self.device)
         data_time = 0.0
+        self.last_positions, self.last_volume_indices = [], []
         for micro in range(self.accum):
             t0 = time.perf_counter()
             batch = _to_device(next(batches), self.device)
             data_time += time.perf_counter() - t0
+            if "positions" in batch:
+                self.last_positions += [int(p) for p in batch["positions"].tolist()]
+            if "volume_indices" in batch:
+                self.last_volume_indices += [int(i) for i in batch["volume_indices"].tolist()]
             last = micro == self.accum - 1
             with contextlib.ExitStack() as stack:
                 if not last:
@@ -505,6 +518,8 @@ class Trainer:
                                   teacher_cls_std=rec.get("teacher_cls_std", float("nan")),
                                   student_cls_std=rec.get("student_cls_std", float("nan")))
                     metrics.write(record)
+                    for callback in self.callbacks:
+                        callback(self, step, record)
                     step += 1
                     recent = (recent + [dt])[-20:]
                     bar.update(1)
@@ -593,7 +608,7 @@ def pretrain(config: str | os.PathLike[str] | Mapping[str, Any] | None = None, d
              max_minutes: float | None = None, overrides: Iterable[str] = (), resume: bool = True,
              knn_labels: str | os.PathLike[str] | None = None, knn_target: str | Sequence[str] | None = None,
              device: str | None = None, num_workers: int | None = None, show_progress: bool = True,
-             export: bool = True) -> Path:
+             export: bool = True, callbacks: Sequence[Any] = ()) -> Path:
     """Pre-train (or continue) a 3D ViT with DINO + iBOT + KoLeo on a prepared-volume store.
 
     Re-running with the same ``output`` resumes from its newest checkpoint (exactly: same data,
@@ -617,6 +632,8 @@ def pretrain(config: str | os.PathLike[str] | Mapping[str, Any] | None = None, d
         num_workers: data-loader workers (default ``train.num_workers``).
         show_progress: progress bar on the main process.
         export: write the final teacher (``output/backbone`` + reference dump in ``output/eval``).
+        callbacks: ``callback(trainer, step, record)`` called on every process after each optimizer
+            step (``record`` = the metrics of the step; ``trainer.model``, ``trainer.last_positions``).
 
     Returns:
         ``output/backbone`` — the teacher as a voxelfm backbone folder
@@ -634,5 +651,5 @@ def pretrain(config: str | os.PathLike[str] | Mapping[str, Any] | None = None, d
     store = _open_store(data)
     trainer = Trainer(cfg, store, Path(output), max_steps=max_steps, max_minutes=max_minutes, resume=resume,
                       device=device, num_workers=num_workers, knn_labels=knn_labels, knn_target=knn_target,
-                      show_progress=show_progress, export=export)
+                      show_progress=show_progress, export=export, callbacks=callbacks)
     return trainer.run()

@@ -15,6 +15,7 @@ over an accumulation window and all ranks:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -33,36 +34,29 @@ def sinkhorn_knopp(teacher_output: torch.Tensor, teacher_temp: float, n_iteratio
     """Sinkhorn–Knopp teacher targets (DINOv2 / SwAV), ``[B, K] -> [B, K]``, rows sum to 1.
 
     Q = exp(t / τ) (``K × B``) is normalised so each prototype row carries 1/K of the mass and each
-    sample column 1/B, ``n_iterations`` times, then columns are rescaled to sum to 1. Row sums and
-    the total are all-reduced across ranks (columns are per sample, local). ``n_samples`` is the
-    global number of samples ``B`` (default: local rows × world size). The global maximum logit is
-    subtracted before ``exp`` for stability; the normalisation makes that a no-op mathematically.
+    sample column 1/B, ``n_iterations`` times, then columns are rescaled to sum to 1. Row sums are
+    reduced across ranks (columns are per sample, local). ``n_samples`` is the global number of
+    samples B (default: local rows × world size). Same result as DINOv2's
+    ``sinkhorn_knopp_teacher`` but computed in the log domain, so sharp temperatures cannot
+    underflow a prototype row to 0 (DINOv2 then returns NaN). DINOv2's initial division by the
+    total mass is omitted: the first row normalisation cancels it exactly.
     """
     distributed = _world_size() > 1
-    t = teacher_output.float() / teacher_temp
-    t_max = t.max().detach().clone()
-    if distributed:
-        dist.all_reduce(t_max, op=dist.ReduceOp.MAX)
-    Q = torch.exp(t - t_max).t()  # K x B
-    if n_samples is None:
-        B = Q.shape[1] * _world_size()
-    else:
-        B = n_samples
-    K = Q.shape[0]
-    sum_Q = torch.sum(Q)
-    if distributed:
-        dist.all_reduce(sum_Q)
-    Q /= sum_Q
+    log_q = (teacher_output.float() / teacher_temp).t()  # K x B
+    K = log_q.shape[0]
+    B = log_q.shape[1] * _world_size() if n_samples is None else n_samples
+    log_b = torch.log(torch.as_tensor(B, dtype=torch.float32, device=log_q.device))
+    log_k = math.log(K)
     for _ in range(n_iterations):
-        sum_of_rows = torch.sum(Q, dim=1, keepdim=True)
+        row_max = log_q.max(dim=1, keepdim=True).values
         if distributed:
-            dist.all_reduce(sum_of_rows)
-        Q /= sum_of_rows
-        Q /= K
-        Q /= torch.sum(Q, dim=0, keepdim=True)
-        Q /= B
-    Q *= B
-    return Q.t()
+            dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
+        row_sum = torch.exp(log_q - row_max).sum(dim=1, keepdim=True)
+        if distributed:
+            dist.all_reduce(row_sum)
+        log_q = log_q - (row_max + torch.log(row_sum)) - log_k  # each prototype: 1/K
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - log_b  # each sample: 1/B
+    return torch.exp(log_q + log_b).t()
 
 
 class DINOLoss(CenteredLoss):
