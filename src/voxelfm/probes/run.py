@@ -41,7 +41,8 @@ from voxelfm.probes.tasks import Targets, Task, get_task, undefined
 from voxelfm.probes.trainer import TrainConfig, Trainer
 from voxelfm.utils import atomic_write, atomic_write_text
 
-__all__ = ["ProbeRun", "train_probe", "HEADS", "HEAD_DEFAULTS", "default_feature", "resolve_hparams"]
+__all__ = ["ProbeRun", "train_probe", "check_probe", "allowed_hparams", "HEADS", "HEAD_DEFAULTS",
+           "default_feature", "resolve_hparams"]
 
 #: head name → how it consumes features
 HEADS: dict[str, str] = {
@@ -96,6 +97,40 @@ _COMMON_DEFAULTS: dict[str, Any] = {
 }
 
 
+def allowed_hparams(head: str) -> set[str]:
+    """Option names :func:`train_probe` accepts for ``head``."""
+    if head not in HEADS:
+        raise ConfigError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    trains = HEADS[head] != "vector" or head in ("linear", "mlp", "cox")
+    return set(_COMMON_DEFAULTS) | _HEAD_KEYS[head] | (_TRAIN_KEYS if trains else set())
+
+
+def check_probe(task: str, head: str | None, feature: str | None, hparams: dict[str, Any]
+                ) -> tuple[Task, str, str, dict[str, Any]]:
+    """Validate a (task, head, feature, options) combination; returns the task, head, feature and
+    the resolved options. Raises :class:`~voxelfm.errors.ConfigError` with what to change."""
+    task_obj = get_task(task)
+    head = head or task_obj.default_head
+    if head not in HEADS:
+        raise ConfigError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    if head not in task_obj.heads:
+        raise ConfigError(f"head {head!r} does not fit task {task_obj.name!r}; use one of "
+                          f"{', '.join(task_obj.heads)}")
+    feature = feature or default_feature(head)
+    kind = HEADS[head]
+    if kind == "vector" and feature not in VECTOR_FEATURES:
+        raise ConfigError(f"head {head!r} takes one vector per scan; feature {feature!r} is not one "
+                          f"(use {', '.join(VECTOR_FEATURES)}, or a token head such as attentive for patch tokens)")
+    if kind in ("tokens", "grid") and feature not in TOKEN_FEATURES:
+        raise ConfigError(f"head {head!r} reads token sets; use feature=patch (or registers), not {feature!r}")
+    if head in ("localisation", "segmentation") and feature != "patch":
+        raise ConfigError(f"head {head!r} needs feature=patch (token positions)")
+    hp = resolve_hparams(head, hparams)
+    if not 0 < float(hp["fraction"]) <= 1:
+        raise ConfigError(f"fraction must be in (0, 1], got {hp['fraction']}")
+    return task_obj, head, feature, hp
+
+
 def default_feature(head: str) -> str:
     """``cls`` for vector heads, ``patch`` for token / grid heads."""
     return "patch" if HEADS.get(head) in ("tokens", "grid") else "cls"
@@ -103,10 +138,7 @@ def default_feature(head: str) -> str:
 
 def resolve_hparams(head: str, hparams: dict[str, Any]) -> dict[str, Any]:
     """Merge ``hparams`` over the head's defaults; unknown names are an error."""
-    if head not in HEADS:
-        raise ConfigError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-    allowed = set(_COMMON_DEFAULTS) | _HEAD_KEYS[head] | (_TRAIN_KEYS if HEADS[head] != "vector" or head in (
-        "linear", "mlp", "cox") else set())
+    allowed = allowed_hparams(head)
     unknown = sorted(set(hparams) - allowed)
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for head {head!r}; valid: "
@@ -354,25 +386,7 @@ def train_probe(store: Any, labels: Any, target: str | Sequence[str], *, task: s
         :class:`ProbeRun`.
     """
     t_start = time.perf_counter()
-    task_obj = get_task(task)
-    head = head or task_obj.default_head
-    if head not in HEADS:
-        raise ConfigError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-    if head not in task_obj.heads:
-        raise ConfigError(f"head {head!r} does not fit task {task_obj.name!r}; use one of "
-                          f"{', '.join(task_obj.heads)}")
-    feature = feature or default_feature(head)
-    kind = HEADS[head]
-    if kind == "vector" and feature not in VECTOR_FEATURES:
-        raise ConfigError(f"head {head!r} takes one vector per scan; feature {feature!r} is not one "
-                          f"(use {', '.join(VECTOR_FEATURES)}, or a token head such as attentive for patch tokens)")
-    if kind in ("tokens", "grid") and feature not in TOKEN_FEATURES:
-        raise ConfigError(f"head {head!r} reads token sets; use feature=patch (or registers), not {feature!r}")
-    if head in ("localisation", "segmentation") and feature != "patch":
-        raise ConfigError(f"head {head!r} needs feature=patch (token positions)")
-    hp = resolve_hparams(head, hparams)
-    if not 0 < float(hp["fraction"]) <= 1:
-        raise ConfigError(f"fraction must be in (0, 1], got {hp['fraction']}")
+    task_obj, head, feature, hp = check_probe(task, head, feature, hparams)
 
     store = _as_store(store)
     base_dir = None if isinstance(labels, pd.DataFrame) else Path(labels).resolve().parent
