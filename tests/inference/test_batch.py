@@ -1,0 +1,240 @@
+"""Batch extraction: failures recorded, resumable (exactly once), retry, .pth layout, safe ids,
+torchrun-style sharding, CLI errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.inference.conftest import body_volume, randomised_tiny
+from voxelfm.inference import EmbeddingStore, extract_batch
+
+N_GOOD = 5
+pytestmark = pytest.mark.filterwarnings("ignore:.*no voxel spacing known")
+
+
+def _folder(tmp_path: Path, n: int = N_GOOD, shape=(16, 20, 24), bad: bool = True) -> Path:
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    for i in range(n):
+        np.save(folder / f"v{i}.npy", body_volume(shape, seed=i))
+    if bad:
+        (folder / "bad.npy").write_bytes(b"this is not a numpy file")
+    return folder
+
+
+def _log_records(out: Path) -> list[dict]:
+    recs = []
+    for log in sorted((out / "index").glob("*.jsonl")):
+        recs += [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return recs
+
+
+def _tmp_files(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def _ok_once(out: Path, ids) -> None:
+    oks = [r["id"] for r in _log_records(out) if r["status"] == "ok"]
+    assert sorted(oks) == sorted(ids), oks  # every id logged ok exactly once
+    assert not _tmp_files(out)
+
+
+def test_failure_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
+    folder = _folder(tmp_path)
+    out = tmp_path / "emb"
+    s = extract_batch(tiny_model, [folder], out)
+    assert (s.ok, s.failed, s.skipped, s.total) == (N_GOOD, 1, 0, N_GOOD + 1) and s.failed_ids == ["bad"]
+    store = EmbeddingStore(out)
+    assert sorted(store.ids) == [f"v{i}" for i in range(N_GOOD)]
+    assert store.status("bad") == "failed"
+    import csv
+
+    rows = {r["id"]: r for r in csv.DictReader(open(out / "index.csv"))}
+    assert rows["bad"]["status"] == "failed" and rows["bad"]["error"]
+    assert rows["v0"]["status"] == "ok" and rows["v0"]["grid"] == "4x5x6"
+    f = store.load("v1")
+    assert f.patch.shape == (4, 5, 6, 48) and f.record["preset"]["name"] == "default"
+    assert f.record["source"]["format"] == "npy" and "read_preprocess_seconds" in f.record
+    assert "voxelfm extract: 5 ok, 1 failed, 0 skipped of 6" in str(s)
+    _ok_once(out, [f"v{i}" for i in range(N_GOOD)])
+
+
+def test_rerun_skips_and_retry_failed(tiny_model, tmp_path):
+    folder = _folder(tmp_path)
+    out = tmp_path / "emb"
+    extract_batch(tiny_model, [folder], out)
+    s = extract_batch(tiny_model, [folder], out, workers=1)
+    assert (s.ok, s.failed, s.skipped) == (0, 0, N_GOOD + 1)
+    np.save(folder / "bad.npy", body_volume((16, 20, 24), seed=99))  # fix the broken input
+    assert extract_batch(tiny_model, [folder], out).skipped == N_GOOD + 1  # failures not retried by default
+    s = extract_batch(tiny_model, [folder], out, retry_failed=True)
+    assert (s.ok, s.failed, s.skipped) == (1, 0, N_GOOD)
+    assert EmbeddingStore(out).status("bad") == "ok"
+    _ok_once(out, [f"v{i}" for i in range(N_GOOD)] + ["bad"])
+
+
+def test_interrupted_run_resumes_with_every_id_once(tmp_path):
+    folder = _folder(tmp_path, bad=False)
+    out = tmp_path / "emb"
+    model = randomised_tiny(5)
+    calls = {"n": 0}
+    forward = model.forward
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the user pressed ctrl-c during the third volume
+        return forward(*a, **k)
+
+    model.forward = flaky
+    with pytest.raises(KeyboardInterrupt):
+        extract_batch(model, [folder], out, workers=1)
+    del model.forward
+    assert len(EmbeddingStore(out).ids) == 2 and not _tmp_files(out)
+    # a SIGKILL during a write leaves a temp file next to the target; the resume removes it
+    stale = out / "embeddings" / ".v4.safetensors.x1y2.tmp"
+    stale.write_bytes(b"partial")
+    s = extract_batch(model, [folder], out)
+    assert (s.ok, s.skipped) == (N_GOOD - 2, 2)
+    _ok_once(out, [f"v{i}" for i in range(N_GOOD)])
+
+
+@pytest.mark.slow
+def test_killed_cli_run_resumes(tmp_path):
+    folder = _folder(tmp_path, n=12, shape=(40, 40, 40), bad=False)
+    from voxelfm.models import save_backbone
+
+    save_backbone(randomised_tiny(6), tmp_path / "model")
+    out = tmp_path / "emb"
+    cmd = [sys.executable, "-m", "voxelfm", "extract", "-i", str(folder), "-o", str(out),
+           "--weights", str(tmp_path / "model"), "--workers", "0"]
+    env = {**os.environ, "VOXELFM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = out / "index" / "main.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.005)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_before = len(EmbeddingStore(out).ids)
+    print(f"killed={killed} after {done_before} of 12 volumes")
+    assert done_before >= 2 if killed else done_before == 12
+    from voxelfm.cli.main import main
+
+    with redirect_stdout(io.StringIO()) as buf:
+        rc = main(cmd[3:])
+    assert rc == 0 and f"{12 - done_before} ok, 0 failed, {done_before} skipped of 12" in buf.getvalue()
+    _ok_once(out, [f"v{i}" for i in range(12)])
+
+
+def test_pth_format_is_the_reference_layout(tiny_model, tmp_path):
+    folder = _folder(tmp_path, n=2, bad=False)
+    out = tmp_path / "pth"
+    extract_batch(tiny_model, [folder], out, format="pth")
+    d = torch.load(out / "embeddings" / "v0.pth", weights_only=True)
+    assert set(d) == {"cls", "patch"} and d["cls"].shape == (1, 48) and d["patch"].shape == (4, 5, 6, 48)
+    assert not list((out / "embeddings").glob("*.safetensors"))
+    store = EmbeddingStore(out)
+    assert sorted(store.ids) == ["v0", "v1"] and store.matrix(feature="cls").shape == (2, 48)
+    assert extract_batch(tiny_model, [folder], out, format="pth").skipped == 2
+    both = tmp_path / "both"
+    extract_batch(tiny_model, [folder], both, format="both")
+    ref = torch.load(both / "embeddings" / "v1.pth", weights_only=True)
+    assert torch.equal(ref["cls"][0], EmbeddingStore(both).load("v1").cls)
+    assert torch.equal(ref["patch"], EmbeddingStore(both).load_tensor("v1", "patch"))
+
+
+def test_unsafe_ids_cannot_escape_out(tiny_model, tmp_path):
+    out = tmp_path / "a" / "emb"
+    vol = body_volume((16, 16, 16))
+    ids = ["../../escape", "/etc/passwd", "a/b\\c", "..", "ok id"]
+    s = extract_batch(tiny_model, [(i, vol) for i in ids], out)
+    assert s.ok == len(ids)
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert all(out in p.parents for p in files)
+    assert len(list((out / "embeddings").glob("*.safetensors"))) == len(ids)
+    assert sorted(EmbeddingStore(out).ids) == sorted(ids)
+
+
+def test_mixing_settings_in_one_store_is_refused(tiny_model, tmp_path):
+    folder = _folder(tmp_path, n=1, bad=False)
+    extract_batch(tiny_model, [folder], tmp_path / "emb")
+    with pytest.raises(ValueError, match="different settings"):
+        extract_batch(tiny_model, [folder], tmp_path / "emb", preset="paper")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, folder: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), VOXELFM_NO_PROGRESS="1")
+    torch.set_num_threads(1)
+    s = extract_batch(randomised_tiny(7), [folder], out, workers=0)
+    Path(out, f"summary{rank}.json").write_text(json.dumps(s.to_dict()))
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_share_the_items(tmp_path):
+    folder = _folder(tmp_path, n=6, bad=True)
+    out = tmp_path / "emb"
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(folder), str(out)), nprocs=2, join=True)
+    s0 = json.loads((out / "summary0.json").read_text())
+    assert (s0["ok"], s0["failed"], s0["total"]) == (6, 1, 7)  # summed over ranks
+    assert sorted(p.name for p in (out / "index").glob("*.jsonl")) == ["rank0.jsonl", "rank1.jsonl"]
+    per_rank = [{json.loads(x)["id"] for x in (out / "index" / f"rank{r}.jsonl").read_text().splitlines()}
+                for r in (0, 1)]
+    assert not per_rank[0] & per_rank[1] and len(per_rank[0]) + len(per_rank[1]) == 7
+    _ok_once(out, [f"v{i}" for i in range(6)])
+    import csv
+
+    assert len(list(csv.DictReader(open(out / "index.csv")))) == 7
+
+
+def test_cli_bad_path_is_one_line_exit_2(tmp_path):
+    from voxelfm.cli.main import main
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        rc = main(["extract", "-i", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "o"),
+                   "--weights", "vit_tiny"])
+    assert rc == 2
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("voxelfm extract: error:") and "missing.nii.gz" in lines[0]
+
+
+def test_cli_end_to_end_with_workers(tmp_path):
+    from voxelfm.cli.main import main
+    from voxelfm.models import save_backbone
+
+    folder = _folder(tmp_path, n=3)
+    save_backbone(randomised_tiny(8), tmp_path / "model")
+    out = tmp_path / "emb"
+    with redirect_stdout(io.StringIO()) as buf:
+        rc = main(["extract", "-i", str(folder), "-o", str(out), "--weights", str(tmp_path / "model"),
+                   "--workers", "1", "--format", "both", "--preset", "paper", "--max-patches", "20"])
+    assert rc == 1  # one input failed
+    assert buf.getvalue().strip().startswith("voxelfm extract: 3 ok, 1 failed, 0 skipped of 4")
+    f = EmbeddingStore(out).load("v0")
+    assert f.record["budget"]["max_patches"] == 20 and int(np.prod(f.grid)) <= 20
+    assert (out / "embeddings" / "v0.pth").exists()
