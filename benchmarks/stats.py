@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from voxelfm.utils import atomic_write_text
+os.environ.setdefault("VOXELFM_NO_PROGRESS", "1")
+
+from voxelfm.utils import atomic_write_text  # noqa: E402
 
 
 def _best(fn, repeats=3):

@@ -66,20 +66,23 @@ def _counts(idx: np.ndarray, n: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- vectorised metrics
 def _b_auroc(arrays, idx, **_):
+    """Mann–Whitney AUROC of every resample from per-resample counts of (score group, class):
+    one bincount over ``[B, N]`` codes and a cumulative sum over the sorted score groups."""
     from voxelfm.stats._validate import as_1d
 
     y = as_1d(arrays[0], "y_true", dtype=bool)
     s = as_1d(arrays[1], "y_score")
     uniq, grp = np.unique(s, return_inverse=True)
     g = len(uniq)
+    code = 2 * grp.astype(np.int64) + y  # (score group, class) per original row
     b, n = idx.shape
-    flat = grp[idx] + (np.arange(b) * g)[:, None]
-    total = np.bincount(flat.ravel(), minlength=b * g).reshape(b, g)
-    pos = np.bincount(flat.ravel(), weights=y[idx].ravel().astype(float), minlength=b * g).reshape(b, g)
-    neg = total - pos
-    neg_below = np.cumsum(neg, axis=1) - neg
+    flat = code[idx] + (np.arange(b, dtype=np.int64) * (2 * g))[:, None]
+    cnt = np.bincount(flat.ravel(), minlength=b * 2 * g).reshape(b, g, 2)
+    neg, pos = cnt[..., 0], cnt[..., 1]
+    neg_below = np.cumsum(neg, axis=1) - neg  # negatives in strictly lower score groups
     u = np.sum(pos * (neg_below + 0.5 * neg), axis=1)
-    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    n_pos = pos.sum(1)
+    n_neg = n - n_pos
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
@@ -132,11 +135,11 @@ def _b_thresholded(kind):
 
         y = as_1d(arrays[0], "y_true", dtype=bool)
         pred = as_1d(arrays[1], "y_prob") >= float(threshold)
-        c = _counts(idx, len(y))
-        tp = c @ (y & pred).astype(float)
-        fp = c @ (~y & pred).astype(float)
-        fn = c @ (y & ~pred).astype(float)
-        tn = c @ (~y & ~pred).astype(float)
+        code = 2 * y.astype(np.int64) + pred  # 0 tn, 1 fp, 2 fn, 3 tp
+        b = idx.shape[0]
+        flat = code[idx] + (np.arange(b, dtype=np.int64) * 4)[:, None]
+        cnt = np.bincount(flat.ravel(), minlength=4 * b).reshape(b, 4).astype(float)
+        tn, fp, fn, tp = cnt.T
         with np.errstate(invalid="ignore", divide="ignore"):
             if kind == "f1":
                 num, den = 2 * tp, 2 * tp + fp + fn
