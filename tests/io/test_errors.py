@@ -211,3 +211,17 @@ def test_zip_error_names_zip(tmp_path):
     synth.write_axial_series(tmp_path / "s", C, modality="MR")
     shutil.make_archive(str(tmp_path / "a"), "zip", tmp_path / "s")
     raises(tmp_path / "a.zip", "not a CT")
+
+
+def test_zip_with_corrupt_member(tmp_path):
+    import zipfile
+
+    synth.write_axial_series(tmp_path / "s", C)
+    z = tmp_path / "a.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted((tmp_path / "s").iterdir()):
+            zf.write(f, f.name)
+    data = bytearray(z.read_bytes())
+    data[2000] ^= 0xFF  # inside the first member's pixel data
+    z.write_bytes(bytes(data))
+    raises(z, "corrupt or truncated")

@@ -278,3 +278,49 @@ def test_index_lps_round_trip():
     pts = v.index_to_lps(idx)
     np.testing.assert_allclose(pts[1], synth.ORIGIN_LPS + [11 * 0.7, 9 * 0.8, 7 * 2.5])
     np.testing.assert_allclose(v.lps_to_index(pts), idx)
+
+
+def test_dicom_without_preamble_or_file_meta(tmp_path):
+    import pydicom
+
+    synth.write_axial_series(tmp_path, C, suffix="")
+    for f in tmp_path.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.preamble = None
+        pydicom.dcmwrite(f, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert (tmp_path / "IM0000").read_bytes()[128:132] != b"DICM"
+    v = read_volume(tmp_path)
+    assert_canonical(v)
+    assert v.source["transfer_syntax"] == "Implicit VR Little Endian"
+
+
+def test_gantry_tilt_keeps_voxels_and_records_geometry(tmp_path):
+    # each slice shifted 0.2 mm posterior per 2.5 mm step: ~4.6 degree tilt of the slice axis
+    n = C.shape[0]
+    ipps = [synth.ORIGIN_LPS + np.array([0.0, 0.2 * k, 2.5 * k]) for k in range(n)]
+    synth.write_series(tmp_path, C, ipps=ipps, iop=[1, 0, 0, 0, 1, 0], pixel_spacing=(0.8, 0.7))
+    with pytest.warns(UserWarning, match="oblique"):
+        v = read_volume(tmp_path)
+    np.testing.assert_array_equal(v.array, C)
+    np.testing.assert_allclose(v.affine[:3, 0], [0.0, 0.2, 2.5])
+    assert v.source["obliquity_deg"] == pytest.approx(np.degrees(np.arctan2(0.2, 2.5)), abs=1e-3)
+    assert v.spacing[0] == pytest.approx(np.hypot(0.2, 2.5))
+
+
+def test_label_map_with_check_hu_off(tmp_path):
+    labels = (np.arange(np.prod(C.shape)).reshape(C.shape) % 7).astype(np.uint8)
+    synth.write_nifti(tmp_path / "seg.nii.gz", labels.astype(np.float32), "LIP", dtype=np.uint8)
+    with pytest.raises(Exception, match="check_hu=False"):
+        read_volume(tmp_path / "seg.nii.gz")
+    v = read_volume(tmp_path / "seg.nii.gz", check_hu=False)
+    np.testing.assert_array_equal(v.array, labels)
+
+
+def test_zip_of_a_single_nifti(tmp_path):
+    synth.write_nifti(tmp_path / "v.nii.gz", C, "LIP")
+    with zipfile.ZipFile(tmp_path / "v.zip", "w") as zf:
+        zf.write(tmp_path / "v.nii.gz", "inner/v.nii.gz")
+    v = read_volume(tmp_path / "v.zip")
+    assert_canonical(v)
+    assert v.source["format"] == "nifti" and v.source["archive"] == str(tmp_path / "v.zip")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -545,7 +546,7 @@ def _read_series(headers: list[_Header], where: Path, source: dict[str, Any]) ->
     from voxelfm.utils import progress
 
     for k, fi in enumerate(progress(geo.order, total=n, desc="decoding DICOM", unit="slice", leave=False,
-                                         disable=True if n < 64 else None)):
+                                         disable=True if n < 64 or not sys.stderr.isatty() else None)):
         fr = frames[int(fi)]
         h = headers[fr.file]
         if fr.file in decoded:
@@ -730,19 +731,38 @@ def read_dicom(path: str | Path, *, series_uid: str | None = None) -> SourceImag
     return _read_series(headers, path, source)
 
 
+def _single_volume_file(folder: Path) -> SourceImage | None:
+    """A zip holding no DICOM but exactly one NIfTI/NRRD/MHA/MHD volume is read as that volume."""
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    vols = [p for p in files if p.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"))]
+    if len(vols) != 1 or any(_read_header(p) is not None for p in files if not _skip_name(p)):
+        return None
+    v = vols[0]
+    name = v.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        from voxelfm.io.nifti import read_nifti
+
+        return read_nifti(v)
+    from voxelfm.io.sitk_formats import read_sitk_image
+
+    fmt = "nrrd" if name.endswith((".nrrd", ".nhdr")) else name.rsplit(".", 1)[-1]
+    return read_sitk_image(v, fmt)
+
+
 def _read_zip(path: Path, series_uid: str | None) -> SourceImage:
     tmp = Path(tempfile.mkdtemp(prefix="voxelfm-zip-"))
     try:
         try:
             with zipfile.ZipFile(path) as zf:
-                bad = zf.testzip()
-                if bad is not None:
-                    raise VolumeReadError(path, f"the zip member {bad} is corrupt (CRC error); re-create the archive")
                 zf.extractall(tmp)  # zipfile strips absolute paths and '..' components
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise VolumeReadError(path, f"cannot extract the zip archive ({exc}); it is corrupt or truncated") from None
         try:
-            img = read_dicom(tmp, series_uid=series_uid)
+            single = _single_volume_file(tmp)
+            if single is not None and series_uid is None:
+                img = single
+            else:
+                img = read_dicom(tmp, series_uid=series_uid)
         except VolumeReadError as exc:
             p = Path(exc.path)
             inner = "" if p == tmp else f" (member {p.relative_to(tmp) if p.is_relative_to(tmp) else p})"

@@ -135,16 +135,17 @@ def check_hu(array: np.ndarray, path: object, *, storage_dtype: object = None, f
     """
     lo, hi = float(array.min()), float(array.max())
     hint = "convert to HU (HU = stored value x RescaleSlope + RescaleIntercept) or fix the header"
+    label = " (reading a label map? use read_volume(path, check_hu=False))"
     if not (min(max(lo, -1000.0), 1900.0) < 800.0 and max(min(hi, 1900.0), -1000.0) > -100.0):
         raise VolumeReadError(path, f"values are not Hounsfield units (range [{lo:.4g}, {hi:.4g}]: after clipping "
                                     f"to [-1000, 1900] a CT needs min < 800 and max > -100); {hint}")
     if hi - lo < 50.0:
         raise VolumeReadError(path, f"values span only [{lo:.4g}, {hi:.4g}]: this looks normalised (e.g. [0, 1] or "
                                     f"z-scored) or like a mask, not a CT in Hounsfield units; pass the "
-                                    f"original HU data")
+                                    f"original HU data{label}")
     if storage_dtype is not None and np.dtype(storage_dtype).itemsize == 1:
         raise VolumeReadError(path, f"stored as 8-bit {np.dtype(storage_dtype).name} ({lo:.4g}..{hi:.4g}): "
-                                    f"this is a windowed screen image, not a CT in Hounsfield units")
+                                    f"this is a windowed screen image, not a CT in Hounsfield units{label}")
     if lo >= -10.0 and hi >= 1000.0:
         raise VolumeReadError(path, f"no value below {lo:.4g} but values up to {hi:.4g}: these look like raw "
                                     f"unsigned stored values (air ~0, water ~1024) with no RescaleIntercept; "
