@@ -36,6 +36,8 @@ _LAZY: dict[str, str] = {
     "build_backbone": "voxelfm.models",
     "ViTConfig": "voxelfm.models",
     "VisionTransformer3D": "voxelfm.models",
+    # stats
+    "Estimate": "voxelfm.stats",
     # inference
     "Features": "voxelfm.inference",
     "EmbeddingStore": "voxelfm.inference",
