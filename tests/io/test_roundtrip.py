@@ -324,3 +324,15 @@ def test_zip_of_a_single_nifti(tmp_path):
     v = read_volume(tmp_path / "v.zip")
     assert_canonical(v)
     assert v.source["format"] == "nifti" and v.source["archive"] == str(tmp_path / "v.zip")
+
+
+def test_from_array_and_spacing_argument_ignored_for_files(tmp_path):
+    v = Volume.from_array(C, (2.0, 1.0, 0.5), origin=(1.0, 2.0, 3.0))
+    np.testing.assert_allclose(v.index_to_lps([[1, 1, 1]])[0], [1.5, 3.0, 5.0])
+    arr, sp = v.reference_layout()
+    assert arr is v.array or np.shares_memory(arr, v.array)
+    assert sp == (2.0, 1.0, 0.5) and v.reference_clip is None
+    synth.write_nifti(tmp_path / "v.nii.gz", C)
+    with pytest.warns(UserWarning, match="was ignored"):
+        w = read_volume(tmp_path / "v.nii.gz", spacing=(9, 9, 9))
+    assert w.spacing == pytest.approx(synth.SPACING)

@@ -87,4 +87,7 @@ def read_volume(path: str | Path, *, spacing: Sequence[float] | None = None, ser
         from voxelfm.io.arrays import read_array_file
 
         img = read_array_file(p, spacing)
+    if spacing is not None and fmt not in ("npy", "npz"):
+        img.source.setdefault("warnings", []).append(
+            f"spacing={tuple(spacing)} was ignored: a {fmt} file stores its own voxel spacing")
     return build_volume(img, check_values=check_hu)

@@ -68,7 +68,7 @@ class Volume:
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
         self.origin = np.asarray(self.origin, dtype=np.float64).reshape(3)
         if self.reference_spacing is None:
-            self.reference_spacing = self.reference_map.out_shape(self.spacing)  # type: ignore[arg-type]
+            self.reference_spacing = tuple(self.spacing[p] for p in self.reference_map.perm)  # type: ignore[assignment]
         else:
             self.reference_spacing = tuple(float(s) for s in self.reference_spacing)  # type: ignore[assignment]
         self.source.setdefault("warnings", [])
@@ -80,14 +80,14 @@ class Volume:
                    ) -> Volume:
         """Wrap an HU array that is already ``[D, H, W]`` in SPL order (no checks, no copy if float32).
 
-        The affine is diagonal (axis 0 -> +z, axis 1 -> +y, axis 2 -> +x in LPS) with the given
-        origin; :meth:`reference_layout` returns the array as is (the reference does not reorient
-        arrays) and :attr:`reference_clip` is None.
+        The affine is diagonal (axis 0 -> +z, axis 1 -> +y, axis 2 -> +x in LPS) with ``origin`` the
+        LPS ``(x, y, z)`` mm of voxel ``(0, 0, 0)``; :meth:`reference_layout` returns the array as is
+        (the reference does not reorient arrays) and :attr:`reference_clip` is None.
         """
         sz, sy, sx = (float(s) for s in spacing)
         affine = np.zeros((4, 4))
         affine[2, 0], affine[1, 1], affine[0, 2] = sz, sy, sx
-        affine[:3, 3] = np.asarray(origin, dtype=np.float64)[::-1]  # origin given as (z, y, x)
+        affine[:3, 3] = np.asarray(origin, dtype=np.float64)
         affine[3, 3] = 1.0
         direction = np.eye(3)
         src = {"format": "array", "path": None}
