@@ -190,24 +190,30 @@ def finalize(hu: np.ndarray, label: np.ndarray, k: int, acq: Acquisition, rng: n
         cup = np.clip(1.0 - fy[:, None] - fx[None, :], 0.0, 1.0).astype(np.float32)
         out -= np.float32(acq.cupping_hu) * cup[None]
     sigma = acq.noise_corr
-    trunc = 3.0
+    trunc = 2.5
     scale = np.float32(acq.noise_sd / _gauss_norm(sigma, trunc) ** 2)
-    step = max(1, (1 << 21) // (H * W))
-    for d0 in range(0, D, step):  # slab by slab: cache-friendly, bounded memory
-        noise = rng.standard_normal((min(step, D - d0), H, W), dtype=np.float32)
-        gaussian_filter1d(noise, sigma, axis=1, truncate=trunc, output=noise)
-        gaussian_filter1d(noise, sigma, axis=2, truncate=trunc, output=noise)
-        noise *= scale
-        out[d0:d0 + noise.shape[0]] += noise
-    np.clip(out, -1024.0, 3071.0, out=out)
+    inter = np.float32(acq.intercept)
+    pad = None
     if acq.circle_pad:
         g = acq.grid
         r2 = g.axis(1)[:, None] ** 2 + g.axis(2)[None, :] ** 2
-        outside = r2 > (acq.extras["fov_mm"] / 2) ** 2
-        out[:, outside] = -3024.0
-        lab[:, outside] = 0
-    out -= np.float32(acq.intercept)
-    np.rint(out, out=out)
-    stored = out.astype(np.int16)
-    out += np.float32(acq.intercept)  # exactly the stored values in HU
+        pad = r2 > (acq.extras["fov_mm"] / 2) ** 2
+        lab[:, pad] = 0
+    stored = np.empty((D, H, W), dtype=np.int16)
+    step = max(1, (1 << 20) // (H * W))
+    for d0 in range(0, D, step):  # slab by slab: cache-friendly, bounded memory
+        d1 = min(d0 + step, D)
+        noise = rng.standard_normal((d1 - d0, H, W), dtype=np.float32)
+        gaussian_filter1d(noise, sigma, axis=1, truncate=trunc, output=noise)
+        gaussian_filter1d(noise, sigma, axis=2, truncate=trunc, output=noise)
+        noise *= scale
+        o = out[d0:d1]
+        o += noise
+        np.clip(o, -1024.0, 3071.0, out=o)
+        if pad is not None:
+            o[:, pad] = -3024.0
+        o -= inter
+        np.rint(o, out=o)
+        stored[d0:d1] = o
+        o += inter  # exactly the stored values in HU
     return out, stored, lab

@@ -468,10 +468,12 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
         f, bb = heart_layer(fat_t + pericardial_fluid_mm)
         canvas.paint(f, bb, float(scan_rng.uniform(5, 18)), L.PERICARDIAL_EFFUSION, within=(L.INTERNAL_SOFT_TISSUE,))
     f, bb = heart_layer(fat_t)
-    canvas.paint(f, bb, an.hu["fat"] + 10, L.INTERNAL_SOFT_TISSUE, within=(L.INTERNAL_SOFT_TISSUE,))
+    canvas.paint(f, bb, an.hu["fat"] + 10, L.INTERNAL_SOFT_TISSUE,
+                 within=(L.INTERNAL_SOFT_TISSUE, L.PERICARDIAL_EFFUSION))
     f, bb = heart_layer(0.0)
     myo_hu = 45.0 + enh * 60 + (40.0 if an.contrast == "arterial" else 0.0)
-    canvas.paint(f, bb, myo_hu, L.HEART, within=(L.INTERNAL_SOFT_TISSUE, L.PULMONARY_ARTERY, L.AORTA))
+    canvas.paint(f, bb, myo_hu, L.HEART, within=(L.INTERNAL_SOFT_TISSUE, L.PULMONARY_ARTERY, L.AORTA,
+                                                 L.PERICARDIAL_EFFUSION))
     c = an.cardiac_scale
     u = hrot  # rows: long axis, short axes
     chambers = (  # (offset along local axes as fraction of radii, radii fraction, arterial side?)

@@ -159,7 +159,7 @@ def generate_case(seed: int, index: int, *, size: str = "demo") -> PhantomCase:
     surv_time, event, _ = _survival(r_surv, patient, f0, interval)
     vox_ml = float(np.prod(acq.spacing)) / 1000.0
     lung_ml = float(np.count_nonzero((labels == L.LUNG_RIGHT) | (labels == L.LUNG_LEFT))) * vox_ml
-    eff_ml = sum(f.measured.get("effusion_ml", {}).values())
+    eff_ml = float(sum(f.measured.get("effusion_ml", {}).values()))
     laa = f.measured.get("laa950_percent", 0.0)
     fev1 = (104.0 + 3.0 * (patient.sex == "M") - 0.35 * (patient.age - 55) - 1.3 * laa
             - 0.012 * eff_ml - 6.0 * f.flags["atelectasis"] - 5.0 * f.flags["consolidation"]
@@ -198,9 +198,11 @@ def _measure(f: Findings, an: Anatomy, acq: Acquisition, hu: np.ndarray, labels:
     vox_ml = float(np.prod(acq.spacing)) / 1000.0
     lung = (labels == L.LUNG_RIGHT) | (labels == L.LUNG_LEFT)
     n_lung = int(lung.sum())
-    laa = float((hu[lung] < -950).mean() * 100) if n_lung else 0.0
+    lung_hu = hu[lung]
+    laa = float(np.count_nonzero(lung_hu < -950) * 100.0 / n_lung) if n_lung else 0.0
     f.measured["laa950_percent"] = laa
-    if f.flags["emphysema"] and (laa < 6.0 or np.percentile(hu[lung], 5) >= -950):
+    p5 = float(np.percentile(lung_hu[:: max(1, n_lung // 200000)], 5)) if n_lung else 0.0
+    if f.flags["emphysema"] and (laa < 6.0 or p5 >= -950):
         f.flags["emphysema"] = 0
     # nodules: centre voxel must carry the nodule label
     for n in f.nodules:
@@ -305,7 +307,8 @@ def _write_case(args) -> dict:
         write_dicom_series(out / rel, case.stored, case.affine, intercept=acq.intercept,
                            uid_seed=f"voxelfm-phantom/{seed}/{case.id}", patient_id=case.patient_id,
                            patient_age=case.row["age"], patient_sex=case.row["sex"], study_date=date,
-                           kvp=acq.kvp, kernel=acq.kernel, slice_order=acq.slice_order)
+                           kvp=acq.kvp, kernel=acq.kernel, slice_order=acq.slice_order,
+                           padding_value=int(-3024 - acq.intercept) if acq.circle_pad else None)
     seg_rel = f"segmentations/{case.id}_seg.nii.gz"
     write_nifti(out / seg_rel, case.labels, case.affine, acq.orientation if fmt == "nifti" else "LPS")
     row = dict(case.row)

@@ -168,7 +168,7 @@ def draw_findings(rng: np.random.Generator, patient, chronic: dict, an0: Anatomy
                 p = rng.uniform(lo, hi)
                 if float(lsdf(np.float32(p[0]), np.float32(p[1]), np.float32(p[2]))) < -15.0:
                     break
-            big = (18, 38) if kind == "consolidation" else (22, 50)
+            big = (24, 42) if kind == "consolidation" else (30, 58)
             radii = rng.uniform(*big, size=3)
             radii = np.maximum(radii, 3 * vis)
             f.opacities.append({"kind": kind, "rel": p, "radii": radii,
@@ -206,7 +206,7 @@ def render_emphysema(canvas: Canvas, an: Anatomy, f: Findings, rng: np.random.Ge
     fld = RandomField(rng, bbox, max(corr, 0.9 * canvas.pv_width))
     z_lo, z_hi = an.dome_r[2] - an.dome_depth, an.apex
     upper = {"centrilobular": 1.0, "panlobular": -0.8, "paraseptal": 0.6}[f.emphysema_pattern]
-    thr = float(ndtri(1.0 - f.emphysema_extent))
+    thr = 0.8 * float(ndtri(1.0 - f.emphysema_extent))  # interpolation shrinks the field variance
     paraseptal = f.emphysema_pattern == "paraseptal"
     lsdf_r, lsdf_l = an.lung_sdf("R"), an.lung_sdf("L")
 
@@ -256,7 +256,7 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
     # ---- pleural effusion (dependent fluid) and compressive atelectasis ----------------------------
     counts["pleural_effusion"] = 0
     counts["atelectasis"] = 0
-    grad = math.sqrt(1.0 + 0.6 ** 2)
+    grad = math.sqrt(1.0 + 0.15 ** 2)
     for side, ml in f.effusion_ml.items():
         lab = L.LUNG_RIGHT if side == "R" else L.LUNG_LEFT
         sl = canvas.box(an.lung_bbox(side))
@@ -268,13 +268,13 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
             continue
         Z = g.axis(0)[sl[0]][idx[0]] - an.offset[2]
         Y = g.axis(1)[sl[1]][::2][idx[1]] - an.offset[1]
-        score = Y - 0.6 * Z
+        score = Y - 0.15 * Z
         vox_ml = g.spacing[0] * g.spacing[1] * g.spacing[2] * 4 / 1000.0
-        frac = min(0.6, ml / (idx[0].size * vox_ml))
+        frac = min(0.35, ml / (idx[0].size * vox_ml))
         thr = float(np.quantile(score, 1.0 - frac))
 
         def eff_sdf(X, Y, Z, thr=thr):
-            return (np.float32(thr) - ((Y - np.float32(an.offset[1])) - 0.6 * (Z - np.float32(an.offset[2])))) / np.float32(grad)
+            return (np.float32(thr) - ((Y - np.float32(an.offset[1])) - 0.15 * (Z - np.float32(an.offset[2])))) / np.float32(grad)
 
         counts["pleural_effusion"] += canvas.paint(eff_sdf, an.lung_bbox(side), float(rng.uniform(4, 18)),
                                                    L.PLEURAL_EFFUSION, within=(lab,))

@@ -84,7 +84,8 @@ def write_nifti(path: str | Path, canon: np.ndarray, affine_lps: np.ndarray, cod
 def write_dicom_series(folder: str | Path, stored: np.ndarray, affine_lps: np.ndarray, *,
                        intercept: float, uid_seed: str, patient_id: str, patient_age: float,
                        patient_sex: str, study_date: str, kvp: int, kernel: str,
-                       slice_order: str = "descending", description: str = "voxelfm phantom") -> list[Path]:
+                       slice_order: str = "descending", description: str = "voxelfm phantom",
+                       padding_value: int | None = None) -> list[Path]:
     """Write a canonical int16 ``[D, H, W]`` volume as a DICOM CT series, one file per slice.
 
     Geometry: ImageOrientationPatient ``[1,0,0, 0,1,0]`` (rows run to patient left, columns
@@ -152,6 +153,8 @@ def write_dicom_series(folder: str | Path, stored: np.ndarray, affine_lps: np.nd
         ds.RescaleIntercept = f"{intercept:.0f}"
         ds.RescaleSlope = "1"
         ds.RescaleType = "HU"
+        if padding_value is not None:  # reconstruction-circle padding, as scanners mark it
+            ds.add_new(0x00280120, "SS", int(padding_value))
         ds.WindowCenter, ds.WindowWidth = "-600", "1500"
         ds.PixelData = np.ascontiguousarray(stored[d]).astype("<i2").tobytes()
         buf = io.BytesIO()
