@@ -22,6 +22,10 @@ _LAZY: dict[str, str] = {
     # io
     "Volume": "voxelfm.io",
     "read_volume": "voxelfm.io",
+    "find_dicom_series": "voxelfm.io",
+    "collect_inputs": "voxelfm.io",
+    "InputItem": "voxelfm.io",
+    "VolumeReadWarning": "voxelfm.io",
     # errors
     "VoxelFMError": "voxelfm.errors",
     "VolumeReadError": "voxelfm.errors",

@@ -15,6 +15,7 @@ ValueError, FileNotFoundError, ...) are printed as one line and give exit code 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -70,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("voxelfm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps interpreter shutdown quiet
+        return 0
     except _user_error_types() as exc:  # one clear line, never a traceback
         if os.environ.get("VOXELFM_DEBUG"):
             raise

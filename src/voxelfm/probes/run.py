@@ -599,7 +599,7 @@ def _read_label_map(path: Path, record: dict[str, Any]) -> np.ndarray:
             return z[z.files[0]]
     from voxelfm.io import read_volume
 
-    vol = read_volume(path)
+    vol = read_volume(path, check_hu=False)  # a label map, not HU
     if record.get("orientation") == "reference_layout":
         return np.rint(vol.reference_layout()[0]).astype(np.int64)
     return np.rint(vol.array).astype(np.int64)

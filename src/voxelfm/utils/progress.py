@@ -1,4 +1,4 @@
-"""Progress bars (tqdm) with an ETA, quiet when not attached to a terminal unless forced."""
+"""Progress bars (tqdm) with an ETA; sparse updates when stderr is not a terminal (log files)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,22 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, d
              unit: str = "it", disable: bool | None = None, **kwargs: Any):
     """Wrap ``iterable`` in a tqdm bar showing rate and ETA on stderr.
 
-    The bar is disabled when ``VOXELFM_NO_PROGRESS=1`` is set (tests, log files) unless
-    ``disable=False`` is passed explicitly.
+    The bar is disabled when ``VOXELFM_NO_PROGRESS=1`` is set (tests) unless ``disable=False`` is
+    passed explicitly. When stderr is not a terminal (a log file, a batch job) the bar still shows
+    progress and ETA, but refreshes at most every 30 s so logs stay readable.
     """
     from tqdm.auto import tqdm
 
     if disable is None:
         disable = os.environ.get("VOXELFM_NO_PROGRESS", "") not in ("", "0")
+    if not _stderr_is_terminal():
+        kwargs.setdefault("mininterval", 30.0)
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr,
                 dynamic_ncols=True, **kwargs)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
