@@ -1,0 +1,149 @@
+"""Every head learns a synthetic task with planted signal (through train_probe)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from voxelfm.probes import train_probe
+from voxelfm.probes.heads import (
+    AttentivePoolingHead,
+    MLPHead,
+    PatchToVoxelDecoder,
+    PositionalAttentionRegressor3D,
+    decoder_sizes,
+)
+
+
+@pytest.mark.parametrize("head,feature", [("linear", "cls"), ("logistic", "cls"), ("mlp", "cls"),
+                                          ("knn", "cls"), ("attentive", "patch"), ("attentive", "registers")])
+def test_binary_heads_separate_planted_signal(strong_store, head, feature):
+    store, labels = strong_store
+    run = train_probe(store, labels, "y", task="binary", head=head, feature=feature, progress=False,
+                      n_resamples=200, **({"epochs": 15} if head == "attentive" else {}))
+    assert run.metrics["auroc"].value >= 0.95, run.metrics
+    assert run.metrics["auroc"].method == "delong"
+    test = run.predictions[run.predictions["split"] == "test"]
+    assert len(test) == run.metrics["auroc"].n
+    assert test["prob"].between(0, 1).all()
+
+
+def test_knn_variants_and_selected_k(strong_store):
+    store, labels = strong_store
+    dino = train_probe(store, labels, "y", task="binary", head="knn", progress=False, n_resamples=0)
+    skl = train_probe(store, labels, "y", task="binary", head="knn", variant="sklearn", progress=False,
+                      n_resamples=0)
+    fixed = train_probe(store, labels, "y", task="binary", head="knn", k=20, progress=False, n_resamples=0)
+    assert str(dino.config["selection"]["k"]) in dino.config["selection"]["scores"]
+    assert fixed.config["selection"]["k"] == 20
+    assert skl.metrics["auroc"].value >= 0.9 and dino.metrics["auroc"].value >= 0.95
+
+
+def test_cox_head_orders_risk(strong_store):
+    store, labels = strong_store
+    run = train_probe(store, labels, ["time", "event"], task="survival", head="cox", progress=False,
+                      n_resamples=200, horizons=[100.0])
+    assert run.metrics["c_index"].value >= 0.8
+    assert run.metrics["c_index"].has_ci
+    assert np.isfinite(run.metrics["td_auroc@100"].value)
+    # higher risk = shorter survival: the risk correlates negatively with time
+    test = run.predictions
+    assert np.corrcoef(test["risk"], np.log(test["time"]))[0, 1] < -0.5
+
+
+def test_localisation_error_falls_and_is_small(strong_store):
+    store, labels = strong_store
+    run = train_probe(store, labels, ["rel_z", "rel_y", "rel_x"], task="localisation", head="localisation",
+                      epochs=20, progress=False, n_resamples=200)
+    scores = [h["val_score"] for h in run.history]  # −mean distance on validation
+    assert max(scores[-5:]) > scores[0] + 0.05  # error falls over epochs
+    assert run.metrics["mean_distance"].value < 0.1  # planted marker token is found
+    # mm = relative × extent (grid × 14 mm patches here)
+    assert 0 < run.metrics["mean_distance_mm"].value < 0.1 * 3 * 14 * 2
+    pred = run.predictions[["pred_z", "pred_y", "pred_x"]].to_numpy()
+    assert ((pred >= 0) & (pred <= 1)).all()
+
+
+def test_segmentation_decoder_learns_planted_pattern(tmp_path):
+    """Label = 1 where the patch token carries the marker direction: Dice far above chance."""
+    from voxelfm.inference.features import Features
+    from voxelfm.inference.store import EmbeddingStore
+
+    rng = np.random.default_rng(0)
+    store = EmbeddingStore(tmp_path / "s")
+    rows = []
+    dim, grid, ps = 8, (3, 3, 3), 4
+    marker = np.zeros(dim)
+    marker[0] = 3.0
+    for i in range(40):
+        patch = rng.normal(size=(*grid, dim)) * 0.3
+        on = rng.random(grid) < 0.3
+        patch[on] += marker
+        lab = np.kron(on.astype(np.int64), np.ones((ps, ps, ps), dtype=np.int64))  # model-input grid labels
+        f = Features(cls=torch.zeros(dim), patch=torch.tensor(patch, dtype=torch.float32),
+                     registers=torch.zeros(0, dim), patch_size_mm=(4.0, 4.0, 4.0),
+                     record={"patch_size": ps, "final_shape": [g * ps for g in grid]})
+        store.write(f"s{i}", f)
+        np.save(tmp_path / f"s{i}.npy", lab)
+        rows.append({"id": f"s{i}", "mask": str(tmp_path / f"s{i}.npy"),
+                     "split": "train" if i < 28 else "val" if i < 34 else "test"})
+    import pandas as pd
+
+    run = train_probe(store, pd.DataFrame(rows), "mask", task="segmentation", label_space="input",
+                      epochs=12, progress=False, n_resamples=200)
+    # chance Dice for a random 30 % foreground prediction is ~0.3
+    assert run.metrics["macro_dice"].value > 0.6, run.metrics
+    assert run.history[-1]["val_score"] > run.history[0]["val_score"] + 0.3
+    assert run.metrics["macro_dice"].has_ci
+    assert run.config["num_classes"] == 2
+    assert run.config["seg_shape_example"] == [12, 12, 12]
+
+
+def test_decoder_schedule_matches_reference():
+    assert decoder_sizes((8, 8, 8), (112, 112, 112), 3) == [(43, 43, 43), (77, 77, 77), (112, 112, 112)]
+    dec = PatchToVoxelDecoder(864, 118, hidden_dim=64)
+    assert dec.channels == [64, 64, 64, 64]
+    dec2 = PatchToVoxelDecoder(32, 3, hidden_dim=256, min_channels=64)
+    assert dec2.channels == [256, 128, 64, 64]
+    out = PatchToVoxelDecoder(16, 3, hidden_dim=16, min_channels=8)(torch.randn(2, 2, 3, 2, 16), target_shape=(7, 9, 5))
+    assert out.shape == (2, 3, 7, 9, 5)
+    # reference parameter names (state dicts of the reference decoder load)
+    names = set(dec.state_dict())
+    assert {"proj.weight", "layers.0.conv1.weight", "layers.0.norm1.weight", "layers.2.conv2.weight",
+            "classifier.weight"} <= names
+    assert "layers.2.norm1.weight" not in names  # final block: identity norm
+
+
+def test_padding_masks_make_heads_ignore_padding():
+    torch.manual_seed(0)
+    head = AttentivePoolingHead(8, 2, hidden_dim=8, num_queries=3, num_heads=2, dropout=0.0, attn_dropout=0.0).eval()
+    loc = PositionalAttentionRegressor3D(8, n_heads=2, hidden_dim=8).eval()
+    x = torch.randn(1, 5, 8)
+    coords = torch.rand(1, 5, 3)
+    padded = torch.cat([x, 100 * torch.randn(1, 3, 8)], 1)
+    pc = torch.cat([coords, torch.rand(1, 3, 3)], 1)
+    mask = torch.tensor([[True] * 5 + [False] * 3])
+    assert torch.allclose(head(x), head(padded, mask), atol=1e-5)
+    assert torch.allclose(loc(x, None, coords), loc(padded, mask, pc), atol=1e-5)
+    # reference names: one query = the reference QFormer
+    ref = AttentivePoolingHead(8, 1, hidden_dim=8, num_heads=2)
+    assert set(ref.state_dict()) >= {"token_proj.weight", "queries", "attn.in_proj_weight", "classifier.1.weight"}
+    assert MLPHead(8, 1, hidden_dim=4, standardize=False).state_dict().keys() >= {"mlp.0.weight", "mlp.3.weight"}
+
+
+def test_multiclass_multilabel_regression(strong_store):
+    store, labels = strong_store
+    mc = train_probe(store, labels, "cls3", task="multiclass", head="logistic", progress=False, n_resamples=200)
+    assert mc.metrics["macro_auroc"].value > 0.9
+    assert set(mc.config["classes"]) == {"low", "mid", "high"}
+    ml = train_probe(store, labels, ["a", "b"], task="multilabel", head="mlp", progress=False, n_resamples=200)
+    assert ml.metrics["macro_auroc"].value > 0.9 and "auroc/a" in ml.metrics
+    reg = train_probe(store, labels, "value", task="regression", head="linear", progress=False, n_resamples=200)
+    test = reg.predictions[reg.predictions["split"] == "test"]
+    from sklearn.metrics import mean_absolute_error
+
+    # MAE reported in original units (targets were standardised on train statistics for training)
+    assert reg.metrics["mae"].value == pytest.approx(mean_absolute_error(test["target"], test["pred"]))
+    assert reg.metrics["mae"].value < 0.4 * labels["value"].std()
+    assert reg.config["targets"]["std"][0] > 1.0
