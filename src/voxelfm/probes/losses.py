@@ -59,10 +59,11 @@ def cox_ph_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor, *,
     d = torch.zeros(g, dtype=risk.dtype, device=risk.device).index_add(0, group, e)
     ev_exp = torch.where(e > 0, eta, torch.full_like(eta, float("-inf")))
     # log Σ_{D_j} e^η per group, stably: group max + log Σ exp(η − max) over the events
+    # (mx is only a stabiliser: detached; masked entries go through exp(-inf) = 0 so no NaN gradients)
     mx = torch.full((g,), float("-inf"), dtype=risk.dtype, device=risk.device).scatter_reduce(
-        0, group, ev_exp, reduce="amax", include_self=True).clamp_min(-1e30)
-    sum_exp = torch.zeros(g, dtype=risk.dtype, device=risk.device).index_add(
-        0, group, torch.where(e > 0, torch.exp(eta - mx[group]), torch.zeros_like(eta)))
+        0, group, ev_exp.detach(), reduce="amax", include_self=True).clamp_min(-1e30)
+    shifted = torch.where(e > 0, eta - mx[group], torch.full_like(eta, float("-inf")))
+    sum_exp = torch.zeros(g, dtype=risk.dtype, device=risk.device).index_add(0, group, torch.exp(shifted))
     log_tied = mx + torch.log(sum_exp.clamp_min(1e-300))
     # rank l of each event inside its group (0-based, in sorted order)
     csum = torch.cumsum(e, 0)
