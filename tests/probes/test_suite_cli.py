@@ -1,0 +1,127 @@
+"""The suite runner end to end (two backbones, tables with p-values, figures, resume) and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from voxelfm.cli.main import main
+from voxelfm.probes import run_suite
+
+
+def _suite(root, labels_path):
+    return {
+        "name": "tiny",
+        "labels": str(labels_path),
+        "stores": {"good": str(root / "good"), "bad": str(root / "bad")},
+        "n_resamples": 200,
+        "defaults": {"epochs": 8},
+        "tasks": [
+            {"name": "finding", "task": "binary", "target": "y",
+             "probes": ["logistic", "knn", {"head": "attentive", "feature": "patch", "epochs": 6}],
+             "fractions": [0.5, 1.0]},
+            {"task": "regression", "target": "value", "probes": ["ridge"]},
+            {"task": "survival", "target": ["time", "event"], "probes": ["cox"], "hparams": {"epochs": 60}},
+            {"name": "retr", "task": "retrieval", "target": ["a", "b"],
+             "hparams": {"retrieval_split": "all", "n_negatives": 20}},
+        ],
+        "figures": {"pca": {"n": 1}},
+    }
+
+
+def _png_ok(path):
+    img = mpimg.imread(path)
+    return path.stat().st_size > 5000 and img.ndim == 3 and float(np.std(img[..., :3])) > 0.02
+
+
+@pytest.mark.slow
+def test_suite_end_to_end_tables_pvalues_figures_and_resume(two_backbones, tmp_path):
+    root, _, _, labels_path = two_backbones
+    out = tmp_path / "out"
+    res = run_suite(_suite(root, labels_path), out, show_progress=False)
+    assert not res.failures
+    # one long row per metric, the table has one row per (task, probe, fraction)
+    assert set(res.results["backbone"]) == {"good", "bad"}
+    assert len(res.table) == 3 * 2 + 1 + 1 + 1
+    # pairwise tests: DeLong for binary AUROC, paired bootstrap elsewhere, Holm over the table
+    comp = res.comparisons
+    assert set(comp[comp["task"] == "binary"]["method"]) == {"delong"}
+    assert set(comp[comp["task"] != "binary"]["method"]) == {"paired-bootstrap"}
+    assert (comp["p_holm"] >= comp["p_value"] - 1e-12).all()
+    good_vs_bad = comp[(comp["task"] == "regression")].iloc[0]
+    assert good_vs_bad["diff"] < 0 and good_vs_bad["p_value"] < 0.05  # lower MAE for the good backbone
+    md = (out / "results.md").read_text()
+    assert "| task | probe | fraction | metric | good | bad | p good vs bad |" in md
+    assert "**" in md and "(DeLong)" in md
+    tex = (out / "results.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\textbf{" in tex and r"\toprule" in tex
+    csv = pd.read_csv(out / "results.csv")
+    assert {"value", "ci_low", "ci_high", "backbone", "metric"} <= set(csv.columns)
+    assert pd.read_csv(out / "table.csv").shape[0] == len(res.table)
+    figs = out / "figures"
+    names = {p.name for p in figs.glob("*.png")}
+    assert {"fractions.png", "cls_vs_patch.png", "pca_good_case000.png", "pca_bad_case000.png",
+            "roc_finding_logistic-cls.png"} <= names
+    for name in names:
+        assert _png_ok(figs / name), name
+    # resumable: finished runs are not trained again
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("results.json")}
+    res2 = run_suite(_suite(root, labels_path), out, show_progress=False, figures=False)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("results.json")} == stamp
+    pd.testing.assert_frame_equal(res2.table, res.table)
+    assert json.loads((out / "summary.json").read_text())["resumed"] == len(stamp)
+
+
+def test_suite_validates_before_training(two_backbones, tmp_path):
+    root, _, _, labels_path = two_backbones
+    bad = _suite(root, labels_path)
+    bad["tasks"][0]["target"] = "nope"
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        run_suite(bad, tmp_path / "o1", show_progress=False)
+    bad = _suite(root, labels_path)
+    bad["tasks"][1]["probes"] = ["attentive:cls"]
+    with pytest.raises(ValueError, match="feature=patch"):
+        run_suite(bad, tmp_path / "o2", show_progress=False)
+    bad = _suite(root, labels_path)
+    bad["tasks"][0]["probes"] = [{"head": "mlp", "hiden_dim": 3}]
+    with pytest.raises(ValueError, match="hiden_dim"):
+        run_suite(bad, tmp_path / "o3", show_progress=False)
+    assert not (tmp_path / "o1" / "runs").exists()
+
+
+def test_cli_train_and_run(two_backbones, tmp_path, capsys):
+    root, _, _, labels_path = two_backbones
+    out = tmp_path / "probe"
+    code = main(["probe", "train", "--store", str(root / "good"), "--labels", str(labels_path), "--target", "y",
+                 "--task", "binary", "--head", "logistic", "-o", str(out), "--set", "n_resamples=100"])
+    assert code == 0
+    assert {"results.json", "predictions.csv", "config.json", "history.jsonl", "weights.safetensors"} <= \
+        {p.name for p in out.iterdir()}
+    assert "auroc:" in capsys.readouterr().out
+    suite = _suite(root, labels_path)
+    suite["tasks"] = suite["tasks"][1:2]
+    suite["figures"] = {"roc": False}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    code = main(["probe", "run", str(path), "-o", str(tmp_path / "suite_out")])
+    assert code == 0 and (tmp_path / "suite_out" / "results.md").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--target", "missing_col", "--task", "binary"], "no column 'missing_col'"),
+    (["--target", "y", "--task", "classify"], "unknown task 'classify'"),
+    (["--target", "y", "--task", "binary", "--head", "segmentation"], "does not fit task"),
+    (["--target", "y", "--task", "binary", "--set", "bogus=1"], "unknown option(s) bogus"),
+])
+def test_cli_errors_are_one_line(two_backbones, tmp_path, capsys, args, message):
+    root, _, _, labels_path = two_backbones
+    code = main(["probe", "train", "--store", str(root / "good"), "--labels", str(labels_path),
+                 "-o", str(tmp_path / "x"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err and err.startswith("voxelfm probe: error:")
