@@ -129,7 +129,7 @@ def draw_acquisition(rng: np.random.Generator, size: str, *, body_halfwidth_mm: 
     return Acquisition(
         size=size, shape=(D, H, W), spacing=(sz, sx, sx), origin=origin, offset=(cx, cy, offset_z),
         contrast=contrast, noise_sd=noise_sd, noise_corr=float(rng.uniform(0.6, 1.1)),
-        cupping_hu=float(rng.uniform(8, 30)) if rng.random() < 0.5 else 0.0,
+        cupping_hu=float(rng.uniform(4, 15)) if rng.random() < 0.5 else 0.0,
         circle_pad=bool(rng.random() < 0.3 and fov < 480),
         orientation=str(rng.choice(ORIENTATIONS, p=_ORIENT_P)),
         kvp=kvp, kernel=str(rng.choice(["STANDARD", "B30f", "SOFT", "FC07"])),

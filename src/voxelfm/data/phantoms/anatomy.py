@@ -464,15 +464,16 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
     fat_t, peri_t = 3.5, 1.6
     f, bb = heart_layer(fat_t + pericardial_fluid_mm + peri_t)
     canvas.paint(f, bb, 35.0, L.INTERNAL_SOFT_TISSUE, within=med_within)  # pericardium
+    fluid_hu = float(scan_rng.uniform(5, 18))
     if pericardial_fluid_mm > 0:
         f, bb = heart_layer(fat_t + pericardial_fluid_mm)
-        canvas.paint(f, bb, float(scan_rng.uniform(5, 18)), L.PERICARDIAL_EFFUSION, within=(L.INTERNAL_SOFT_TISSUE,))
+        canvas.paint(f, bb, fluid_hu, L.PERICARDIAL_EFFUSION, within=(L.INTERNAL_SOFT_TISSUE,))
     f, bb = heart_layer(fat_t)
     canvas.paint(f, bb, an.hu["fat"] + 10, L.INTERNAL_SOFT_TISSUE,
                  within=(L.INTERNAL_SOFT_TISSUE, L.PERICARDIAL_EFFUSION))
     f, bb = heart_layer(0.0)
     myo_hu = 45.0 + enh * 60 + (40.0 if an.contrast == "arterial" else 0.0)
-    canvas.paint(f, bb, myo_hu, L.HEART, within=(L.INTERNAL_SOFT_TISSUE, L.PULMONARY_ARTERY, L.AORTA,
+    canvas.paint(f, bb, myo_hu, L.HEART, within=(L.INTERNAL_SOFT_TISSUE, L.PULMONARY_ARTERY,
                                                  L.PERICARDIAL_EFFUSION))
     c = an.cardiac_scale
     u = hrot  # rows: long axis, short axes

@@ -123,20 +123,31 @@ def _survival(rng: np.random.Generator, patient: Patient, f: Findings, interval_
     return round(float(time), 1), int(t <= c), lp
 
 
-def generate_case(seed: int, index: int, *, size: str = "demo") -> PhantomCase:
+def generate_case(seed: int, index: int, *, size: str = "demo", without: tuple[str, ...] = ()) -> PhantomCase:
     """Generate case ``index`` of the cohort with ``seed`` (deterministic in ``(seed, index, size)``).
 
     Args:
         seed: cohort seed.
         index: case index ≥ 0.
         size: ``"demo"`` (≈ 112² × 80–136), ``"small"`` (192² × ...), ``"full"`` (512² × ...).
+        without: findings (names from :data:`FINDINGS`) to leave out — a counterfactual of the same
+            patient and acquisition, identical elsewhere up to the noise (e.g. to measure what a
+            finding changes in the image, or for attribution studies).
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
+    unknown = set(without) - set(FINDINGS)
+    if unknown:
+        raise ValueError(f"unknown findings {sorted(unknown)} in without=; choose from {list(FINDINGS)}")
     p, k = case_plan(seed, index + 1)[index]
     patient, an0, chronic, acq, f, (r_render, r_noise, r_report, r_surv) = _scan_spec(seed, p, k, size)
+    f.suppressed = frozenset(without) | ({"consolidation"} if "lung_opacity" in without else set())
+    if "cardiomegaly" in f.suppressed and f.flags["cardiomegaly"]:
+        f.cardiac_scale = 1.0
+    if "pericardial_effusion" in f.suppressed:
+        f.pericardial_mm = 0.0
     interval = 0.0
     if k == 1:
         interval = float(np.random.default_rng([seed, p, 999]).uniform(60, 540))
@@ -150,6 +161,15 @@ def generate_case(seed: int, index: int, *, size: str = "demo") -> PhantomCase:
     a, ba, bp = (float(v) for v in an.body_axes(np.float32(0.0)))
     hu, stored, labels = finalize(canvas.hu, canvas.label, sub, acq, r_noise, (a, 0.5 * (ba + bp)))
     del canvas
+    for name in f.suppressed:
+        f.flags[name] = 0
+    if "lung_nodule" in f.suppressed:
+        f.nodules = []
+    if "pleural_effusion" in f.suppressed:
+        f.effusion_ml = {}
+    if {"lung_opacity", "consolidation"} & f.suppressed:
+        f.opacities = [op for op in f.opacities if not (
+            "lung_opacity" in f.suppressed or (op["kind"] == "consolidation" and "consolidation" in f.suppressed))]
     _measure(f, an, acq, hu, labels, counts, sub)
     # survival: the patient's baseline hazard comes from the first scan's findings
     if k == 0:
@@ -233,10 +253,9 @@ def _measure(f: Findings, an: Anatomy, acq: Acquisition, hu: np.ndarray, labels:
     min_vox = 4 * sub
     if f.flags["pericardial_effusion"] and np.count_nonzero(labels == L.PERICARDIAL_EFFUSION) < 8:
         f.flags["pericardial_effusion"] = 0
-    for key, cnt_key in (("lymphadenopathy", "lymphadenopathy"), ("hiatal_hernia", "hiatal_hernia"),
-                         ("arterial_wall_calcification", "arterial_wall_calcification"),
-                         ("coronary_artery_wall_calcification", "coronary_artery_wall_calcification")):
-        if f.flags[key] and counts.get(cnt_key, 0) < min_vox:
+    for key, least in (("lymphadenopathy", min_vox), ("hiatal_hernia", min_vox),
+                       ("arterial_wall_calcification", 1), ("coronary_artery_wall_calcification", 1)):
+        if f.flags[key] and counts.get(key, 0) < least:
             f.flags[key] = 0
     kept = []
     for op in f.opacities:

@@ -68,6 +68,7 @@ class Findings:
     hernia_mm: float = 0.0
     pericardial_mm: float = 0.0
     measured: dict = field(default_factory=dict)
+    suppressed: frozenset = frozenset()
 
 
 def lobe_of(an: Anatomy, rel: np.ndarray) -> tuple[str, str]:
@@ -92,7 +93,7 @@ def draw_chronic(rng: np.random.Generator, patient, an0: Anatomy) -> dict:
     age, sm = patient.age, patient.smoker
     c: dict = {}
     c["emphysema"] = int(rng.random() < 0.10 + 0.55 * sm + 0.003 * (age - 60))
-    c["emphysema_extent"] = float(rng.uniform(0.08, 0.4)) if c["emphysema"] else 0.0
+    c["emphysema_extent"] = float(rng.uniform(0.1, 0.35)) if c["emphysema"] else 0.0
     c["emphysema_pattern"] = str(rng.choice(["centrilobular", "centrilobular", "panlobular", "paraseptal"]))
     c["cardiomegaly"] = int(rng.random() < 0.10 + 0.008 * (age - 55))
     c["cardiac_scale"] = float(rng.uniform(1.27, 1.45)) if c["cardiomegaly"] else float(rng.uniform(0.9, 1.06))
@@ -143,8 +144,8 @@ def draw_findings(rng: np.random.Generator, patient, chronic: dict, an0: Anatomy
     for n in chronic["nodules"]:
         d = max(n.diameter_mm * float(rng.uniform(0.97, 1.08)), min_d)
         f.nodules.append(Nodule(diameter_mm=round(d, 1), kind=n.kind, rel=n.rel.copy(), hu=n.hu))
-    f.plaques = [(i, t, a, max(r, 0.65 * vis)) for i, t, a, r in chronic["plaques"]]
-    f.coronary = [(i, max(r, 0.6 * vis)) for i, r in chronic["coronary"]]
+    f.plaques = [(i, t, a, max(r, 0.8 * vis)) for i, t, a, r in chronic["plaques"]]
+    f.coronary = [(i, max(r, 0.8 * vis)) for i, r in chronic["coronary"]]
     cm = chronic["cardiomegaly"]
     f.flags["pleural_effusion"] = int(rng.random() < 0.15 + 0.25 * cm)
     if f.flags["pleural_effusion"]:
@@ -195,6 +196,13 @@ def draw_findings(rng: np.random.Generator, patient, chronic: dict, an0: Anatomy
     return f
 
 
+def _paint(canvas: Canvas, f: "Findings", kind: str, *args, **kwargs) -> int:
+    """Paint unless ``kind`` is suppressed (counterfactual rendering keeps every random draw)."""
+    if kind in f.suppressed:
+        return 0
+    return canvas.paint(*args, **kwargs)
+
+
 def render_emphysema(canvas: Canvas, an: Anatomy, f: Findings, rng: np.random.Generator) -> None:
     """Low-attenuation regions (< −950 HU) in the lungs, before the vessels are drawn."""
     if not f.flags["emphysema"]:
@@ -219,7 +227,7 @@ def render_emphysema(canvas: Canvas, an: Anatomy, f: Findings, rng: np.random.Ge
         return (np.float32(thr) - v) * np.float32(3.0)
 
     value = float(rng.uniform(-990, -970))
-    canvas.paint(sdf, bbox, value, None, within=L.LUNGS)
+    _paint(canvas, f, "emphysema", sdf, bbox, value, None, within=L.LUNGS)
 
 
 def _node_value(contrast: str) -> float:
@@ -243,14 +251,14 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
         fld = RandomField(rng, bb, 9.0)
         shape = lambda X, Y, Z, e=e, fld=fld: e(X, Y, Z) + np.float32(7.0) * fld(X, Y, Z)  # noqa: E731
         if op["kind"] == "consolidation":
-            n = canvas.paint(shape, bb, op["hu"], None, within=lungs)
+            n = _paint(canvas, f, "consolidation", shape, bb, op["hu"], None, within=lungs)
         else:
             delta = np.float32(op["hu"])
 
             def ggo(X, Y, Z, hu, delta=delta):  # raise parenchyma, leave vessels alone
                 return delta * np.clip((np.float32(-450.0) - hu) / np.float32(300.0), 0.0, 1.0)
             ggo.uses_hu = True
-            n = canvas.paint(shape, bb, ggo, None, within=lungs, add=True)
+            n = _paint(canvas, f, "lung_opacity", shape, bb, ggo, None, within=lungs, add=True)
         counts[op["kind"]] += n
 
     # ---- pleural effusion (dependent fluid) and compressive atelectasis ----------------------------
@@ -276,12 +284,12 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
         def eff_sdf(X, Y, Z, thr=thr):
             return (np.float32(thr) - ((Y - np.float32(an.offset[1])) - 0.15 * (Z - np.float32(an.offset[2])))) / np.float32(grad)
 
-        counts["pleural_effusion"] += canvas.paint(eff_sdf, an.lung_bbox(side), float(rng.uniform(4, 18)),
+        counts["pleural_effusion"] += _paint(canvas, f, "pleural_effusion", eff_sdf, an.lung_bbox(side), float(rng.uniform(4, 18)),
                                                    L.PLEURAL_EFFUSION, within=(lab,))
         at = f.atelectasis
         if at.get("kind") == "compressive" and at["side"] == side:
             band = at["band_mm"]
-            counts["atelectasis"] += canvas.paint(lambda X, Y, Z, e=eff_sdf: -(e(X, Y, Z) + np.float32(band)),
+            counts["atelectasis"] += _paint(canvas, f, "atelectasis", lambda X, Y, Z, e=eff_sdf: np.abs(e(X, Y, Z) - np.float32(band / 2)) - np.float32(band / 2),
                                                   an.lung_bbox(side), float(rng.uniform(-60, 20)), None,
                                                   within=(lab,))
     # ---- plate-like atelectasis at a lung base ----------------------------------------------------
@@ -295,7 +303,7 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
         c = an.p(*rel)
         radii = (at["len_mm"] / 2, at["len_mm"] / 2.5, at["thick_mm"] / 2)
         rot = rotation(yaw=at["yaw"], pitch=0.25 * sign)
-        counts["atelectasis"] += canvas.paint(sdf_ellipsoid(c, radii, rot), ellipsoid_bbox(c, radii, rot),
+        counts["atelectasis"] += _paint(canvas, f, "atelectasis", sdf_ellipsoid(c, radii, rot), ellipsoid_bbox(c, radii, rot),
                                               float(rng.uniform(-40, 30)), None, within=(lab,))
         at["rel"] = rel
 
@@ -309,7 +317,7 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
         n.center_mm = (float(p[0]), float(p[1]), float(p[2]))
         r = n.diameter_mm / 2
         radii = (r * float(rng.uniform(0.9, 1.1)), r * float(rng.uniform(0.9, 1.1)), r * float(rng.uniform(0.9, 1.1)))
-        canvas.paint(sdf_ellipsoid(p, radii), ellipsoid_bbox(p, radii), n.hu, L.LUNG_NODULE,
+        _paint(canvas, f, "lung_nodule", sdf_ellipsoid(p, radii), ellipsoid_bbox(p, radii), n.hu, L.LUNG_NODULE,
                      within=lungs + (L.LUNG_NODULE,))
         n.side, n.lobe = lobe_of(an, n.rel)
 
@@ -319,7 +327,7 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
     for st, short in f.nodes:
         c = stations[st]
         radii = (short / 2 * 1.15, short / 2, short / 2 * 1.5)
-        counts["lymphadenopathy"] += canvas.paint(
+        counts["lymphadenopathy"] += _paint(canvas, f, "lymphadenopathy", 
             sdf_ellipsoid(c, radii), ellipsoid_bbox(c, radii), _node_value(an.contrast), L.LYMPH_NODE,
             within=(L.INTERNAL_SOFT_TISSUE, L.LYMPH_NODE) + lungs)
 
@@ -334,7 +342,7 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
         e2 = np.cross(axis, e1)
         r = ao_r[i] + t * (ao_r[i + 1] - ao_r[i])
         c = a + t * (b - a) + (r - 0.4 * rp) * (math.cos(ang) * e1 + math.sin(ang) * e2)
-        counts["arterial_wall_calcification"] += canvas.paint(
+        counts["arterial_wall_calcification"] += _paint(canvas, f, "arterial_wall_calcification", 
             sdf_sphere(c, rp), capsule_bbox(c, c, rp), float(rng.uniform(450, 1100)), L.CALCIFICATION,
             within=(L.AORTA, L.INTERNAL_SOFT_TISSUE) + lungs)
     counts["coronary_artery_wall_calcification"] = 0
@@ -342,7 +350,7 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
     path = list(ring) + list(lad)
     for i, rp in f.coronary:
         c = np.asarray(path[i % len(path)])
-        counts["coronary_artery_wall_calcification"] += canvas.paint(
+        counts["coronary_artery_wall_calcification"] += _paint(canvas, f, "coronary_artery_wall_calcification", 
             sdf_sphere(c, rp), capsule_bbox(c, c, rp), float(rng.uniform(350, 1000)), L.CALCIFICATION,
             within=(L.INTERNAL_SOFT_TISSUE, L.HEART) + lungs)
 
@@ -357,10 +365,10 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
         c = an.p(rel[0] - 4 * s, rel[1] + 6 * s, top + 0.75 * R)
         radii = np.array([R, 0.8 * R, 1.1 * R])
         ok = (L.INTERNAL_SOFT_TISSUE, L.ESOPHAGUS, L.MUSCLE, L.LIVER, L.STOMACH, L.PLEURAL_EFFUSION) + lungs
-        counts["hiatal_hernia"] = canvas.paint(sdf_ellipsoid(c, radii), ellipsoid_bbox(c, radii), 42.0,
+        counts["hiatal_hernia"] = _paint(canvas, f, "hiatal_hernia", sdf_ellipsoid(c, radii), ellipsoid_bbox(c, radii), 42.0,
                                                L.STOMACH, within=ok)
         gas_level = c[1] - float(rng.uniform(0.1, 0.6)) * radii[1]
         content = lambda X, Y, Z: np.where(Y < gas_level, -1000.0, 15.0).astype(np.float32)  # noqa: E731
-        canvas.paint(sdf_ellipsoid(c, radii - 3.5), ellipsoid_bbox(c, radii), content, L.STOMACH,
+        _paint(canvas, f, "hiatal_hernia", sdf_ellipsoid(c, radii - 3.5), ellipsoid_bbox(c, radii), content, L.STOMACH,
                      within=(L.STOMACH,))
     return counts
