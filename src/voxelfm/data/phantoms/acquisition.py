@@ -191,7 +191,7 @@ def finalize(hu: np.ndarray, label: np.ndarray, k: int, acq: Acquisition, rng: n
         out -= np.float32(acq.cupping_hu) * cup[None]
     sigma = acq.noise_corr
     trunc = 2.5
-    scale = np.float32(acq.noise_sd / _gauss_norm(sigma, trunc) ** 2)
+    scale = np.float32(acq.noise_sd / _gauss_norm(sigma, trunc) ** 2 * math.sqrt(12.0))
     inter = np.float32(acq.intercept)
     pad = None
     if acq.circle_pad:
@@ -203,7 +203,10 @@ def finalize(hu: np.ndarray, label: np.ndarray, k: int, acq: Acquisition, rng: n
     step = max(1, (1 << 20) // (H * W))
     for d0 in range(0, D, step):  # slab by slab: cache-friendly, bounded memory
         d1 = min(d0 + step, D)
-        noise = rng.standard_normal((d1 - d0, H, W), dtype=np.float32)
+        # uniform white noise (7x cheaper to draw than normal); after the correlating filter the
+        # weighted sum of ~25 uniforms is Gaussian to within a few percent in its tails
+        noise = rng.random((d1 - d0, H, W), dtype=np.float32)
+        noise -= np.float32(0.5)
         gaussian_filter1d(noise, sigma, axis=1, truncate=trunc, output=noise)
         gaussian_filter1d(noise, sigma, axis=2, truncate=trunc, output=noise)
         noise *= scale

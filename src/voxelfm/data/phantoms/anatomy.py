@@ -270,10 +270,8 @@ def build_tree(rng, root, points, r_root, max_depth, min_radius, murray=2.7) -> 
             tree.segments.append((start.copy(), end.copy(), r, r_end, depth))
         if len(pts) == 1:
             return
-        cov = np.cov((pts - c).T) + 1e-6 * np.eye(3)
-        axis = np.linalg.eigh(cov)[1][:, -1]
-        proj = (pts - c) @ axis
-        med = np.median(proj)
+        proj = pts[:, int(np.argmax(pts.var(axis=0)))]  # split across the widest spread
+        med = float(np.median(proj))
         grow(end, pts[proj <= med], depth + 1)
         grow(end, pts[proj > med], depth + 1)
 
@@ -524,8 +522,9 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
     bronchus_root = {"R": bro_r, "L": bro_l}
     for side, lab, hil in (("R", L.LUNG_RIGHT, hil_r), ("L", L.LUNG_LEFT, hil_l)):
         lsdf, lbb = an.lung_sdf(side), an.lung_bbox(side)
-        pts_a = _sample_inside(rng, lsdf, lbb, 128, 6.0)
-        pts_v = _sample_inside(rng, lsdf, lbb, 128, 6.0)
+        n_pts = 128 if vox < 1.5 else 64  # coarse grids cannot show the finest branches anyway
+        pts_a = _sample_inside(rng, lsdf, lbb, n_pts, 6.0)
+        pts_v = _sample_inside(rng, lsdf, lbb, n_pts, 6.0)
         art = build_tree(rng, hil, pts_a, 8.0 * s, 8, min_r)
         vein_root = hc + np.array([0.0, 0.5 * hr[1], 0.3 * hr[2]]) @ hrot + np.array([(-1 if side == "R" else 1) * 30 * s, 0, 0])
         vein = build_tree(rng, vein_root, pts_v, 7.5 * s, 8, min_r)
@@ -560,13 +559,21 @@ def _paint_body(canvas: Canvas, an: Anatomy, rng) -> None:
     s = an.s
     hu = an.hu
     abd_field = RandomField(rng, _bb(an.p(-250 * s, -250 * s, -500 * s), an.p(250 * s, 250 * s, 60)), 11.0)
-    inv_w = 1.0 / canvas.pv_width
-    sl = canvas.box(((-1e5, 1e5), (-1e5, 1e5), (-1e5, 1e5)))
+    inv_w = np.float32(1.0 / canvas.pv_width)
+    # the trunk's bounding box over the whole scan (the air around it stays untouched)
+    zs = canvas.grid.axis(0) - np.float32(an.offset[2])
+    a_max, ba_max, bp_max = (float(np.max(v)) + 2.0 for v in an.body_axes(zs))
+    sl = canvas.box(((an.offset[0] - a_max, an.offset[0] + a_max),
+                     (an.offset[1] - ba_max, an.offset[1] + bp_max), (-1e5, 1e5)))
+    if sl is None:
+        return
     for sls, X, Y, Z in canvas.slabs(sl):
         Xr, Yr, Zr = an.rel(X, Y, Z)
         a, ba, bp = an.body_axes(Zr)
         d = Anatomy._ellipse_sdf(Xr, Yr, a, ba, bp)
-        if not (d < canvas.pv_width).any():
+        d *= -inv_w
+        d += np.float32(0.5)  # coverage of the skin surface before clipping
+        if not (d > 0).any():
             continue
         ft = an.fat_t(Zr)
         out_hu = canvas.hu[sls]
@@ -574,7 +581,8 @@ def _paint_body(canvas: Canvas, an: Anatomy, rng) -> None:
         layers = ((0.0, hu["skin"], L.SKIN), (2.0, hu["fat"], L.SUBCUTANEOUS_FAT),
                   (2.0 + ft, hu["muscle"], L.MUSCLE))
         for depth, value, lab in layers:
-            alpha = np.clip(0.5 - (d + depth) * inv_w, 0.0, 1.0)
+            alpha = np.clip(d - np.float32(depth) * inv_w if np.ndim(depth) == 0
+                            else d - (depth * inv_w).astype(np.float32), 0.0, 1.0)
             out_hu += alpha * (np.float32(value) - out_hu)
             out_lab[alpha >= 0.5] = lab
         # internal cavity

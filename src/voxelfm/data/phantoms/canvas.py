@@ -139,21 +139,30 @@ class Canvas:
         if sl is None:
             return 0
         count = 0
-        inv_w = 1.0 / self.pv_width
+        inv_w = np.float32(-1.0 / self.pv_width)
+        lut = None
+        if within is not None or outside is not None:
+            lut = np.zeros(256, dtype=np.float32) if within is not None else np.ones(256, dtype=np.float32)
+            if within is not None:
+                lut[list(within)] = 1.0
+            if outside is not None:
+                lut[list(outside)] = 0.0
         for s, X, Y, Z in self.slabs(sl):
-            dist = sdf(X, Y, Z)
-            alpha = np.clip(0.5 - dist * inv_w, 0.0, 1.0).astype(np.float32, copy=False)
+            alpha = np.asarray(sdf(X, Y, Z), dtype=np.float32)
+            if alpha.shape != self.hu[s].shape:
+                alpha = np.broadcast_to(alpha, self.hu[s].shape).copy()
+            elif not alpha.flags.writeable or alpha.base is not None and alpha.base is X:
+                alpha = alpha.copy()
+            alpha *= inv_w  # in place: the distance array is ours
+            alpha += np.float32(0.5)
+            np.clip(alpha, 0.0, 1.0, out=alpha)
             if opacity != 1.0:
-                alpha *= opacity
+                alpha *= np.float32(opacity)
             lab = self.label[s]
-            if within is not None or outside is not None:
-                lut = np.zeros(256, dtype=np.float32) if within is not None else np.ones(256, dtype=np.float32)
-                if within is not None:
-                    lut[list(within)] = 1.0
-                if outside is not None:
-                    lut[list(outside)] = 0.0
-                alpha = alpha * lut[lab]
-            if not alpha.any():
+            if lut is not None:
+                alpha *= lut[lab]
+            m = alpha >= np.float32(0.5 * opacity)
+            if not m.any() and not alpha.any():
                 continue
             hu = self.hu[s]
             if callable(value):
@@ -161,10 +170,10 @@ class Canvas:
             else:
                 v = np.float32(value)
             if add:
-                hu += alpha * v
+                alpha *= v
+                hu += alpha
             else:
                 hu += alpha * (v - hu)
-            m = alpha >= 0.5 * opacity
             count += int(np.count_nonzero(m))
             if label is not None:
                 lab[m] = label
@@ -278,6 +287,20 @@ class RandomField:
         return np.take(arr, i0, axis=axis) * (1 - t) + np.take(arr, i0 + 1, axis=axis) * t
 
     def __call__(self, X: Array, Y: Array, Z: Array) -> Array:
-        f = self._interp(self.field, X, 2, 0)
-        f = self._interp(f, Y, 1, 1)
-        return self._interp(f, Z, 0, 2)
+        X, Y, Z = (np.asarray(v, dtype=np.float32) for v in (X, Y, Z))
+        sub = 1
+        if X.size > 64 and Y.size > 64 and X.ndim == 3 and Y.ndim == 3 and X.shape[2] > 1 and Y.shape[1] > 1:
+            pitch = min(abs(float(X[0, 0, 1] - X[0, 0, 0])), abs(float(Y[0, 1, 0] - Y[0, 0, 0])))
+            if pitch * 4 <= self.step:  # fine grid: evaluate at every 2nd voxel in-plane, repeat
+                sub = 2
+        if sub == 1:
+            f = self._interp(self.field, X, 2, 0)
+            f = self._interp(f, Y, 1, 1)
+            return self._interp(f, Z, 0, 2)
+        h, w = Y.shape[1], X.shape[2]
+        f = self._interp(self.field, X[:, :, ::2], 2, 0)
+        f = self._interp(f, Y[:, ::2, :], 1, 1)
+        f = self._interp(f, Z, 0, 2)
+        d, h2, w2 = f.shape
+        out = np.broadcast_to(f[:, :, None, :, None], (d, h2, 2, w2, 2)).reshape(d, 2 * h2, 2 * w2)
+        return out[:, :h, :w]

@@ -217,11 +217,11 @@ def _measure(f: Findings, an: Anatomy, acq: Acquisition, hu: np.ndarray, labels:
     g = acq.grid
     vox_ml = float(np.prod(acq.spacing)) / 1000.0
     lung = (labels == L.LUNG_RIGHT) | (labels == L.LUNG_LEFT)
-    n_lung = int(lung.sum())
-    lung_hu = hu[lung]
-    laa = float(np.count_nonzero(lung_hu < -950) * 100.0 / n_lung) if n_lung else 0.0
+    n_lung = int(np.count_nonzero(lung))
+    laa = float(np.count_nonzero(lung & (hu < -950)) * 100.0 / n_lung) if n_lung else 0.0
     f.measured["laa950_percent"] = laa
-    p5 = float(np.percentile(lung_hu[:: max(1, n_lung // 200000)], 5)) if n_lung else 0.0
+    step = max(1, int(round((n_lung / 300000) ** (1 / 3)))) if n_lung else 1
+    p5 = float(np.percentile(hu[::step, ::step, ::step][lung[::step, ::step, ::step]], 5)) if n_lung else 0.0
     if f.flags["emphysema"] and (laa < 6.0 or p5 >= -950):
         f.flags["emphysema"] = 0
     # nodules: centre voxel must carry the nodule label
