@@ -454,9 +454,11 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
     def heart_layer(extra):
         e = sdf_ellipsoid(hc, hr + extra, hrot)
 
+        back = an.y_vb - 36 * s + extra  # the heart stays anterior to the oesophagus and aorta
+
         def f(X, Y, Z):
             Xr, Yr, Zr = an.rel(X, Y, Z)
-            return np.maximum(e(X, Y, Z), an.diaphragm(Xr, Yr) + 1.0 - Zr)
+            return np.maximum(np.maximum(e(X, Y, Z), an.diaphragm(Xr, Yr) + 1.0 - Zr), Yr - back)
         return f, ellipsoid_bbox(hc, hr + extra, hrot)
 
     fat_t, peri_t = 3.5, 1.6

@@ -96,21 +96,23 @@ def _lung_sentences(f, rng) -> tuple[list[str], list[str]]:
             out.append(f"Multiple pulmonary nodules: the largest is {kind}, measuring {big.diameter_mm:.0f} mm "
                        f"in the {loc}; others measure {others}.")
             imp.append(f"Multiple pulmonary nodules, largest {big.diameter_mm:.0f} mm in the {loc}.")
+    done = set()
     for op in f.opacities:
+        key = (op["kind"], op["lobe"])
+        if key in done:  # one sentence per kind and lobe
+            continue
+        done.add(key)
         loc = _LOBE[op["lobe"]]
-        if op["kind"] == "consolidation":
-            out.append(_pick(rng, [f"Consolidation with air bronchograms in the {loc}.",
+        if op["kind"] == "consolidation":  # CT-RATE counts consolidation as a lung opacity too
+            out.append(_pick(rng, [f"Consolidative opacity with air bronchograms in the {loc}.",
                                    f"Consolidative opacity in the {loc}.",
-                                   f"An area of consolidation is present in the {loc}."]))
+                                   f"An area of consolidation (dense parenchymal opacity) is present in the {loc}."]))
             imp.append(f"Consolidation in the {loc}.")
         else:
             out.append(_pick(rng, [f"Patchy ground-glass opacities in the {loc}.",
                                    f"Ground-glass opacity in the {loc}.",
-                                   f"There are areas of ground-glass density in the {loc}."]))
+                                   f"There are areas of ground-glass opacity in the {loc}."]))
             imp.append(f"Ground-glass opacity in the {loc}.")
-    if fl["lung_opacity"] and not any(op["kind"] == "ground-glass" for op in f.opacities):
-        # CT-RATE counts consolidation as lung opacity; say so explicitly
-        out.append("The consolidative opacity is the only parenchymal opacity.")
     at = f.atelectasis
     if fl["atelectasis"]:
         loc = _LOBE[at["lobe"]]
