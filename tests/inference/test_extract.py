@@ -51,6 +51,18 @@ def test_paper_preset_equals_reference_on_nifti(tiny_model, tmp_path):
     assert f.record["resample"]["target_spacing"] == pytest.approx(0.75)
 
 
+def test_paper_preset_equals_reference_on_dicom(tiny_model, tmp_path):
+    vol = np.round(body_volume((20, 36, 36), seed=3))
+    vol[5, 10, 10] = 1500.0  # the reference DICOM reader clamps to [-1000, 1000]
+    write_lps_dicom(tmp_path / "dcm", vol, (1.5, 0.75, 0.75))
+    img, spacing = ref.load_dicom(tmp_path / "dcm")
+    r = ref.extract_features(tiny_model, img, spacing, 4, tiny_model.preset.mean, tiny_model.preset.std,
+                             crop_background=False, max_patches=300)
+    f = extract_features(tiny_model, tmp_path / "dcm", preset="paper", max_patches=300)
+    _assert_matches_reference(f, r)
+    assert f.record["hu_clip"] == [-1000.0, 1000.0]
+
+
 def test_default_preset_same_features_from_ras_nifti_and_lps_dicom(tiny_model, tmp_path):
     vol = np.round(body_volume((30, 36, 36), seed=2))
     spacing, origin = (2.0, 0.8, 0.8), (-11.0, 7.0, 31.0)

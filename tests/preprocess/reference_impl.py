@@ -135,3 +135,25 @@ def load_nifti(path):
     image = image.permute(2, 1, 0)
     image = image.clip(-1000, 1900)
     return image, spacing
+
+
+def load_dicom(folder):
+    """Reference ``load_dicom`` for one CT series: sort by IPP z, first slice's rescale, clamp ±1000."""
+    import os
+
+    import numpy as np
+    import pydicom
+
+    files = [pydicom.dcmread(os.path.join(folder, f)) for f in os.listdir(folder)
+             if os.path.isfile(os.path.join(folder, f))]
+    files.sort(key=lambda d: d.ImagePositionPatient[2])
+    z = [d.ImagePositionPatient[2] for d in files]
+    volume = np.stack([d.pixel_array for d in files]).astype(np.float32)
+    volume = volume * float(getattr(files[0], "RescaleSlope", 1.0)) + float(getattr(files[0], "RescaleIntercept", 0.0))
+    image = torch.clamp(torch.from_numpy(volume).float(), -1000, 1000)
+    if hasattr(files[0], "SpacingBetweenSlices"):
+        dz = float(files[0].SpacingBetweenSlices)
+    else:
+        dz = float(np.mean(np.diff(z)))
+    ps = files[0].PixelSpacing
+    return image, (abs(dz), float(ps[0]), float(ps[1]))
