@@ -104,6 +104,9 @@ class ReportDataset(Dataset):
             :mod:`voxelfm.reportgen.conversation`).
         max_length: truncate conversations to this many tokens (reference ``model_max_length`` 1024).
         cache_features: keep loaded tokens in memory (small cohorts, several epochs).
+        report_style: ``"original"`` (the report as written) or ``"abnormal"`` (abnormal findings
+            only, :func:`~voxelfm.reportgen.restructure.restructure_report`, as the reference's
+            LLM-restructured training reports).
 
     Rows whose id has no embedding in the store, or whose report is empty, are left out; their ids
     are listed in :attr:`skipped`.
@@ -115,7 +118,7 @@ class ReportDataset(Dataset):
                  feature: str = "cls", max_patch_tokens: int | None = None, prompt: str | None = None,
                  system_prompt: str = "", chat_template_kwargs: dict[str, Any] | None = None,
                  max_length: int | None = 1024, id_col: str = "id", report_col: str = "report",
-                 split_col: str = "split", cache_features: bool = False) -> None:
+                 split_col: str = "split", cache_features: bool = False, report_style: str = "original") -> None:
         from voxelfm.inference.store import EmbeddingStore
         from voxelfm.reportgen.conversation import DEFAULT_PROMPT
 
@@ -135,12 +138,18 @@ class ReportDataset(Dataset):
         self.ids: list[str] = []
         self.reports: list[str] = []
         self._encoded: list[tuple[list[int], list[int]]] = []
+        if report_style not in ("original", "abnormal"):
+            raise ValueError(f"report_style must be 'original' or 'abnormal', got {report_style!r}")
         prompt = prompt or DEFAULT_PROMPT
         for item_id, report in zip(df[id_col], df[report_col]):
             text = "" if report is None or (isinstance(report, float) and report != report) else str(report).strip()
             if not text or not self.store.has(item_id):
                 self.skipped.append(item_id)
                 continue
+            if report_style == "abnormal":
+                from voxelfm.reportgen.restructure import restructure_report
+
+                text = restructure_report(text)
             msgs = build_messages(text, prompt=prompt, system_prompt=system_prompt)
             tc = tokenize_conversation(tokenizer, msgs, chat_template_kwargs=chat_template_kwargs,
                                        max_length=max_length)

@@ -95,6 +95,10 @@ def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *
     model = ReportModel.load(out / "model" / "stage2", device=device, merge_lora=True)
     if max_new_tokens is None:
         train_reports = [str(r) for r, s in zip(df["report"], df["split"]) if normalise_split(s) == "train"]
+        if s2.report_style == "abnormal":
+            from voxelfm.reportgen.restructure import restructure_report
+
+            train_reports = [restructure_report(r) for r in train_reports]
         max_new_tokens = auto_max_new_tokens(model.tokenizer, train_reports)
     with torch.no_grad():
         gen = generate_reports(model, store, table=df, split="test", strategy=strategy, max_new_tokens=max_new_tokens,

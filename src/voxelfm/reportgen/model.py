@@ -78,6 +78,7 @@ class ReportModelConfig:
         lora: LoRA settings, or ``None`` (stage 1: projector only).
         stage: 1 or 2 (informational).
         stop_token_ids: extra ids that end generation (the end-of-turn token of the template).
+        report_style: what the model was trained to write (``original`` or ``abnormal`` findings only).
     """
 
     lm: str
@@ -90,6 +91,7 @@ class ReportModelConfig:
     lora: LoraSettings | None = None
     stage: int = 1
     stop_token_ids: list[int] = field(default_factory=list)
+    report_style: str = "original"
 
     def __post_init__(self) -> None:
         if self.feature not in ("cls", "patch", "cls+patch"):

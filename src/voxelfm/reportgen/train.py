@@ -69,6 +69,9 @@ class TrainConfig:
         max_length: token limit of a conversation (reference 1024).
         prompt, system_prompt: the conversation (``system_prompt=None`` → none for stage 1, the
             reference radiology prompt for stage 2).
+        report_style: train on the reports as written (``"original"``) or on their abnormal
+            findings only (``"abnormal"``, default: what the reference trained on, via rules instead
+            of an LLM; see :mod:`voxelfm.reportgen.restructure`).
         feature_noise: std of Gaussian noise added to the CT tokens during training only (the
             reference used 0.1 and, by mistake, also at evaluation; default 0 = off).
         checkpoint_every: optimizer steps between checkpoints (also at each epoch end).
@@ -102,6 +105,7 @@ class TrainConfig:
     max_length: int | None = 1024
     prompt: str = DEFAULT_PROMPT
     system_prompt: str | None = None
+    report_style: Literal["original", "abnormal"] = "abnormal"
     feature_noise: float = 0.0
     checkpoint_every: int = 50
     select: Literal["best", "last"] = "best"
@@ -117,6 +121,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.report_style not in ("original", "abnormal"):
+            raise ConfigError(f"report_style must be 'original' or 'abnormal', got {self.report_style!r}")
         if self.select not in ("best", "last"):
             raise ConfigError(f"select must be 'best' or 'last', got {self.select!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
@@ -199,7 +205,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 def _fingerprint(cfg: TrainConfig, n_train: int) -> dict[str, Any]:
     keys = ("stage", "batch_size", "grad_accum", "seed", "feature", "max_patch_tokens", "num_queries", "width",
-            "num_heads", "lora_r", "lora_alpha", "lora_target_modules", "epochs")
+            "num_heads", "lora_r", "lora_alpha", "lora_target_modules", "epochs", "report_style")
     return {**{k: getattr(cfg, k) for k in keys}, "n_train": n_train}
 
 
@@ -229,9 +235,15 @@ def _write_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any, st
 
 
 def _evaluate_loss(model: Any, loader: Any) -> float:
-    """Mean cross-entropy per target token over a loader."""
+    """Mean cross-entropy per target token over a loader.
+
+    The global torch RNG is restored afterwards (iterating a DataLoader draws a seed from it), so
+    validating never changes the training trajectory — an interrupted and resumed run equals an
+    uninterrupted one.
+    """
     total, count = 0.0, 0
     was = model.training
+    rng = torch.get_rng_state()
     model.eval()
     with torch.no_grad():
         for batch in loader:
@@ -243,6 +255,7 @@ def _evaluate_loss(model: Any, loader: Any) -> float:
             total += float(out.loss) * n
             count += n
     model.train(was)
+    torch.set_rng_state(rng)
     return total / count if count else math.nan
 
 
@@ -282,7 +295,8 @@ def _build_model(config: TrainConfig, lm: str | None, init_from: Path | None, st
     lm_ref = str(lm_name) if lm_and_tokenizer is not None else resolve_lm_path(lm_name)
     mcfg = ReportModelConfig(lm=lm_ref, projector=pcfg, feature=config.feature,
                              max_patch_tokens=config.max_patch_tokens, prompt=config.prompt,
-                             system_prompt=config.effective_system_prompt, lora=lora, stage=config.stage)
+                             system_prompt=config.effective_system_prompt, lora=lora, stage=config.stage,
+                             report_style=config.report_style)
     model = ReportModel.create(mcfg, device=config.device, allow_download=allow_download,
                                lm_and_tokenizer=lm_and_tokenizer)
     if init_from is not None:
@@ -332,7 +346,8 @@ def train_report_model(store: Any, table: Any, out_dir: str | os.PathLike[str], 
     ds_kw = dict(feature=cfg.feature, max_patch_tokens=cfg.max_patch_tokens, prompt=cfg.prompt,
                  system_prompt=cfg.effective_system_prompt,
                  chat_template_kwargs=model.config.chat_template_kwargs, max_length=cfg.max_length,
-                 id_col=id_col, report_col=report_col, split_col=split_col, cache_features=True)
+                 id_col=id_col, report_col=report_col, split_col=split_col, cache_features=True,
+                 report_style=cfg.report_style)
     train_ds = ReportDataset(store, table, tok, split="train", **ds_kw)
     if len(train_ds) == 0:
         raise ConfigError("no training examples: the table needs rows with split 'train', a report, and an "
