@@ -497,6 +497,10 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
             cor.append(hc + loc @ u)
     lad = [hc + np.array([x * hr[0], -0.2 * hr[1], -(hr[2] + 1.0) * math.sqrt(max(0.0, 1 - x * x)) * 0.98]) @ u
            for x in np.linspace(-0.4, 0.8, 6)]
+    # keep the points on the part of the heart that exists (anterior to its posterior clip plane)
+    back = an.offset[1] + an.y_vb - 36 * s - 2.0
+    cor = [q for q in cor if q[1] < back] or cor[:1]
+    lad = [q for q in lad if q[1] < back] or lad[:1]
     lm["coronary"] = (cor, lad)
     cor_hu = art_hu if an.contrast != "none" else 40.0
     for pts in (cor + cor[:1], lad):

@@ -92,10 +92,10 @@ def draw_chronic(rng: np.random.Generator, patient, an0: Anatomy) -> dict:
     """Patient-level findings: emphysema, nodules, calcifications, cardiomegaly, hiatal hernia."""
     age, sm = patient.age, patient.smoker
     c: dict = {}
-    c["emphysema"] = int(rng.random() < 0.10 + 0.55 * sm + 0.003 * (age - 60))
+    c["emphysema"] = int(rng.random() < 0.14 + 0.6 * sm + 0.003 * (age - 60))
     c["emphysema_extent"] = float(rng.uniform(0.1, 0.35)) if c["emphysema"] else 0.0
     c["emphysema_pattern"] = str(rng.choice(["centrilobular", "centrilobular", "panlobular", "paraseptal"]))
-    c["cardiomegaly"] = int(rng.random() < 0.10 + 0.008 * (age - 55))
+    c["cardiomegaly"] = int(rng.random() < 0.15 + 0.008 * (age - 55))
     c["cardiac_scale"] = float(rng.uniform(1.27, 1.45)) if c["cardiomegaly"] else float(rng.uniform(0.9, 1.06))
     p_calc = _logistic(-0.9 + 0.07 * (age - 63) + 1.2 * sm)
     c["arterial_wall_calcification"] = int(rng.random() < p_calc)
@@ -147,7 +147,7 @@ def draw_findings(rng: np.random.Generator, patient, chronic: dict, an0: Anatomy
     f.plaques = [(i, t, a, max(r, 0.8 * vis)) for i, t, a, r in chronic["plaques"]]
     f.coronary = [(i, max(r, 0.8 * vis)) for i, r in chronic["coronary"]]
     cm = chronic["cardiomegaly"]
-    f.flags["pleural_effusion"] = int(rng.random() < 0.15 + 0.25 * cm)
+    f.flags["pleural_effusion"] = int(rng.random() < 0.16 + 0.25 * cm)
     if f.flags["pleural_effusion"]:
         r = rng.random()
         sides = ["R", "L"] if r < 0.45 else (["R"] if r < 0.75 else ["L"])
@@ -155,7 +155,7 @@ def draw_findings(rng: np.random.Generator, patient, chronic: dict, an0: Anatomy
             f.effusion_ml[sd] = float(math.exp(rng.uniform(math.log(120), math.log(1400))))
     f.flags["pericardial_effusion"] = int(rng.random() < 0.13 + 0.1 * cm)
     f.pericardial_mm = max(float(rng.uniform(6, 18)), 2.2 * vis) if f.flags["pericardial_effusion"] else 0.0
-    f.flags["consolidation"] = int(rng.random() < 0.15)
+    f.flags["consolidation"] = int(rng.random() < 0.17)
     ggo = int(rng.random() < 0.17)
     f.flags["lung_opacity"] = int(ggo or f.flags["consolidation"])
     for kind, present, n_max in (("consolidation", f.flags["consolidation"], 2), ("ground-glass", ggo, 3)):
@@ -187,7 +187,7 @@ def draw_findings(rng: np.random.Generator, patient, chronic: dict, an0: Anatomy
             f.atelectasis = {"kind": "plate-like", "side": side,
                              "thick_mm": max(float(rng.uniform(4, 7)), 2.2 * vis),
                              "len_mm": float(rng.uniform(40, 70)), "yaw": float(rng.uniform(-0.5, 0.5))}
-    f.flags["lymphadenopathy"] = int(rng.random() < 0.14 + 0.12 * f.flags["lung_nodule"])
+    f.flags["lymphadenopathy"] = int(rng.random() < 0.16 + 0.12 * f.flags["lung_nodule"])
     if f.flags["lymphadenopathy"]:
         stations = ["right paratracheal", "left paratracheal", "subcarinal", "aortopulmonary window",
                     "right hilar", "left hilar", "prevascular"]
@@ -352,7 +352,7 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
         c = np.asarray(path[i % len(path)])
         counts["coronary_artery_wall_calcification"] += _paint(canvas, f, "coronary_artery_wall_calcification", 
             sdf_sphere(c, rp), capsule_bbox(c, c, rp), float(rng.uniform(350, 1000)), L.CALCIFICATION,
-            within=(L.INTERNAL_SOFT_TISSUE, L.HEART) + lungs)
+            within=(L.INTERNAL_SOFT_TISSUE, L.HEART))
 
     # ---- hiatal hernia: stomach above the diaphragm in the posterior mediastinum -----------------
     counts["hiatal_hernia"] = 0
