@@ -100,7 +100,7 @@ class Anatomy:
         self.b_ant0 = 98 * s * j(0.05)
         self.b_post0 = 92 * s * j(0.04)
         self.phase = float(rng.uniform(0, 2 * math.pi))
-        self.muscle = 13 * s * j(0.15)
+        self.muscle = 10 * s * j(0.15)
         self.apex = 235 * s * j(0.05)        # lung apex height above the right dome
         self.z_top_body = self.apex + 120 * s
         self.carina = 150 * s * j(0.04)
@@ -155,7 +155,7 @@ class Anatomy:
         taper = 1.0 - 0.25 * smoothstep(self.apex - 80 * self.s, self.z_top_body, Z)
         ac = (a - 2 - ft - wall) * taper
         bac = b_ant - 2 - ft * (1.0 + 0.5 * self.abd(Z)) - wall
-        bpc = np.minimum(self.y_vb + 24 * self.s, b_post - 2 - 0.55 * ft - wall)
+        bpc = np.minimum(self.y_vb + 36 * self.s, b_post - 2 - 0.55 * ft - wall)
         return ac, bac, bpc + 0 * Z
 
     def spine_y(self, Z):
@@ -211,7 +211,8 @@ class Anatomy:
             d = self._ellipse_sdf(Xr, Yr, a - 3, ba - 3, bp - 3)
             d = np.maximum(d, self.dome(Xr, Yr, side) - Zr)
             ant = smoothstep(self.y_vb + 10 * s, self.y_vb - 70 * s, Yr)
-            hw = 11 * s + 9 * s * ant
+            post = smoothstep(self.y_vb, self.y_vb + 30 * s, Yr)  # paravertebral: beside the spine
+            hw = 11 * s + 9 * s * ant + 13 * s * post
             medial = sign * (self.mediast_x - Xr) + hw if side == "L" else (Xr - self.mediast_x) + hw
             d = np.maximum(d, medial)
             return np.maximum(d, cap(Xr, Yr, Zr))
