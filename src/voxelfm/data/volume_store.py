@@ -41,13 +41,26 @@ from voxelfm.utils import atomic_write, atomic_write_text, safe_id
 
 __all__ = ["VolumeStore", "prepare_volumes", "PrepareSummary", "INDEX_COLUMNS"]
 
-INDEX_COLUMNS = ("id", "path", "shape_final", "spacing", "source", "series_uid", "status", "error",
-                 "input_shape", "input_spacing", "crop_box", "seconds")
+INDEX_COLUMNS = (
+    "id",
+    "path",
+    "shape_final",
+    "spacing",
+    "source",
+    "series_uid",
+    "status",
+    "error",
+    "input_shape",
+    "input_spacing",
+    "crop_box",
+    "seconds",
+)
 _LOG = Path("index") / "prepare.jsonl"
 _INT16 = (-32768, 32767)
 
 
 # ---- the store -----------------------------------------------------------------------------------
+
 
 class VolumeStore:
     """Read access to a prepared-volume store.
@@ -72,8 +85,9 @@ class VolumeStore:
             raise FileNotFoundError(f"volume store {self.root} does not exist; create it with `voxelfm prepare`")
         self._records = _read_log(self.root)
         if not self._records and not (self.root / "store.json").exists():
-            raise VoxelFMError(f"{self.root} is not a prepared-volume store (no store.json / index); "
-                               "create it with `voxelfm prepare`")
+            raise VoxelFMError(
+                f"{self.root} is not a prepared-volume store (no store.json / index); create it with `voxelfm prepare`"
+            )
         meta = self.root / "store.json"
         self.meta: dict[str, Any] = json.loads(meta.read_text()) if meta.exists() else {}
         self.preset: dict[str, Any] = self.meta.get("preset", {})
@@ -106,8 +120,10 @@ class VolumeStore:
         is read from disk until sliced)."""
         arr = np.load(self.path(item_id), mmap_mode="r")
         if arr.dtype != np.int16 or arr.ndim != 3:
-            raise VoxelFMError(f"{self.path(item_id)}: expected an int16 [D, H, W] array, got "
-                               f"{arr.dtype} {arr.shape}; re-run `voxelfm prepare`")
+            raise VoxelFMError(
+                f"{self.path(item_id)}: expected an int16 [D, H, W] array, got "
+                f"{arr.dtype} {arr.shape}; re-run `voxelfm prepare`"
+            )
         return arr
 
     def spacing(self, item_id: str) -> tuple[float, float, float]:
@@ -152,6 +168,7 @@ def _read_log(root: Path) -> dict[str, dict[str, Any]]:
 
 # ---- preparing ---------------------------------------------------------------------------------
 
+
 @dataclass
 class PrepareSummary:
     """Counts of one :func:`prepare_volumes` run (``already`` = found done from an earlier run)."""
@@ -163,8 +180,10 @@ class PrepareSummary:
     seconds: float = 0.0
 
     def __str__(self) -> str:
-        return (f"{self.ok} prepared, {self.skipped} skipped, {self.failed} failed, "
-                f"{self.already} already done ({self.seconds:.1f} s)")
+        return (
+            f"{self.ok} prepared, {self.skipped} skipped, {self.failed} failed, "
+            f"{self.already} already done ({self.seconds:.1f} s)"
+        )
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> None:
@@ -173,12 +192,12 @@ def _write_npy(path: Path, arr: np.ndarray) -> None:
             np.save(fh, np.ascontiguousarray(arr), allow_pickle=False)
 
 
-def _prepare_array(path: str, series_uid: str | None, preset_dict: dict, crop_background: bool
-                   ) -> tuple[Any, tuple[float, float, float], dict[str, Any]]:
+def _prepare_array(
+    path: str, series_uid: str | None, preset_dict: dict, crop_background: bool
+) -> tuple[Any, tuple[float, float, float], dict[str, Any]]:
     """Read → HU window → optional background crop → isotropic resampling (float32 HU tensor)."""
     from voxelfm.io import read_volume
-    from voxelfm.preprocess import (Preset, apply_hu_window, crop_to_box, foreground_box,
-                                    resample_isotropic, source_grid)
+    from voxelfm.preprocess import Preset, apply_hu_window, crop_to_box, foreground_box, resample_isotropic, source_grid
 
     preset = Preset.from_dict(preset_dict)
     vol = read_volume(path, series_uid=series_uid)
@@ -187,8 +206,13 @@ def _prepare_array(path: str, series_uid: str | None, preset_dict: dict, crop_ba
     if info["hu_clip"] is not None:
         x = apply_hu_window(x, tuple(info["hu_clip"]))
     if crop_background:
-        box = foreground_box(x, threshold_hu=preset.crop_threshold_hu, kernel=preset.crop_kernel,
-                             fraction=preset.crop_fraction, margin=preset.crop_margin)
+        box = foreground_box(
+            x,
+            threshold_hu=preset.crop_threshold_hu,
+            kernel=preset.crop_kernel,
+            fraction=preset.crop_fraction,
+            margin=preset.crop_margin,
+        )
         x = crop_to_box(x, box)
         meta["crop_box"] = [list(map(int, b)) for b in box]
     y, sp_iso, _ = resample_isotropic(x, sp, preset)
@@ -207,8 +231,16 @@ def _process(job: tuple) -> dict[str, Any]:
     """Prepare one input; never raises (failures become records)."""
     item_id, path, series_uid, root, preset_dict, crop_background, min_side = job
     t0 = time.perf_counter()
-    rec: dict[str, Any] = {"id": item_id, "path": "", "source": str(path), "series_uid": series_uid,
-                           "status": "failed", "error": "", "shape": None, "spacing": None}
+    rec: dict[str, Any] = {
+        "id": item_id,
+        "path": "",
+        "source": str(path),
+        "series_uid": series_uid,
+        "status": "failed",
+        "error": "",
+        "shape": None,
+        "spacing": None,
+    }
     try:
         y, sp, meta = _prepare_array(path, series_uid, preset_dict, crop_background)
         rec.update(meta)
@@ -216,8 +248,9 @@ def _process(job: tuple) -> dict[str, Any]:
         rec["shape"], rec["spacing"] = list(shape), [round(s, 6) for s in sp]
         if min(shape) < min_side:
             rec["status"] = "skipped"
-            rec["error"] = (f"too small for the crops: prepared shape {list(shape)} has a side < "
-                            f"min_side={min_side} voxels")
+            rec["error"] = (
+                f"too small for the crops: prepared shape {list(shape)} has a side < min_side={min_side} voxels"
+            )
         else:
             rel = f"volumes/{safe_id(item_id)}.npy"
             _write_npy(Path(root) / rel, _to_int16(y))
@@ -248,19 +281,36 @@ def _write_index_csv(root: Path, records: Iterable[dict[str, Any]]) -> None:
     w.writerow(INDEX_COLUMNS)
     for r in records:
         shape = r.get("shape")
-        w.writerow([r.get("id", ""), r.get("path", ""),
-                    "" if shape is None else "[" + ", ".join(str(int(v)) for v in shape) + "]",
-                    "" if r.get("spacing") is None else json.dumps(r["spacing"]), r.get("source", ""),
-                    r.get("series_uid") or "", r.get("status", ""), r.get("error", ""),
-                    json.dumps(r.get("input_shape")) if r.get("input_shape") else "",
-                    json.dumps(r.get("input_spacing")) if r.get("input_spacing") else "",
-                    json.dumps(r.get("crop_box")) if r.get("crop_box") else "", r.get("seconds", "")])
+        w.writerow(
+            [
+                r.get("id", ""),
+                r.get("path", ""),
+                "" if shape is None else "[" + ", ".join(str(int(v)) for v in shape) + "]",
+                "" if r.get("spacing") is None else json.dumps(r["spacing"]),
+                r.get("source", ""),
+                r.get("series_uid") or "",
+                r.get("status", ""),
+                r.get("error", ""),
+                json.dumps(r.get("input_shape")) if r.get("input_shape") else "",
+                json.dumps(r.get("input_spacing")) if r.get("input_spacing") else "",
+                json.dumps(r.get("crop_box")) if r.get("crop_box") else "",
+                r.get("seconds", ""),
+            ]
+        )
     atomic_write_text(root / "index.csv", buf.getvalue())
 
 
-def prepare_volumes(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike, *,
-                    preset: Any = "default", crop_background: bool = False, workers: int | None = None,
-                    min_side: int = 56, retry_failed: bool = False, progress: bool = True) -> PrepareSummary:
+def prepare_volumes(
+    inputs: Sequence[str | os.PathLike] | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    preset: Any = "default",
+    crop_background: bool = False,
+    workers: int | None = None,
+    min_side: int = 56,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> PrepareSummary:
     """Prepare CT volumes for pre-training into the store folder ``out``.
 
     Args:
@@ -300,14 +350,23 @@ def prepare_volumes(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out
     root.mkdir(parents=True, exist_ok=True)
     (root / "index").mkdir(exist_ok=True)
     (root / "volumes").mkdir(exist_ok=True)
-    options = {"preset": preset_dict, "crop_background": bool(crop_background), "dtype": "int16",
-               "layout": "SPL" if p.canonical_orientation else "reference_layout", "format_version": 1}
+    options = {
+        "preset": preset_dict,
+        "crop_background": bool(crop_background),
+        "dtype": "int16",
+        "layout": "SPL" if p.canonical_orientation else "reference_layout",
+        "format_version": 1,
+    }
     meta_path = root / "store.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        if {k: old.get(k) for k in ("preset", "crop_background")} != {k: options[k] for k in ("preset", "crop_background")}:
-            raise VoxelFMError(f"{root} was prepared with other settings (preset {old.get('preset', {}).get('name')!r}, "
-                               f"crop_background={old.get('crop_background')}); use a new output folder")
+        if {k: old.get(k) for k in ("preset", "crop_background")} != {
+            k: options[k] for k in ("preset", "crop_background")
+        }:
+            raise VoxelFMError(
+                f"{root} was prepared with other settings (preset {old.get('preset', {}).get('name')!r}, "
+                f"crop_background={old.get('crop_background')}); use a new output folder"
+            )
     else:
         atomic_write_text(meta_path, json.dumps(options, indent=2, sort_keys=True) + "\n")
     for stale in (root / "volumes").glob(".*.tmp"):  # left by a killed run
@@ -321,15 +380,18 @@ def prepare_volumes(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out
         rec = done.get(it.id)
         if rec is not None:
             st = rec.get("status")
-            if (st == "ok" and (root / rec.get("path", "")).is_file()) or st == "skipped" \
-                    or (st == "failed" and not retry_failed):
+            if (
+                (st == "ok" and (root / rec.get("path", "")).is_file())
+                or st == "skipped"
+                or (st == "failed" and not retry_failed)
+            ):
                 summary.already += 1
                 continue
-        jobs.append((it.id, str(it.path), it.series_uid, str(root), preset_dict, bool(crop_background),
-                     int(min_side)))
+        jobs.append((it.id, str(it.path), it.series_uid, str(root), preset_dict, bool(crop_background), int(min_side)))
     log = root / _LOG
     bar = progress_bar(total=len(jobs), desc="prepare", unit="vol", disable=None if progress else True)
     try:
+
         def handle(rec: dict[str, Any]) -> None:
             _append(log, rec)
             setattr(summary, rec["status"], getattr(summary, rec["status"]) + 1)
@@ -342,8 +404,9 @@ def prepare_volumes(inputs: Sequence[str | os.PathLike] | str | os.PathLike, out
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("forkserver"),
-                                     initializer=_worker_init) as ex:
+            with ProcessPoolExecutor(
+                max_workers=min(workers, len(jobs)), mp_context=mp.get_context("forkserver"), initializer=_worker_init
+            ) as ex:
                 for rec in ex.map(_process, jobs, chunksize=1):
                     handle(rec)
     finally:

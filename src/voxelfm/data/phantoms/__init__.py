@@ -18,5 +18,14 @@ from voxelfm.data.phantoms.findings import FINDINGS
 from voxelfm.data.phantoms.labels import LABELS
 from voxelfm.data.phantoms.reports import REPORT_TERMS, mentions
 
-__all__ = ["FINDINGS", "LABELS", "COHORT_COLUMNS", "REPORT_TERMS", "PhantomCase", "case_plan",
-           "generate_case", "generate_cohort", "mentions"]
+__all__ = [
+    "FINDINGS",
+    "LABELS",
+    "COHORT_COLUMNS",
+    "REPORT_TERMS",
+    "PhantomCase",
+    "case_plan",
+    "generate_case",
+    "generate_cohort",
+    "mentions",
+]

@@ -11,9 +11,9 @@ size      matrix      in-plane spacing (mm)  slice spacing (mm)                 
 ``demo``  112 × 112   U(2.9, 3.7)            one of 2.5, 3, 3.5, 4                    80–136
 ========  ==========  =====================  =====================================  ============
 
-Coverage (cranio-caudal) is U(330, 450) mm (never less than the lungs need) from just above the lung apices into the upper
-abdomen. Smaller sizes keep the field of view of a full-size scan and scale the spacing, so the
-same anatomy appears with coarser voxels.
+Coverage (cranio-caudal) is U(330, 450) mm (never less than the lungs need) from just above the lung
+apices into the upper abdomen. Smaller sizes keep the field of view of a full-size scan and scale the
+spacing, so the same anatomy appears with coarser voxels.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import numpy as np
 
 from voxelfm.data.phantoms.canvas import Grid
 
-__all__ = ["SizeSpec", "SIZES", "Acquisition", "draw_acquisition", "render_grid", "finalize",
-           "ORIENTATIONS"]
+__all__ = ["SizeSpec", "SIZES", "Acquisition", "draw_acquisition", "render_grid", "finalize", "ORIENTATIONS"]
 
 
 @dataclass(frozen=True)
@@ -41,10 +40,15 @@ class SizeSpec:
 
 
 SIZES: dict[str, SizeSpec] = {
-    "full": SizeSpec("full", 512, (0.6, 1.0), (0.625, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0),
-                     (0.12, 0.15, 0.2, 0.1, 0.13, 0.1, 0.08, 0.12), None),
-    "small": SizeSpec("small", 192, (1.6, 2.4), (1.5, 2.0, 2.5, 3.0, 4.0, 5.0),
-                      (0.2, 0.2, 0.2, 0.2, 0.1, 0.1), None),
+    "full": SizeSpec(
+        "full",
+        512,
+        (0.6, 1.0),
+        (0.625, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0),
+        (0.12, 0.15, 0.2, 0.1, 0.13, 0.1, 0.08, 0.12),
+        None,
+    ),
+    "small": SizeSpec("small", 192, (1.6, 2.4), (1.5, 2.0, 2.5, 3.0, 4.0, 5.0), (0.2, 0.2, 0.2, 0.2, 0.1, 0.1), None),
     "demo": SizeSpec("demo", 112, (2.9, 3.7), (2.5, 3.0, 3.5, 4.0), (0.25, 0.3, 0.25, 0.2), (80, 136)),
 }
 
@@ -90,8 +94,15 @@ class Acquisition:
         return Grid(self.shape, self.spacing, self.origin)
 
 
-def draw_acquisition(rng: np.random.Generator, size: str, *, body_halfwidth_mm: float,
-                     apex_mm: float, patient_size: float, min_coverage_mm: float = 0.0) -> Acquisition:
+def draw_acquisition(
+    rng: np.random.Generator,
+    size: str,
+    *,
+    body_halfwidth_mm: float,
+    apex_mm: float,
+    patient_size: float,
+    min_coverage_mm: float = 0.0,
+) -> Acquisition:
     """Draw spacing, field of view, patient placement, contrast phase and noise for one scan.
 
     Args:
@@ -125,14 +136,21 @@ def draw_acquisition(rng: np.random.Generator, size: str, *, body_halfwidth_mm: 
     # demo volumes keep visible noise)
     base = 16.0 * math.exp((body_halfwidth_mm - 165.0) / 70.0) * (120.0 / kvp) ** 0.7
     vol_ratio = spec.noise_ref_voxel_mm3 / (sx * sx * sz)
-    noise_sd = float(np.clip(base * vol_ratio ** 0.25 * rng.uniform(0.85, 1.2), 4.0, 60.0))
+    noise_sd = float(np.clip(base * vol_ratio**0.25 * rng.uniform(0.85, 1.2), 4.0, 60.0))
     return Acquisition(
-        size=size, shape=(D, H, W), spacing=(sz, sx, sx), origin=origin, offset=(cx, cy, offset_z),
-        contrast=contrast, noise_sd=noise_sd, noise_corr=float(rng.uniform(0.6, 1.1)),
+        size=size,
+        shape=(D, H, W),
+        spacing=(sz, sx, sx),
+        origin=origin,
+        offset=(cx, cy, offset_z),
+        contrast=contrast,
+        noise_sd=noise_sd,
+        noise_corr=float(rng.uniform(0.6, 1.1)),
         cupping_hu=float(rng.uniform(4, 15)) if rng.random() < 0.5 else 0.0,
         circle_pad=bool(rng.random() < 0.3 and fov < 480),
         orientation=str(rng.choice(ORIENTATIONS, p=_ORIENT_P)),
-        kvp=kvp, kernel=str(rng.choice(["STANDARD", "B30f", "SOFT", "FC07"])),
+        kvp=kvp,
+        kernel=str(rng.choice(["STANDARD", "B30f", "SOFT", "FC07"])),
         slice_order=str(rng.choice(["ascending", "descending"])),
         extras={"fov_mm": fov, "coverage_mm": D * sz},
     )
@@ -158,11 +176,17 @@ def _gauss_norm(sigma: float, truncate: float) -> float:
     x = np.arange(-r, r + 1, dtype=np.float64)
     k = np.exp(-0.5 * (x / sigma) ** 2)
     k /= k.sum()
-    return float(np.sqrt((k ** 2).sum()))
+    return float(np.sqrt((k**2).sum()))
 
 
-def finalize(hu: np.ndarray, label: np.ndarray, k: int, acq: Acquisition, rng: np.random.Generator,
-             body_axes_mm: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def finalize(
+    hu: np.ndarray,
+    label: np.ndarray,
+    k: int,
+    acq: Acquisition,
+    rng: np.random.Generator,
+    body_axes_mm: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Turn the rendered sub-slice volume into the stored scan.
 
     Averages ``k`` sub-slices per slice (slice profile), keeps the label of the central

@@ -20,8 +20,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxelfm.data.phantoms import labels as L
-from voxelfm.data.phantoms.canvas import (Canvas, RandomField, capsule_bbox, ellipsoid_bbox,
-                                          sdf_capsule, sdf_cone, sdf_ellipsoid, smoothstep)
+from voxelfm.data.phantoms.canvas import (
+    Canvas,
+    RandomField,
+    capsule_bbox,
+    ellipsoid_bbox,
+    sdf_capsule,
+    sdf_cone,
+    sdf_ellipsoid,
+    smoothstep,
+)
 
 __all__ = ["Patient", "Anatomy", "draw_patient", "render_anatomy", "rotation"]
 
@@ -64,8 +72,7 @@ def draw_patient(rng: np.random.Generator) -> Patient:
     size = float(np.clip(rng.normal(1.04 if sex == "M" else 0.95, 0.06), 0.8, 1.2))
     fat = float(np.clip(rng.lognormal(math.log(16 if sex == "M" else 20), 0.45), 4, 60))
     smoker = float(np.clip(rng.beta(0.8, 1.6) if rng.random() < 0.55 else 0.0, 0, 1))
-    return Patient(age=age, sex=sex, size=size, fat_mm=fat, smoker=smoker,
-                   anatomy_seed=int(rng.integers(0, 2**31 - 1)))
+    return Patient(age=age, sex=sex, size=size, fat_mm=fat, smoker=smoker, anatomy_seed=int(rng.integers(0, 2**31 - 1)))
 
 
 @dataclass
@@ -85,8 +92,14 @@ class Anatomy:
         contrast: ``"none"``, ``"arterial"`` or ``"venous"``.
     """
 
-    def __init__(self, patient: Patient, offset: tuple[float, float, float], *,
-                 cardiac_scale: float = 1.0, contrast: str = "none") -> None:
+    def __init__(
+        self,
+        patient: Patient,
+        offset: tuple[float, float, float],
+        *,
+        cardiac_scale: float = 1.0,
+        contrast: str = "none",
+    ) -> None:
         self.patient = patient
         self.offset = np.asarray(offset, dtype=np.float64)
         self.s = s = patient.size
@@ -96,15 +109,15 @@ class Anatomy:
         self._rng = rng
         j = lambda sd=0.05: float(1.0 + rng.normal(0, sd))  # noqa: E731 — small anatomical jitter
         self.fat = patient.fat_mm
-        self.a0 = 140 * s * j(0.04)          # half-width of the trunk without fat
+        self.a0 = 140 * s * j(0.04)  # half-width of the trunk without fat
         self.b_ant0 = 98 * s * j(0.05)
         self.b_post0 = 92 * s * j(0.04)
         self.phase = float(rng.uniform(0, 2 * math.pi))
         self.muscle = 10 * s * j(0.15)
-        self.apex = 235 * s * j(0.05)        # lung apex height above the right dome
+        self.apex = 235 * s * j(0.05)  # lung apex height above the right dome
         self.z_top_body = self.apex + 120 * s
         self.carina = 150 * s * j(0.04)
-        self.y_vb = 22 * s * j(0.1)          # vertebral body centre (posterior of axis)
+        self.y_vb = 22 * s * j(0.1)  # vertebral body centre (posterior of axis)
         self.dome_r = (-55 * s, -5 * s, 0.0)
         self.dome_l = (62 * s, 0.0, -16 * s * j(0.2))
         self.dome_depth = 62 * s * j(0.08)
@@ -114,9 +127,13 @@ class Anatomy:
         self.cancellous_hu = 190 * bone_q
         self.cortical_hu = float(rng.uniform(700, 950)) * (0.85 + 0.15 * bone_q)
         self.hu = {
-            "fat": float(rng.normal(-102, 6)), "muscle": float(rng.normal(46, 4)),
-            "skin": 30.0, "lung": float(rng.normal(-862, 12)), "liver": float(rng.normal(58, 5)),
-            "spleen": float(rng.normal(47, 3)), "kidney": float(rng.normal(32, 3)),
+            "fat": float(rng.normal(-102, 6)),
+            "muscle": float(rng.normal(46, 4)),
+            "skin": 30.0,
+            "lung": float(rng.normal(-862, 12)),
+            "liver": float(rng.normal(58, 5)),
+            "spleen": float(rng.normal(47, 3)),
+            "kidney": float(rng.normal(32, 3)),
         }
         self.tracheal_air = True
 
@@ -142,8 +159,11 @@ class Anatomy:
         taper = 1.0 - 0.16 * smoothstep(self.apex - 40 * s, self.z_top_body, Z)
         ft = self.fat_t(Z)
         a = self.a0 * wav * taper + ft + 2
-        b_ant = self.b_ant0 * (1.0 - 0.12 * smoothstep(self.apex - 60 * s, self.z_top_body, Z)) \
-            + ft * (1.0 + 0.5 * self.abd(Z)) + 2
+        b_ant = (
+            self.b_ant0 * (1.0 - 0.12 * smoothstep(self.apex - 60 * s, self.z_top_body, Z))
+            + ft * (1.0 + 0.5 * self.abd(Z))
+            + 2
+        )
         b_post = self.b_post0 + 0.55 * ft + 2
         return a, b_ant, b_post
 
@@ -161,8 +181,11 @@ class Anatomy:
     def spine_y(self, Z):
         """Vertebral body centre y at height Z (thoracic kyphosis, lumbar lordosis)."""
         s = self.s
-        return self.y_vb + 9 * s * np.sin(np.clip((Z + 60 * s) / (330 * s), 0, 1) * math.pi) \
+        return (
+            self.y_vb
+            + 9 * s * np.sin(np.clip((Z + 60 * s) / (330 * s), 0, 1) * math.pi)
             - 6 * s * smoothstep(-60 * s, -220 * s, Z)
+        )
 
     def dome(self, X, Y, side: str):
         cx, cy, cz = self.dome_r if side == "R" else self.dome_l
@@ -179,8 +202,11 @@ class Anatomy:
         """Approximate distance (mm) to an ellipse with different anterior/posterior semi-axes.
         ``a``, ``b_*`` depend on z only, so the axis terms are formed on thin arrays first."""
         ia2 = np.float32(1.0) / (np.asarray(a, dtype=np.float32) ** 2)
-        ib2 = np.where(Y < 0, np.float32(1.0) / np.asarray(b_ant, dtype=np.float32) ** 2,
-                       np.float32(1.0) / np.asarray(b_post, dtype=np.float32) ** 2)
+        ib2 = np.where(
+            Y < 0,
+            np.float32(1.0) / np.asarray(b_ant, dtype=np.float32) ** 2,
+            np.float32(1.0) / np.asarray(b_post, dtype=np.float32) ** 2,
+        )
         x2 = X * X
         y2 = Y * Y
         k0 = np.sqrt(x2 * ia2 + y2 * ib2)
@@ -237,7 +263,8 @@ class Anatomy:
 
 
 def _sample_inside(rng, sdf, bbox, n, margin):
-    lo = np.array([b[0] for b in bbox]); hi = np.array([b[1] for b in bbox])
+    lo = np.array([b[0] for b in bbox])
+    hi = np.array([b[1] for b in bbox])
     pts = []
     for _ in range(40):
         cand = rng.uniform(lo, hi, size=(n * 4, 3)).astype(np.float32)
@@ -299,15 +326,15 @@ class Landmarks(dict):
     """Geometry handed from the anatomy to the findings (aorta path, heart, hila, trees, ...)."""
 
 
-def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float = 0.0,
-                   scan_rng: np.random.Generator, after_lungs=None) -> Landmarks:
+def render_anatomy(
+    canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float = 0.0, scan_rng: np.random.Generator, after_lungs=None
+) -> Landmarks:
     """Paint the normal anatomy of ``an`` on ``canvas``; returns landmarks for the findings."""
     s = an.s
     rng = np.random.default_rng(an.patient.anatomy_seed + 1)
     lm = Landmarks()
     g = canvas.grid
     vox = min(g.spacing[1:])
-    full = ((-1e5, 1e5), (-1e5, 1e5), (-1e5, 1e5))
     art_hu, ven_hu = _blood_hu(an.contrast, scan_rng)
     lm["blood_hu"] = (art_hu, ven_hu)
 
@@ -316,18 +343,26 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
 
     # ---- table ----------------------------------------------------------------------------------
     y_t = an.offset[1] + an.body_axes(0.0)[2] + 1.0
+
     def table_sdf(X, Y, Z, thick=22.0, y_top=y_t):
-        ymid = y_top + thick / 2 - 0.0006 * X ** 2
+        ymid = y_top + thick / 2 - 0.0006 * X**2
         return np.maximum(np.abs(Y - ymid) - thick / 2, np.abs(X) - 230.0) + 0 * Z
+
     body_labels = (L.SKIN, L.SUBCUTANEOUS_FAT, L.MUSCLE, L.INTERNAL_SOFT_TISSUE)
-    canvas.paint(table_sdf, ((-240, 240), (y_t - 40, y_t + 30), (-1e5, 1e5)), -880.0, L.TABLE,
-                 outside=body_labels)
+    canvas.paint(table_sdf, ((-240, 240), (y_t - 40, y_t + 30), (-1e5, 1e5)), -880.0, L.TABLE, outside=body_labels)
     for yy in (y_t, y_t + 20.0):
-        canvas.paint(lambda X, Y, Z, yy=yy: table_sdf(X, Y, Z, 2.5, yy), ((-240, 240), (y_t - 40, y_t + 30), (-1e5, 1e5)),
-                     220.0, L.TABLE, outside=body_labels)
+        canvas.paint(
+            lambda X, Y, Z, yy=yy: table_sdf(X, Y, Z, 2.5, yy),
+            ((-240, 240), (y_t - 40, y_t + 30), (-1e5, 1e5)),
+            220.0,
+            L.TABLE,
+            outside=body_labels,
+        )
 
     # ---- lungs ------------------------------------------------------------------------------------
-    lung_field = RandomField(rng, an.lung_bbox("R") if False else _union_bbox(an.lung_bbox("R"), an.lung_bbox("L")), 9.0)
+    lung_field = RandomField(
+        rng, an.lung_bbox("R") if False else _union_bbox(an.lung_bbox("R"), an.lung_bbox("L")), 9.0
+    )
     lung_hu = an.hu["lung"]
     yc = an.offset[1]
 
@@ -345,6 +380,7 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
     def diaphragm_sdf(X, Y, Z):
         Xr, Yr, Zr = an.rel(X, Y, Z)
         return np.maximum(np.abs(Zr - (an.diaphragm(Xr, Yr) - 3.0)) - 3.0, an.cavity_sdf(X, Y, Z))
+
     lo = an.p(-250 * s, -200 * s, an.dome_l[2] - an.dome_depth * 2.2 - 10)
     hi = an.p(250 * s, 200 * s, 8)
     canvas.paint(diaphragm_sdf, _bb(lo, hi), an.hu["muscle"], L.MUSCLE, within=(L.INTERNAL_SOFT_TISSUE,))
@@ -354,8 +390,8 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
     def below_diaphragm(sdf, gap=6.0):
         def f(X, Y, Z):
             Xr, Yr, Zr = an.rel(X, Y, Z)
-            return np.maximum(np.maximum(sdf(X, Y, Z), Zr - (an.diaphragm(Xr, Yr) - gap)),
-                              an.cavity_sdf(X, Y, Z) + 1.0)
+            return np.maximum(np.maximum(sdf(X, Y, Z), Zr - (an.diaphragm(Xr, Yr) - gap)), an.cavity_sdf(X, Y, Z) + 1.0)
+
         return f
 
     enh = {"none": 0.0, "arterial": 0.35, "venous": 1.0}[an.contrast]
@@ -365,8 +401,13 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
     liver = below_diaphragm(lambda X, Y, Z: np.minimum(liv_main(X, Y, Z), liv_left(X, Y, Z)), 5.0)
     liver_hu = an.hu["liver"] + enh * float(rng.uniform(45, 60))
     liver_field = RandomField(rng, _bb(an.p(-170 * s, -120 * s, -170 * s), an.p(90 * s, 110 * s, 20)), 14.0)
-    canvas.paint(liver, _bb(an.p(-170 * s, -100 * s, -160 * s), an.p(85 * s, 100 * s, 10)),
-                 lambda X, Y, Z: liver_hu + 4.0 * liver_field(X, Y, Z), L.LIVER, within=inside_abd)
+    canvas.paint(
+        liver,
+        _bb(an.p(-170 * s, -100 * s, -160 * s), an.p(85 * s, 100 * s, 10)),
+        lambda X, Y, Z: liver_hu + 4.0 * liver_field(X, Y, Z),
+        L.LIVER,
+        within=inside_abd,
+    )
     # hepatic / portal veins: darker unenhanced, brighter with contrast
     hv_hu = liver_hu - 15 if an.contrast == "none" else ven_hu + 10
     for ang in (-0.5, 0.1, 0.7):
@@ -375,9 +416,16 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
         canvas.paint(sdf_cone(a, b, 5.5 * s, 2.5 * s), capsule_bbox(a, b, 6 * s), hv_hu, None, within=(L.LIVER,))
 
     # ---- spleen -------------------------------------------------------------------------------------
-    spl = below_diaphragm(sdf_ellipsoid(an.p(86 * s, 48 * s, -52 * s), (26 * s, 56 * s, 48 * s), rotation(yaw=0.6)), 5.0)
-    canvas.paint(spl, _bb(an.p(30 * s, -30 * s, -120 * s), an.p(150 * s, 120 * s, 10)),
-                 an.hu["spleen"] + enh * float(rng.uniform(60, 80)), L.SPLEEN, within=inside_abd)
+    spl = below_diaphragm(
+        sdf_ellipsoid(an.p(86 * s, 48 * s, -52 * s), (26 * s, 56 * s, 48 * s), rotation(yaw=0.6)), 5.0
+    )
+    canvas.paint(
+        spl,
+        _bb(an.p(30 * s, -30 * s, -120 * s), an.p(150 * s, 120 * s, 10)),
+        an.hu["spleen"] + enh * float(rng.uniform(60, 80)),
+        L.SPLEEN,
+        within=inside_abd,
+    )
 
     # ---- stomach (wall, fluid, gas anteriorly) ------------------------------------------------------
     st_c = an.p(48 * s, -18 * s, -62 * s)
@@ -402,31 +450,57 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
         kb = ellipsoid_bbox(kc, kr, krot)
         if an.contrast == "arterial":
             canvas.paint(kidney, kb, float(rng.uniform(170, 220)), lab, within=inside_abd)
-            canvas.paint(lambda X, Y, Z, k=kidney: k(X, Y, Z) + 6 * s, kb, float(rng.uniform(60, 90)), lab, within=(lab,))
+            canvas.paint(
+                lambda X, Y, Z, k=kidney: k(X, Y, Z) + 6 * s, kb, float(rng.uniform(60, 90)), lab, within=(lab,)
+            )
         else:
             canvas.paint(kidney, kb, an.hu["kidney"] + enh * float(rng.uniform(110, 140)), lab, within=inside_abd)
-        canvas.paint(sdf_ellipsoid(kc + np.array([-sign * 10 * s, -4 * s, 0]), (7 * s, 6 * s, 16 * s)), kb,
-                     -60.0, None, within=(lab,))  # renal sinus fat
+        canvas.paint(
+            sdf_ellipsoid(kc + np.array([-sign * 10 * s, -4 * s, 0]), (7 * s, 6 * s, 16 * s)),
+            kb,
+            -60.0,
+            None,
+            within=(lab,),
+        )  # renal sinus fat
 
     # ---- mediastinum: esophagus, airways, great vessels, heart ------------------------------------
     med_within = (L.INTERNAL_SOFT_TISSUE, L.LUNG_RIGHT, L.LUNG_LEFT, L.MUSCLE)
     top = an.z_top_body + 50
     y_tr = an.y_vb - 44 * s
     y_es = an.y_vb - 27 * s
-    eso = [an.p(-2 * s, y_es, top), an.p(2 * s, y_es, an.carina), an.p(10 * s, y_es - 2 * s, 60 * s),
-           an.p(24 * s, y_es - 8 * s, 5 * s), an.p(34 * s, -8 * s, -22 * s), st_c + np.array([-20 * s, 0, 25 * s])]
+    eso = [
+        an.p(-2 * s, y_es, top),
+        an.p(2 * s, y_es, an.carina),
+        an.p(10 * s, y_es - 2 * s, 60 * s),
+        an.p(24 * s, y_es - 8 * s, 5 * s),
+        an.p(34 * s, -8 * s, -22 * s),
+        st_c + np.array([-20 * s, 0, 25 * s]),
+    ]
     lm["esophagus"] = eso
     _polyline(canvas, eso, 8.0 * s, 40.0, L.ESOPHAGUS, within=med_within)
 
     # aorta
-    ao = [an.p(2 * s, -14 * s, 42 * s), an.p(-2 * s, -20 * s, 100 * s), an.p(0, -16 * s, 150 * s),
-          an.p(10 * s, -4 * s, 176 * s), an.p(22 * s, 14 * s, 180 * s), an.p(27 * s, an.y_vb - 10 * s, 160 * s),
-          an.p(26 * s, an.y_vb - 14 * s, 100 * s), an.p(20 * s, an.y_vb - 22 * s, 0), an.p(12 * s, an.y_vb - 27 * s, -120 * s),
-          an.p(6 * s, an.y_vb - 30 * s, -420 * s)]
+    ao = [
+        an.p(2 * s, -14 * s, 42 * s),
+        an.p(-2 * s, -20 * s, 100 * s),
+        an.p(0, -16 * s, 150 * s),
+        an.p(10 * s, -4 * s, 176 * s),
+        an.p(22 * s, 14 * s, 180 * s),
+        an.p(27 * s, an.y_vb - 10 * s, 160 * s),
+        an.p(26 * s, an.y_vb - 14 * s, 100 * s),
+        an.p(20 * s, an.y_vb - 22 * s, 0),
+        an.p(12 * s, an.y_vb - 27 * s, -120 * s),
+        an.p(6 * s, an.y_vb - 30 * s, -420 * s),
+    ]
     ao_r = [15.5 * s, 15 * s, 14 * s, 13 * s, 12.5 * s, 12 * s, 11.5 * s, 11 * s, 10 * s, 9 * s]
     for i in range(len(ao) - 1):
-        canvas.paint(sdf_cone(ao[i], ao[i + 1], ao_r[i], ao_r[i + 1]), capsule_bbox(ao[i], ao[i + 1], ao_r[i]),
-                     art_hu, L.AORTA, within=med_within + (L.ESOPHAGUS, L.LIVER))
+        canvas.paint(
+            sdf_cone(ao[i], ao[i + 1], ao_r[i], ao_r[i + 1]),
+            capsule_bbox(ao[i], ao[i + 1], ao_r[i]),
+            art_hu,
+            L.AORTA,
+            within=med_within + (L.ESOPHAGUS, L.LIVER),
+        )
     lm["aorta"] = (ao, ao_r)
 
     # pulmonary trunk and arteries
@@ -460,6 +534,7 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
         def f(X, Y, Z):
             Xr, Yr, Zr = an.rel(X, Y, Z)
             return np.maximum(np.maximum(e(X, Y, Z), an.diaphragm(Xr, Yr) + 1.0 - Zr), Yr - back)
+
         return f, ellipsoid_bbox(hc, hr + extra, hrot)
 
     fat_t, peri_t = 3.5, 1.6
@@ -470,25 +545,29 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
         f, bb = heart_layer(fat_t + pericardial_fluid_mm)
         canvas.paint(f, bb, fluid_hu, L.PERICARDIAL_EFFUSION, within=(L.INTERNAL_SOFT_TISSUE,))
     f, bb = heart_layer(fat_t)
-    canvas.paint(f, bb, an.hu["fat"] + 10, L.INTERNAL_SOFT_TISSUE,
-                 within=(L.INTERNAL_SOFT_TISSUE, L.PERICARDIAL_EFFUSION))
+    canvas.paint(
+        f, bb, an.hu["fat"] + 10, L.INTERNAL_SOFT_TISSUE, within=(L.INTERNAL_SOFT_TISSUE, L.PERICARDIAL_EFFUSION)
+    )
     f, bb = heart_layer(0.0)
     myo_hu = 45.0 + enh * 60 + (40.0 if an.contrast == "arterial" else 0.0)
-    canvas.paint(f, bb, myo_hu, L.HEART, within=(L.INTERNAL_SOFT_TISSUE, L.PULMONARY_ARTERY,
-                                                 L.PERICARDIAL_EFFUSION))
+    canvas.paint(f, bb, myo_hu, L.HEART, within=(L.INTERNAL_SOFT_TISSUE, L.PULMONARY_ARTERY, L.PERICARDIAL_EFFUSION))
     c = an.cardiac_scale
     u = hrot  # rows: long axis, short axes
     chambers = (  # (offset along local axes as fraction of radii, radii fraction, arterial side?)
-        ((0.18, 0.18, 0.05), (0.62, 0.5, 0.5), True),     # left ventricle
+        ((0.18, 0.18, 0.05), (0.62, 0.5, 0.5), True),  # left ventricle
         ((0.05, -0.45, -0.05), (0.6, 0.38, 0.55), False),  # right ventricle
-        ((-0.55, 0.35, 0.25), (0.42, 0.42, 0.42), True),   # left atrium
-        ((-0.45, -0.3, 0.45), (0.4, 0.4, 0.4), False),     # right atrium
+        ((-0.55, 0.35, 0.25), (0.42, 0.42, 0.42), True),  # left atrium
+        ((-0.45, -0.3, 0.45), (0.4, 0.4, 0.4), False),  # right atrium
     )
     for off, rad, arterial in chambers:
         cc = hc + (np.asarray(off) * hr) @ u
-        canvas.paint(sdf_ellipsoid(cc, np.asarray(rad) * hr * (1 + 0.1 * (c - 1)), hrot),
-                     ellipsoid_bbox(cc, np.asarray(rad) * hr, hrot), art_hu if arterial else ven_hu, None,
-                     within=(L.HEART,))
+        canvas.paint(
+            sdf_ellipsoid(cc, np.asarray(rad) * hr * (1 + 0.1 * (c - 1)), hrot),
+            ellipsoid_bbox(cc, np.asarray(rad) * hr, hrot),
+            art_hu if arterial else ven_hu,
+            None,
+            within=(L.HEART,),
+        )
     # coronary arteries: rings in the atrioventricular groove and the interventricular groove
     cor = []
     for frac_long, n in ((-0.25, 10),):
@@ -496,8 +575,10 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
             t = 2 * math.pi * k / n
             loc = np.array([frac_long * hr[0], (hr[1] + 1.0) * math.cos(t) * 0.97, (hr[2] + 1.0) * math.sin(t) * 0.97])
             cor.append(hc + loc @ u)
-    lad = [hc + np.array([x * hr[0], -0.2 * hr[1], -(hr[2] + 1.0) * math.sqrt(max(0.0, 1 - x * x)) * 0.98]) @ u
-           for x in np.linspace(-0.4, 0.8, 6)]
+    lad = [
+        hc + np.array([x * hr[0], -0.2 * hr[1], -(hr[2] + 1.0) * math.sqrt(max(0.0, 1 - x * x)) * 0.98]) @ u
+        for x in np.linspace(-0.4, 0.8, 6)
+    ]
     # keep the points on the part of the heart that exists (anterior to its posterior clip plane)
     back = an.offset[1] + an.y_vb - 36 * s - 2.0
     cor = [q for q in cor if q[1] < back] or cor[:1]
@@ -520,8 +601,13 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
     lm["node_stations"] = stations
     for c0 in stations.values():
         r = float(rng.uniform(2.5, 4.0))
-        canvas.paint(sdf_ellipsoid(c0, (r, r * 0.8, r * 1.2)), ellipsoid_bbox(c0, (r, r, r * 1.2)), 40.0,
-                     L.LYMPH_NODE, within=(L.INTERNAL_SOFT_TISSUE,))
+        canvas.paint(
+            sdf_ellipsoid(c0, (r, r * 0.8, r * 1.2)),
+            ellipsoid_bbox(c0, (r, r, r * 1.2)),
+            40.0,
+            L.LYMPH_NODE,
+            within=(L.INTERNAL_SOFT_TISSUE,),
+        )
 
     # ---- pulmonary vessel and airway trees ------------------------------------------------------
     min_r = max(0.45, 0.55 * vox)
@@ -533,7 +619,11 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
         pts_a = _sample_inside(rng, lsdf, lbb, n_pts, 6.0)
         pts_v = _sample_inside(rng, lsdf, lbb, n_pts, 6.0)
         art = build_tree(rng, hil, pts_a, 8.0 * s, 8, min_r)
-        vein_root = hc + np.array([0.0, 0.5 * hr[1], 0.3 * hr[2]]) @ hrot + np.array([(-1 if side == "R" else 1) * 30 * s, 0, 0])
+        vein_root = (
+            hc
+            + np.array([0.0, 0.5 * hr[1], 0.3 * hr[2]]) @ hrot
+            + np.array([(-1 if side == "R" else 1) * 30 * s, 0, 0])
+        )
         vein = build_tree(rng, vein_root, pts_v, 7.5 * s, 8, min_r)
         air = build_tree(rng, bronchus_root[side], pts_a, 6.0 * s, 5, max(min_r, 0.8 * vox / 2 + 0.6))
         trees[side] = (art, vein, air)
@@ -553,8 +643,11 @@ def render_anatomy(canvas: Canvas, an: Anatomy, *, pericardial_fluid_mm: float =
 
 
 def _bb(lo, hi):
-    return ((min(lo[0], hi[0]), max(lo[0], hi[0])), (min(lo[1], hi[1]), max(lo[1], hi[1])),
-            (min(lo[2], hi[2]), max(lo[2], hi[2])))
+    return (
+        (min(lo[0], hi[0]), max(lo[0], hi[0])),
+        (min(lo[1], hi[1]), max(lo[1], hi[1])),
+        (min(lo[2], hi[2]), max(lo[2], hi[2])),
+    )
 
 
 def _union_bbox(a, b):
@@ -570,8 +663,9 @@ def _paint_body(canvas: Canvas, an: Anatomy, rng) -> None:
     # the trunk's bounding box over the whole scan (the air around it stays untouched)
     zs = canvas.grid.axis(0) - np.float32(an.offset[2])
     a_max, ba_max, bp_max = (float(np.max(v)) + 2.0 for v in an.body_axes(zs))
-    sl = canvas.box(((an.offset[0] - a_max, an.offset[0] + a_max),
-                     (an.offset[1] - ba_max, an.offset[1] + bp_max), (-1e5, 1e5)))
+    sl = canvas.box(
+        ((an.offset[0] - a_max, an.offset[0] + a_max), (an.offset[1] - ba_max, an.offset[1] + bp_max), (-1e5, 1e5))
+    )
     if sl is None:
         return
     for sls, X, Y, Z in canvas.slabs(sl):
@@ -585,11 +679,13 @@ def _paint_body(canvas: Canvas, an: Anatomy, rng) -> None:
         ft = an.fat_t(Zr)
         out_hu = canvas.hu[sls]
         out_lab = canvas.label[sls]
-        layers = ((0.0, hu["skin"], L.SKIN), (2.0, hu["fat"], L.SUBCUTANEOUS_FAT),
-                  (2.0 + ft, hu["muscle"], L.MUSCLE))
+        layers = ((0.0, hu["skin"], L.SKIN), (2.0, hu["fat"], L.SUBCUTANEOUS_FAT), (2.0 + ft, hu["muscle"], L.MUSCLE))
         for depth, value, lab in layers:
-            alpha = np.clip(d - np.float32(depth) * inv_w if np.ndim(depth) == 0
-                            else d - (depth * inv_w).astype(np.float32), 0.0, 1.0)
+            alpha = np.clip(
+                d - np.float32(depth) * inv_w if np.ndim(depth) == 0 else d - (depth * inv_w).astype(np.float32),
+                0.0,
+                1.0,
+            )
             out_hu += alpha * (np.float32(value) - out_hu)
             out_lab[alpha >= 0.5] = lab
         # internal cavity
@@ -645,11 +741,20 @@ def _paint_spine(canvas: Canvas, an: Anatomy, rng, lm) -> None:
         bb = _bb(c - [rx, ry, pitch / 2 + 1], c + [rx, ry, pitch / 2 + 1])
         # disc below
         cd = c - np.array([0, 0, pitch / 2])
-        canvas.paint(lambda X, Y, Z, cd=cd: np.maximum((np.sqrt(((X - cd[0]) / rx) ** 2 + ((Y - cd[1]) / ry) ** 2) - 1) * ry,
-                                                         np.abs(Z - cd[2]) - (pitch - h) / 2 - 0.5),
-                     _bb(cd - [rx, ry, pitch / 2], cd + [rx, ry, pitch / 2]), 85.0, L.INTERVERTEBRAL_DISC, within=wall_ok)
+        canvas.paint(
+            lambda X, Y, Z, cd=cd: np.maximum(
+                (np.sqrt(((X - cd[0]) / rx) ** 2 + ((Y - cd[1]) / ry) ** 2) - 1) * ry,
+                np.abs(Z - cd[2]) - (pitch - h) / 2 - 0.5,
+            ),
+            _bb(cd - [rx, ry, pitch / 2], cd + [rx, ry, pitch / 2]),
+            85.0,
+            L.INTERVERTEBRAL_DISC,
+            within=wall_ok,
+        )
         canvas.paint(body, bb, an.cortical_hu, L.VERTEBRAE, within=wall_ok + (L.INTERVERTEBRAL_DISC,))
-        canvas.paint(lambda X, Y, Z, b=body: b(X, Y, Z, inset=1.6 * s), bb, an.cancellous_hu, L.VERTEBRAE, within=(L.VERTEBRAE,))
+        canvas.paint(
+            lambda X, Y, Z, b=body: b(X, Y, Z, inset=1.6 * s), bb, an.cancellous_hu, L.VERTEBRAE, within=(L.VERTEBRAE,)
+        )
         # neural arch (ring around the canal), spinous and transverse processes
         yc = yv + ry + canal_r + 1.5 * s
         cc = an.p(0, yc, zc)
@@ -659,19 +764,36 @@ def _paint_spine(canvas: Canvas, an: Anatomy, rng, lm) -> None:
             r = np.sqrt((X - cc[0]) ** 2 + (Y - cc[1]) ** 2)
             return np.maximum(np.abs(r - ring_r) - ring_t, np.abs(Z - cc[2]) - h * 0.32)
 
-        canvas.paint(arch, _bb(cc - [ring_r + ring_t] * 3, cc + [ring_r + ring_t] * 3), an.cortical_hu * 0.8,
-                     L.VERTEBRAE, within=wall_ok)
+        canvas.paint(
+            arch,
+            _bb(cc - [ring_r + ring_t] * 3, cc + [ring_r + ring_t] * 3),
+            an.cortical_hu * 0.8,
+            L.VERTEBRAE,
+            within=wall_ok,
+        )
         sp_a, sp_b = cc + np.array([0, ring_r, 0]), cc + np.array([0, ring_r + 30 * s, -14 * s])
-        canvas.paint(sdf_cone(sp_a, sp_b, 4.5 * s, 3.2 * s), capsule_bbox(sp_a, sp_b, 4.5 * s), an.cortical_hu * 0.75,
-                     L.VERTEBRAE, within=wall_ok)
+        canvas.paint(
+            sdf_cone(sp_a, sp_b, 4.5 * s, 3.2 * s),
+            capsule_bbox(sp_a, sp_b, 4.5 * s),
+            an.cortical_hu * 0.75,
+            L.VERTEBRAE,
+            within=wall_ok,
+        )
         for sign in (-1, 1):
             ta, tb = cc + np.array([sign * 8 * s, -2 * s, 0]), cc + np.array([sign * 30 * s, 6 * s, 2 * s])
-            canvas.paint(sdf_cone(ta, tb, 4.5 * s, 3.8 * s), capsule_bbox(ta, tb, 4.5 * s), an.cortical_hu * 0.75,
-                         L.VERTEBRAE, within=wall_ok)
+            canvas.paint(
+                sdf_cone(ta, tb, 4.5 * s, 3.8 * s),
+                capsule_bbox(ta, tb, 4.5 * s),
+                an.cortical_hu * 0.75,
+                L.VERTEBRAE,
+                within=wall_ok,
+            )
     # spinal canal: a continuous tube through all arches
     zs = np.linspace(z_hi, z_lo, 12)
-    pts = [an.p(0, float(an.spine_y(zz)) + (15 + 4 * float(smoothstep(-40 * s, -160 * s, zz))) * s + canal_r + 1.5 * s, zz)
-           for zz in zs]
+    pts = [
+        an.p(0, float(an.spine_y(zz)) + (15 + 4 * float(smoothstep(-40 * s, -160 * s, zz))) * s + canal_r + 1.5 * s, zz)
+        for zz in zs
+    ]
     _polyline(canvas, pts, canal_r, 22.0, L.SPINAL_CANAL, within=wall_ok + (L.VERTEBRAE,))
 
 
@@ -703,8 +825,9 @@ def _paint_ribs(canvas: Canvas, an: Anatomy, rng, lm) -> None:
                 pts.append(an.p(side * (ac + e) * math.sin(t), y, z))
             for a, b in zip(pts[:-1], pts[1:]):
                 canvas.paint(sdf_capsule(a, b, r), capsule_bbox(a, b, r), an.cortical_hu, L.RIBS, within=wall_ok)
-                canvas.paint(sdf_capsule(a, b, r - 1.4 * s), capsule_bbox(a, b, r), an.cancellous_hu, L.RIBS,
-                             within=(L.RIBS,))
+                canvas.paint(
+                    sdf_capsule(a, b, r - 1.4 * s), capsule_bbox(a, b, r), an.cancellous_hu, L.RIBS, within=(L.RIBS,)
+                )
             if length > 2.4:  # costal cartilage towards the sternum
                 end = pts[-1]
                 z_end = end[2] - an.offset[2]
@@ -717,12 +840,19 @@ def _paint_ribs(canvas: Canvas, an: Anatomy, rng, lm) -> None:
         zs = np.linspace(z0, z1, 6)
         pts = [an.p(0, -float(an.cavity_axes(np.float32(z))[1]) - r - 1, z) for z in zs]
         for a, b in zip(pts[:-1], pts[1:]):
+
             def st_sdf(X, Y, Z, a=a, b=b, inset=0.0):
                 t = np.clip((Z - a[2]) / (b[2] - a[2]), 0, 1)
                 yc = a[1] + t * (b[1] - a[1])
                 k0 = np.sqrt((X / (15 * s - inset) - a[0] / (15 * s - inset)) ** 2 + ((Y - yc) / (6 * s - inset)) ** 2)
                 return np.maximum((k0 - 1) * 6 * s, np.maximum(Z - max(a[2], b[2]), min(a[2], b[2]) - Z))
+
             bb = _bb(np.minimum(a, b) - [16 * s, 8 * s, 1], np.maximum(a, b) + [16 * s, 8 * s, 1])
             canvas.paint(st_sdf, bb, an.cortical_hu, L.STERNUM, within=wall_ok + (L.RIBS,))
-            canvas.paint(lambda X, Y, Z, f=st_sdf: f(X, Y, Z, inset=1.4 * s), bb, an.cancellous_hu, L.STERNUM,
-                         within=(L.STERNUM,))
+            canvas.paint(
+                lambda X, Y, Z, f=st_sdf: f(X, Y, Z, inset=1.4 * s),
+                bb,
+                an.cancellous_hu,
+                L.STERNUM,
+                within=(L.STERNUM,),
+            )

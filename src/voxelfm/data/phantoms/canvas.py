@@ -18,8 +18,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Grid", "Canvas", "RandomField", "SDF", "Value",
-           "sdf_ellipsoid", "sdf_capsule", "sdf_cone", "sdf_sphere", "smoothstep"]
+__all__ = [
+    "Grid",
+    "Canvas",
+    "RandomField",
+    "SDF",
+    "Value",
+    "sdf_ellipsoid",
+    "sdf_capsule",
+    "sdf_cone",
+    "sdf_sphere",
+    "smoothstep",
+]
 
 Array = np.ndarray
 # A signed-distance function of broadcastable coordinate arrays X [1,1,w], Y [1,h,1], Z [d,1,1] (mm).
@@ -93,6 +103,7 @@ class Canvas:
         self.hu = np.full(grid.shape, background, dtype=np.float32)
         self.label = np.zeros(grid.shape, dtype=np.uint8)
         self.pv_width = float(pv_width if pv_width is not None else min(grid.spacing[1:]))
+        self.subslices = 1  # rendered sub-slices per output slice (set by the acquisition)
         self._z, self._y, self._x = (grid.axis(0), grid.axis(1), grid.axis(2))
 
     # -- bounding boxes -------------------------------------------------------------------------
@@ -101,8 +112,11 @@ class Canvas:
         None when it misses the grid. The box is padded by one partial-volume width."""
         p = self.pv_width
         (x0, x1), (y0, y1), (z0, z1) = bbox
-        sl = (self.grid.index_slice(0, z0 - p, z1 + p), self.grid.index_slice(1, y0 - p, y1 + p),
-              self.grid.index_slice(2, x0 - p, x1 + p))
+        sl = (
+            self.grid.index_slice(0, z0 - p, z1 + p),
+            self.grid.index_slice(1, y0 - p, y1 + p),
+            self.grid.index_slice(2, x0 - p, x1 + p),
+        )
         if any(s.stop <= s.start for s in sl):
             return None
         return sl
@@ -119,9 +133,18 @@ class Canvas:
             yield (slice(d0, d1), sh, sw), X, Y, self._z[d0:d1][:, None, None]
 
     # -- painting -------------------------------------------------------------------------------
-    def paint(self, sdf: SDF, bbox: Sequence[Sequence[float]], value, label: int | None,
-              *, within: Sequence[int] | None = None, outside: Sequence[int] | None = None,
-              opacity: float = 1.0, add: bool = False) -> int:
+    def paint(
+        self,
+        sdf: SDF,
+        bbox: Sequence[Sequence[float]],
+        value,
+        label: int | None,
+        *,
+        within: Sequence[int] | None = None,
+        outside: Sequence[int] | None = None,
+        opacity: float = 1.0,
+        add: bool = False,
+    ) -> int:
         """Composite one structure over the canvas; returns the number of voxels it covers (≥ half).
 
         Args:
@@ -182,14 +205,17 @@ class Canvas:
 
 # ---- signed-distance primitives (all mm; arrays broadcast) ----------------------------------------
 
+
 def _rotate(X: Array, Y: Array, Z: Array, center: Sequence[float], rot: Array | None):
     px, py, pz = X - np.float32(center[0]), Y - np.float32(center[1]), Z - np.float32(center[2])
     if rot is None:
         return px, py, pz
     r = np.asarray(rot, dtype=np.float32)  # rows: local axes in LPS
-    return (r[0, 0] * px + r[0, 1] * py + r[0, 2] * pz,
-            r[1, 0] * px + r[1, 1] * py + r[1, 2] * pz,
-            r[2, 0] * px + r[2, 1] * py + r[2, 2] * pz)
+    return (
+        r[0, 0] * px + r[0, 1] * py + r[0, 2] * pz,
+        r[1, 0] * px + r[1, 1] * py + r[1, 2] * pz,
+        r[2, 0] * px + r[2, 1] * py + r[2, 2] * pz,
+    )
 
 
 def sdf_ellipsoid(center: Sequence[float], radii: Sequence[float], rot: Array | None = None) -> SDF:

@@ -23,22 +23,51 @@ from voxelfm.data.phantoms import labels as L
 from voxelfm.data.phantoms.acquisition import SIZES, Acquisition, draw_acquisition, finalize, render_grid
 from voxelfm.data.phantoms.anatomy import Anatomy, Patient, draw_patient, render_anatomy
 from voxelfm.data.phantoms.canvas import Canvas
-from voxelfm.data.phantoms.findings import (FINDINGS, Findings, draw_chronic, draw_findings, lobe_of,
-                                            render_emphysema, render_findings)
+from voxelfm.data.phantoms.findings import (
+    FINDINGS,
+    Findings,
+    draw_chronic,
+    draw_findings,
+    lobe_of,
+    render_emphysema,
+    render_findings,
+)
 from voxelfm.data.phantoms.reports import write_report
 
 __all__ = ["PhantomCase", "case_plan", "generate_case", "generate_cohort", "COHORT_COLUMNS"]
 
 P_TWO_SCANS = 0.2
-HORIZON_DAYS = 1826.0          # administrative censoring: 5 years after the first scan
+HORIZON_DAYS = 1826.0  # administrative censoring: 5 years after the first scan
 WEIBULL_SHAPE = 1.3
-WEIBULL_SCALE_DAYS = 3300.0    # baseline scale (median ≈ 2500 days at the reference covariates)
-NODULE_COLUMNS = ("nodule_count", "nodule_diameter_mm", "nodule_x_mm", "nodule_y_mm", "nodule_z_mm",
-                  "nodule_d", "nodule_h", "nodule_w")
-COHORT_COLUMNS = (("id", "path", "seg_path", "patient_id", "split", "age", "sex", "report") + FINDINGS
-                  + ("lung_volume_ml", "fev1_percent", "survival_time", "event") + NODULE_COLUMNS
-                  + ("scan_index", "contrast", "spacing_z", "spacing_y", "spacing_x", "shape",
-                     "orientation", "laa950_percent", "effusion_ml", "noise_sd"))
+WEIBULL_SCALE_DAYS = 3300.0  # baseline scale (median ≈ 2500 days at the reference covariates)
+NODULE_COLUMNS = (
+    "nodule_count",
+    "nodule_diameter_mm",
+    "nodule_x_mm",
+    "nodule_y_mm",
+    "nodule_z_mm",
+    "nodule_d",
+    "nodule_h",
+    "nodule_w",
+)
+COHORT_COLUMNS = (
+    ("id", "path", "seg_path", "patient_id", "split", "age", "sex", "report")
+    + FINDINGS
+    + ("lung_volume_ml", "fev1_percent", "survival_time", "event")
+    + NODULE_COLUMNS
+    + (
+        "scan_index",
+        "contrast",
+        "spacing_z",
+        "spacing_y",
+        "spacing_x",
+        "shape",
+        "orientation",
+        "laa950_percent",
+        "effusion_ml",
+        "noise_sd",
+    )
+)
 
 
 @dataclass
@@ -99,8 +128,14 @@ def _scan_spec(seed: int, p: int, k: int, size: str):
     scan_ss = np.random.SeedSequence([seed, p, 100 + k]).spawn(5)
     r_acq, r_find, r_render, r_noise, r_report = (np.random.default_rng(s) for s in scan_ss)
     lung_extent = an0.apex - (an0.dome_r[2] - an0.dome_depth) + 16 * patient.size
-    acq = draw_acquisition(r_acq, size, body_halfwidth_mm=an0.a0 + patient.fat_mm, apex_mm=an0.apex,
-                           patient_size=patient.size, min_coverage_mm=lung_extent + 60.0)
+    acq = draw_acquisition(
+        r_acq,
+        size,
+        body_halfwidth_mm=an0.a0 + patient.fat_mm,
+        apex_mm=an0.apex,
+        patient_size=patient.size,
+        min_coverage_mm=lung_extent + 60.0,
+    )
     findings = draw_findings(r_find, patient, chronic, an0, acq.spacing)
     return patient, an0, chronic, acq, findings, (r_render, r_noise, r_report, r_surv)
 
@@ -109,10 +144,19 @@ def _survival(rng: np.random.Generator, patient: Patient, f: Findings, interval_
     """Weibull proportional-hazards survival from the first scan; returns (time from this scan, event)."""
     fl = f.flags
     big_nodule = any(n.diameter_mm >= 15 for n in f.nodules)
-    lp = (0.045 * (patient.age - 63) + 0.25 * (patient.sex == "M") + 0.6 * fl["emphysema"]
-          + 0.9 * big_nodule + 0.3 * (fl["lung_nodule"] and not big_nodule) + 0.7 * fl["pleural_effusion"]
-          + 0.55 * fl["cardiomegaly"] + 0.5 * fl["lymphadenopathy"] + 0.35 * fl["consolidation"]
-          + 0.3 * fl["pericardial_effusion"] + 0.25 * fl["arterial_wall_calcification"])
+    lp = (
+        0.045 * (patient.age - 63)
+        + 0.25 * (patient.sex == "M")
+        + 0.6 * fl["emphysema"]
+        + 0.9 * big_nodule
+        + 0.3 * (fl["lung_nodule"] and not big_nodule)
+        + 0.7 * fl["pleural_effusion"]
+        + 0.55 * fl["cardiomegaly"]
+        + 0.5 * fl["lymphadenopathy"]
+        + 0.35 * fl["consolidation"]
+        + 0.3 * fl["pericardial_effusion"]
+        + 0.25 * fl["arterial_wall_calcification"]
+    )
     # T | T > interval  via the cumulative hazard H(t) = (t/λ)^k e^lp
     h0 = (interval_days / WEIBULL_SCALE_DAYS) ** WEIBULL_SHAPE * math.exp(lp)
     e = rng.exponential()
@@ -155,8 +199,14 @@ def generate_case(seed: int, index: int, *, size: str = "demo", without: tuple[s
     an = Anatomy(patient, acq.offset, cardiac_scale=f.cardiac_scale, contrast=acq.contrast)
     grid, sub = render_grid(acq)
     canvas = Canvas(grid)
-    lm = render_anatomy(canvas, an, pericardial_fluid_mm=f.pericardial_mm, scan_rng=r_render,
-                        after_lungs=lambda cv: render_emphysema(cv, an, f, r_render))
+    canvas.subslices = sub
+    lm = render_anatomy(
+        canvas,
+        an,
+        pericardial_fluid_mm=f.pericardial_mm,
+        scan_rng=r_render,
+        after_lungs=lambda cv: render_emphysema(cv, an, f, r_render),
+    )
     counts = render_findings(canvas, an, lm, f, r_render)
     a, ba, bp = (float(v) for v in an.body_axes(np.float32(0.0)))
     hu, stored, labels = finalize(canvas.hu, canvas.label, sub, acq, r_noise, (a, 0.5 * (ba + bp)))
@@ -168,8 +218,13 @@ def generate_case(seed: int, index: int, *, size: str = "demo", without: tuple[s
     if "pleural_effusion" in f.suppressed:
         f.effusion_ml = {}
     if {"lung_opacity", "consolidation"} & f.suppressed:
-        f.opacities = [op for op in f.opacities if not (
-            "lung_opacity" in f.suppressed or (op["kind"] == "consolidation" and "consolidation" in f.suppressed))]
+        f.opacities = [
+            op
+            for op in f.opacities
+            if not (
+                "lung_opacity" in f.suppressed or (op["kind"] == "consolidation" and "consolidation" in f.suppressed)
+            )
+        ]
     _measure(f, an, acq, hu, labels, counts, sub)
     # survival: the patient's baseline hazard comes from the first scan's findings
     if k == 0:
@@ -181,38 +236,82 @@ def generate_case(seed: int, index: int, *, size: str = "demo", without: tuple[s
     lung_ml = float(np.count_nonzero((labels == L.LUNG_RIGHT) | (labels == L.LUNG_LEFT))) * vox_ml
     eff_ml = float(sum(f.measured.get("effusion_ml", {}).values()))
     laa = f.measured.get("laa950_percent", 0.0)
-    fev1 = (104.0 + 3.0 * (patient.sex == "M") - 0.35 * (patient.age - 55) - 1.3 * laa
-            - 0.012 * eff_ml - 6.0 * f.flags["atelectasis"] - 5.0 * f.flags["consolidation"]
-            - 4.0 * f.flags["cardiomegaly"] - 12.0 * patient.smoker + 25.0 * (patient.size - 1.0)
-            + float(r_surv.normal(0, 6)))
+    fev1 = (
+        104.0
+        + 3.0 * (patient.sex == "M")
+        - 0.35 * (patient.age - 55)
+        - 1.3 * laa
+        - 0.012 * eff_ml
+        - 6.0 * f.flags["atelectasis"]
+        - 5.0 * f.flags["consolidation"]
+        - 4.0 * f.flags["cardiomegaly"]
+        - 12.0 * patient.smoker
+        + 25.0 * (patient.size - 1.0)
+        + float(r_surv.normal(0, 6))
+    )
     fev1 = float(np.clip(fev1, 15, 140))
     case_id = f"phantom_{index:04d}"
     pid = f"patient_{p:04d}"
     report = write_report(f, r_report, contrast=acq.contrast, age=age)
     row = {"id": case_id, "patient_id": pid, "age": round(age, 1), "sex": patient.sex, "report": report}
     row.update({k_: int(f.flags[k_]) for k_ in FINDINGS})
-    row.update({"lung_volume_ml": round(lung_ml, 1), "fev1_percent": round(fev1, 1),
-                "survival_time": surv_time, "event": event})
+    row.update(
+        {
+            "lung_volume_ml": round(lung_ml, 1),
+            "fev1_percent": round(fev1, 1),
+            "survival_time": surv_time,
+            "event": event,
+        }
+    )
     visible = [n for n in f.nodules if n.voxel is not None]
     if visible:
         big = max(visible, key=lambda n: n.diameter_mm)
-        row.update({"nodule_count": len(visible), "nodule_diameter_mm": big.diameter_mm,
-                    "nodule_x_mm": round(big.center_mm[0], 2), "nodule_y_mm": round(big.center_mm[1], 2),
-                    "nodule_z_mm": round(big.center_mm[2], 2), "nodule_d": big.voxel[0],
-                    "nodule_h": big.voxel[1], "nodule_w": big.voxel[2]})
+        row.update(
+            {
+                "nodule_count": len(visible),
+                "nodule_diameter_mm": big.diameter_mm,
+                "nodule_x_mm": round(big.center_mm[0], 2),
+                "nodule_y_mm": round(big.center_mm[1], 2),
+                "nodule_z_mm": round(big.center_mm[2], 2),
+                "nodule_d": big.voxel[0],
+                "nodule_h": big.voxel[1],
+                "nodule_w": big.voxel[2],
+            }
+        )
     else:
         row.update({"nodule_count": 0, **{c: None for c in NODULE_COLUMNS[1:]}})
-    row.update({"scan_index": k, "contrast": acq.contrast, "spacing_z": round(acq.spacing[0], 4),
-                "spacing_y": round(acq.spacing[1], 4), "spacing_x": round(acq.spacing[2], 4),
-                "shape": "x".join(str(v) for v in acq.shape), "orientation": acq.orientation,
-                "laa950_percent": round(laa, 2), "effusion_ml": round(eff_ml, 1),
-                "noise_sd": round(acq.noise_sd, 2)})
-    return PhantomCase(id=case_id, patient_id=pid, scan_index=k, hu=hu, stored=stored, labels=labels,
-                       acquisition=acq, findings=f, row=row, affine=acq.grid.affine_lps(), patient=patient)
+    row.update(
+        {
+            "scan_index": k,
+            "contrast": acq.contrast,
+            "spacing_z": round(acq.spacing[0], 4),
+            "spacing_y": round(acq.spacing[1], 4),
+            "spacing_x": round(acq.spacing[2], 4),
+            "shape": "x".join(str(v) for v in acq.shape),
+            "orientation": acq.orientation,
+            "laa950_percent": round(laa, 2),
+            "effusion_ml": round(eff_ml, 1),
+            "noise_sd": round(acq.noise_sd, 2),
+        }
+    )
+    return PhantomCase(
+        id=case_id,
+        patient_id=pid,
+        scan_index=k,
+        hu=hu,
+        stored=stored,
+        labels=labels,
+        acquisition=acq,
+        findings=f,
+        row=row,
+        affine=acq.grid.affine_lps(),
+        patient=patient,
+    )
 
 
-def _measure(f: Findings, an: Anatomy, acq: Acquisition, hu: np.ndarray, labels: np.ndarray,
-             counts: dict, sub: int) -> None:
+def _measure(
+    f: Findings, an: Anatomy, acq: Acquisition, hu: np.ndarray, labels: np.ndarray, counts: dict, sub: int
+) -> None:
     """Measure what became visible; drop findings that did not (so the table matches the image)."""
     g = acq.grid
     vox_ml = float(np.prod(acq.spacing)) / 1000.0
@@ -239,7 +338,6 @@ def _measure(f: Findings, an: Anatomy, acq: Acquisition, hu: np.ndarray, labels:
     eff = {}
     if f.effusion_ml:
         m = labels == L.PLEURAL_EFFUSION
-        W = labels.shape[2]
         xs = g.axis(2)
         right = xs < an.offset[0] + an.mediast_x
         for sd in f.effusion_ml:
@@ -253,8 +351,12 @@ def _measure(f: Findings, an: Anatomy, acq: Acquisition, hu: np.ndarray, labels:
     min_vox = 4 * sub
     if f.flags["pericardial_effusion"] and np.count_nonzero(labels == L.PERICARDIAL_EFFUSION) < 8:
         f.flags["pericardial_effusion"] = 0
-    for key, least in (("lymphadenopathy", min_vox), ("hiatal_hernia", min_vox),
-                       ("arterial_wall_calcification", 1), ("coronary_artery_wall_calcification", 1)):
+    for key, least in (
+        ("lymphadenopathy", min_vox),
+        ("hiatal_hernia", min_vox),
+        ("arterial_wall_calcification", 1),
+        ("coronary_artery_wall_calcification", 1),
+    ):
         if f.flags[key] and counts.get(key, 0) < least:
             f.flags[key] = 0
     kept = []
@@ -281,6 +383,7 @@ def _measure(f: Findings, an: Anatomy, acq: Acquisition, hu: np.ndarray, labels:
 
 
 # ---- cohort ---------------------------------------------------------------------------------------
+
 
 def _assign_splits(table, seed: int) -> list[str]:
     """train/val/test ≈ 60/20/20 by patient, stratified on the patient's nodule status."""
@@ -323,34 +426,74 @@ def _write_case(args) -> dict:
         rel = f"dicom/{case.id}"
         day = 1 + (case.scan_index * 200 + int(case.patient_id[-4:]) * 7) % 3000
         date = (np.datetime64("2018-01-01") + np.timedelta64(day, "D")).astype(str).replace("-", "")
-        write_dicom_series(out / rel, case.stored, case.affine, intercept=acq.intercept,
-                           uid_seed=f"voxelfm-phantom/{seed}/{case.id}", patient_id=case.patient_id,
-                           patient_age=case.row["age"], patient_sex=case.row["sex"], study_date=date,
-                           kvp=acq.kvp, kernel=acq.kernel, slice_order=acq.slice_order,
-                           padding_value=int(-3024 - acq.intercept) if acq.circle_pad else None)
+        write_dicom_series(
+            out / rel,
+            case.stored,
+            case.affine,
+            intercept=acq.intercept,
+            uid_seed=f"voxelfm-phantom/{seed}/{case.id}",
+            patient_id=case.patient_id,
+            patient_age=case.row["age"],
+            patient_sex=case.row["sex"],
+            study_date=date,
+            kvp=acq.kvp,
+            kernel=acq.kernel,
+            slice_order=acq.slice_order,
+            padding_value=int(-3024 - acq.intercept) if acq.circle_pad else None,
+        )
     seg_rel = f"segmentations/{case.id}_seg.nii.gz"
     write_nifti(out / seg_rel, case.labels, case.affine, acq.orientation if fmt == "nifti" else "LPS")
     row = dict(case.row)
     row["path"] = rel
     row["seg_path"] = seg_rel
-    meta = {"id": case.id, "patient_id": case.patient_id, "scan_index": case.scan_index,
-            "acquisition": {"shape": list(acq.shape), "spacing": list(acq.spacing), "origin": list(acq.origin),
-                            "orientation": acq.orientation if fmt == "nifti" else "LPS",
-                            "contrast": acq.contrast, "noise_sd": acq.noise_sd, "cupping_hu": acq.cupping_hu,
-                            "circle_pad": acq.circle_pad, "intercept": acq.intercept, "kvp": acq.kvp},
-            "flags": {k: int(v) for k, v in case.findings.flags.items()},
-            "nodules": [{"diameter_mm": n.diameter_mm, "kind": n.kind, "side": n.side, "lobe": n.lobe,
-                         "center_mm": list(n.center_mm), "voxel": list(n.voxel)} for n in case.findings.nodules],
-            "effusion_ml": case.findings.measured.get("effusion_ml", {}),
-            "laa950_percent": case.findings.measured.get("laa950_percent", 0.0),
-            "lymph_nodes": [{"station": s, "short_axis_mm": d} for s, d in case.findings.nodes]
-            if case.findings.flags["lymphadenopathy"] else []}
+    meta = {
+        "id": case.id,
+        "patient_id": case.patient_id,
+        "scan_index": case.scan_index,
+        "acquisition": {
+            "shape": list(acq.shape),
+            "spacing": list(acq.spacing),
+            "origin": list(acq.origin),
+            "orientation": acq.orientation if fmt == "nifti" else "LPS",
+            "contrast": acq.contrast,
+            "noise_sd": acq.noise_sd,
+            "cupping_hu": acq.cupping_hu,
+            "circle_pad": acq.circle_pad,
+            "intercept": acq.intercept,
+            "kvp": acq.kvp,
+        },
+        "flags": {k: int(v) for k, v in case.findings.flags.items()},
+        "nodules": [
+            {
+                "diameter_mm": n.diameter_mm,
+                "kind": n.kind,
+                "side": n.side,
+                "lobe": n.lobe,
+                "center_mm": list(n.center_mm),
+                "voxel": list(n.voxel),
+            }
+            for n in case.findings.nodules
+        ],
+        "effusion_ml": case.findings.measured.get("effusion_ml", {}),
+        "laa950_percent": case.findings.measured.get("laa950_percent", 0.0),
+        "lymph_nodes": [{"station": s, "short_axis_mm": d} for s, d in case.findings.nodes]
+        if case.findings.flags["lymphadenopathy"]
+        else [],
+    }
     row["_meta"] = meta
     return row
 
 
-def generate_cohort(out_dir: str | os.PathLike, n: int, seed: int = 0, *, format: str = "nifti",
-                    size: str = "demo", workers: int | None = None, progress: bool = True):
+def generate_cohort(
+    out_dir: str | os.PathLike,
+    n: int,
+    seed: int = 0,
+    *,
+    format: str = "nifti",
+    size: str = "demo",
+    workers: int | None = None,
+    progress: bool = True,
+):
     """Generate ``n`` phantom CT scans into ``out_dir`` and return the cohort table.
 
     Writes ``out_dir/cohort.csv`` (columns :data:`COHORT_COLUMNS`; ``path``/``seg_path`` relative to
@@ -398,8 +541,7 @@ def generate_cohort(out_dir: str | os.PathLike, n: int, seed: int = 0, *, format
             import multiprocessing as mp
 
             ctx = mp.get_context("spawn") if os.name != "posix" else mp.get_context("forkserver")
-            with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=ctx,
-                                     initializer=_worker_init) as ex:
+            with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=ctx, initializer=_worker_init) as ex:
                 for row in ex.map(_write_case, jobs, chunksize=1):
                     rows.append(row)
                     bar.update(1)

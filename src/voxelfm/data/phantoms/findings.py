@@ -22,16 +22,32 @@ from scipy.special import ndtri
 
 from voxelfm.data.phantoms import labels as L
 from voxelfm.data.phantoms.anatomy import Anatomy, rotation
-from voxelfm.data.phantoms.canvas import (Canvas, RandomField, capsule_bbox, ellipsoid_bbox,
-                                          sdf_ellipsoid, sdf_sphere)
+from voxelfm.data.phantoms.canvas import Canvas, RandomField, capsule_bbox, ellipsoid_bbox, sdf_ellipsoid, sdf_sphere
 
-__all__ = ["FINDINGS", "Nodule", "Findings", "draw_chronic", "draw_findings", "render_findings",
-           "render_emphysema", "lobe_of"]
+__all__ = [
+    "FINDINGS",
+    "Nodule",
+    "Findings",
+    "draw_chronic",
+    "draw_findings",
+    "render_findings",
+    "render_emphysema",
+    "lobe_of",
+]
 
 FINDINGS: tuple[str, ...] = (
-    "lung_nodule", "pleural_effusion", "emphysema", "cardiomegaly", "arterial_wall_calcification",
-    "coronary_artery_wall_calcification", "lung_opacity", "consolidation", "atelectasis",
-    "lymphadenopathy", "hiatal_hernia", "pericardial_effusion",
+    "lung_nodule",
+    "pleural_effusion",
+    "emphysema",
+    "cardiomegaly",
+    "arterial_wall_calcification",
+    "coronary_artery_wall_calcification",
+    "lung_opacity",
+    "consolidation",
+    "atelectasis",
+    "lymphadenopathy",
+    "hiatal_hernia",
+    "pericardial_effusion",
 )
 
 
@@ -41,7 +57,7 @@ class Nodule:
     ``voxel`` (canonical d, h, w) are set when rendered."""
 
     diameter_mm: float
-    kind: str          # "solid" | "ground-glass"
+    kind: str  # "solid" | "ground-glass"
     rel: np.ndarray
     side: str = ""
     lobe: str = ""
@@ -56,7 +72,7 @@ class Findings:
 
     flags: dict[str, int]
     nodules: list[Nodule] = field(default_factory=list)
-    effusion_ml: dict[str, float] = field(default_factory=dict)     # side -> target ml
+    effusion_ml: dict[str, float] = field(default_factory=dict)  # side -> target ml
     emphysema_extent: float = 0.0
     emphysema_pattern: str = ""
     cardiac_scale: float = 1.0
@@ -112,7 +128,8 @@ def draw_chronic(rng: np.random.Generator, patient, an0: Anatomy) -> dict:
             kind = "ground-glass" if rng.random() < 0.25 else "solid"
             side = "R" if nrng.random() < 0.55 else "L"
             lsdf, lbb = an0.lung_sdf(side), an0.lung_bbox(side)
-            lo = np.array([b[0] for b in lbb]); hi = np.array([b[1] for b in lbb])
+            lo = np.array([b[0] for b in lbb])
+            hi = np.array([b[1] for b in lbb])
             for _ in range(400):
                 p = nrng.uniform(lo, hi)
                 if float(lsdf(np.float32(p[0]), np.float32(p[1]), np.float32(p[2]))) < -(d / 2 + 6.0):
@@ -120,11 +137,24 @@ def draw_chronic(rng: np.random.Generator, patient, an0: Anatomy) -> dict:
             hu = float(rng.uniform(15, 60)) if kind == "solid" else float(rng.uniform(-620, -380))
             nodules.append(Nodule(diameter_mm=d, kind=kind, rel=p, hu=hu))
     c["nodules"] = nodules
-    c["plaques"] = [(int(rng.integers(2, 9)), float(rng.random()), float(rng.uniform(0, 2 * math.pi)),
-                     float(rng.uniform(1.5, 3.2))) for _ in range(int(rng.integers(3, 12)))] \
-        if c["arterial_wall_calcification"] else []
-    c["coronary"] = [(int(rng.integers(0, 16)), float(rng.uniform(1.3, 2.6))) for _ in range(int(rng.integers(2, 7)))] \
-        if c["coronary_artery_wall_calcification"] else []
+    c["plaques"] = (
+        [
+            (
+                int(rng.integers(2, 9)),
+                float(rng.random()),
+                float(rng.uniform(0, 2 * math.pi)),
+                float(rng.uniform(1.5, 3.2)),
+            )
+            for _ in range(int(rng.integers(3, 12)))
+        ]
+        if c["arterial_wall_calcification"]
+        else []
+    )
+    c["coronary"] = (
+        [(int(rng.integers(0, 16)), float(rng.uniform(1.3, 2.6))) for _ in range(int(rng.integers(2, 7)))]
+        if c["coronary_artery_wall_calcification"]
+        else []
+    )
     return c
 
 
@@ -133,8 +163,14 @@ def draw_findings(rng: np.random.Generator, patient, chronic: dict, an0: Anatomy
     sz, _, sx = spacing
     vis = max(sx, 0.5 * sz)  # resolvable length scale of this scan (mm)
     f = Findings(flags={k: 0 for k in FINDINGS})
-    for k in ("emphysema", "cardiomegaly", "arterial_wall_calcification",
-              "coronary_artery_wall_calcification", "hiatal_hernia", "lung_nodule"):
+    for k in (
+        "emphysema",
+        "cardiomegaly",
+        "arterial_wall_calcification",
+        "coronary_artery_wall_calcification",
+        "hiatal_hernia",
+        "lung_nodule",
+    ):
         f.flags[k] = chronic[k]
     f.emphysema_extent = chronic["emphysema_extent"]
     f.emphysema_pattern = chronic["emphysema_pattern"]
@@ -164,7 +200,8 @@ def draw_findings(rng: np.random.Generator, patient, chronic: dict, an0: Anatomy
         for _ in range(int(rng.integers(1, n_max + 1))):
             side = "R" if rng.random() < 0.55 else "L"
             lsdf, lbb = an0.lung_sdf(side), an0.lung_bbox(side)
-            lo = np.array([b[0] for b in lbb]); hi = np.array([b[1] for b in lbb])
+            lo = np.array([b[0] for b in lbb])
+            hi = np.array([b[1] for b in lbb])
             for _ in range(400):
                 p = rng.uniform(lo, hi)
                 if float(lsdf(np.float32(p[0]), np.float32(p[1]), np.float32(p[2]))) < -15.0:
@@ -172,25 +209,44 @@ def draw_findings(rng: np.random.Generator, patient, chronic: dict, an0: Anatomy
             big = (24, 42) if kind == "consolidation" else (30, 58)
             radii = rng.uniform(*big, size=3)
             radii = np.maximum(radii, 3 * vis)
-            f.opacities.append({"kind": kind, "rel": p, "radii": radii,
-                                "yaw": float(rng.uniform(0, math.pi)),
-                                "hu": float(rng.uniform(-45, 40)) if kind == "consolidation"
-                                else float(rng.uniform(260, 400))})
+            f.opacities.append(
+                {
+                    "kind": kind,
+                    "rel": p,
+                    "radii": radii,
+                    "yaw": float(rng.uniform(0, math.pi)),
+                    "hu": float(rng.uniform(-45, 40)) if kind == "consolidation" else float(rng.uniform(260, 400)),
+                }
+            )
     p_atel = 0.12 + (0.45 if f.flags["pleural_effusion"] else 0.0)
     f.flags["atelectasis"] = int(rng.random() < p_atel)
     if f.flags["atelectasis"]:
         if f.effusion_ml and rng.random() < 0.7:
-            f.atelectasis = {"kind": "compressive", "side": str(rng.choice(sorted(f.effusion_ml))),
-                             "band_mm": max(float(rng.uniform(7, 14)), 2.5 * vis)}
+            f.atelectasis = {
+                "kind": "compressive",
+                "side": str(rng.choice(sorted(f.effusion_ml))),
+                "band_mm": max(float(rng.uniform(7, 14)), 2.5 * vis),
+            }
         else:
             side = "R" if rng.random() < 0.5 else "L"
-            f.atelectasis = {"kind": "plate-like", "side": side,
-                             "thick_mm": max(float(rng.uniform(4, 7)), 2.2 * vis),
-                             "len_mm": float(rng.uniform(40, 70)), "yaw": float(rng.uniform(-0.5, 0.5))}
+            f.atelectasis = {
+                "kind": "plate-like",
+                "side": side,
+                "thick_mm": max(float(rng.uniform(4, 7)), 2.2 * vis),
+                "len_mm": float(rng.uniform(40, 70)),
+                "yaw": float(rng.uniform(-0.5, 0.5)),
+            }
     f.flags["lymphadenopathy"] = int(rng.random() < 0.16 + 0.12 * f.flags["lung_nodule"])
     if f.flags["lymphadenopathy"]:
-        stations = ["right paratracheal", "left paratracheal", "subcarinal", "aortopulmonary window",
-                    "right hilar", "left hilar", "prevascular"]
+        stations = [
+            "right paratracheal",
+            "left paratracheal",
+            "subcarinal",
+            "aortopulmonary window",
+            "right hilar",
+            "left hilar",
+            "prevascular",
+        ]
         chosen = rng.choice(stations, size=int(rng.integers(1, 4)), replace=False)
         f.nodes = [(str(st), round(max(float(rng.uniform(12, 26)), 2.6 * vis), 0)) for st in chosen]
     return f
@@ -257,6 +313,7 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
 
             def ggo(X, Y, Z, hu, delta=delta):  # raise parenchyma, leave vessels alone
                 return delta * np.clip((np.float32(-450.0) - hu) / np.float32(300.0), 0.0, 1.0)
+
             ggo.uses_hu = True
             n = _paint(canvas, f, "lung_opacity", shape, bb, ggo, None, within=lungs, add=True)
         counts[op["kind"]] += n
@@ -264,7 +321,7 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
     # ---- pleural effusion (dependent fluid) and compressive atelectasis ----------------------------
     counts["pleural_effusion"] = 0
     counts["atelectasis"] = 0
-    grad = math.sqrt(1.0 + 0.15 ** 2)
+    grad = math.sqrt(1.0 + 0.15**2)
     for side, ml in f.effusion_ml.items():
         lab = L.LUNG_RIGHT if side == "R" else L.LUNG_LEFT
         sl = canvas.box(an.lung_bbox(side))
@@ -282,16 +339,33 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
         thr = float(np.quantile(score, 1.0 - frac))
 
         def eff_sdf(X, Y, Z, thr=thr):
-            return (np.float32(thr) - ((Y - np.float32(an.offset[1])) - 0.15 * (Z - np.float32(an.offset[2])))) / np.float32(grad)
+            return (
+                np.float32(thr) - ((Y - np.float32(an.offset[1])) - 0.15 * (Z - np.float32(an.offset[2])))
+            ) / np.float32(grad)
 
-        counts["pleural_effusion"] += _paint(canvas, f, "pleural_effusion", eff_sdf, an.lung_bbox(side), float(rng.uniform(4, 18)),
-                                                   L.PLEURAL_EFFUSION, within=(lab,))
+        counts["pleural_effusion"] += _paint(
+            canvas,
+            f,
+            "pleural_effusion",
+            eff_sdf,
+            an.lung_bbox(side),
+            float(rng.uniform(4, 18)),
+            L.PLEURAL_EFFUSION,
+            within=(lab,),
+        )
         at = f.atelectasis
         if at.get("kind") == "compressive" and at["side"] == side:
             band = at["band_mm"]
-            counts["atelectasis"] += _paint(canvas, f, "atelectasis", lambda X, Y, Z, e=eff_sdf: np.abs(e(X, Y, Z) - np.float32(band / 2)) - np.float32(band / 2),
-                                                  an.lung_bbox(side), float(rng.uniform(-60, 20)), None,
-                                                  within=(lab,))
+            counts["atelectasis"] += _paint(
+                canvas,
+                f,
+                "atelectasis",
+                lambda X, Y, Z, e=eff_sdf: np.abs(e(X, Y, Z) - np.float32(band / 2)) - np.float32(band / 2),
+                an.lung_bbox(side),
+                float(rng.uniform(-60, 20)),
+                None,
+                within=(lab,),
+            )
     # ---- plate-like atelectasis at a lung base ----------------------------------------------------
     at = f.atelectasis
     if at.get("kind") == "plate-like":
@@ -303,22 +377,43 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
         c = an.p(*rel)
         radii = (at["len_mm"] / 2, at["len_mm"] / 2.5, at["thick_mm"] / 2)
         rot = rotation(yaw=at["yaw"], pitch=0.25 * sign)
-        counts["atelectasis"] += _paint(canvas, f, "atelectasis", sdf_ellipsoid(c, radii, rot), ellipsoid_bbox(c, radii, rot),
-                                              float(rng.uniform(-40, 30)), None, within=(lab,))
+        counts["atelectasis"] += _paint(
+            canvas,
+            f,
+            "atelectasis",
+            sdf_ellipsoid(c, radii, rot),
+            ellipsoid_bbox(c, radii, rot),
+            float(rng.uniform(-40, 30)),
+            None,
+            within=(lab,),
+        )
         at["rel"] = rel
 
     # ---- nodules ---------------------------------------------------------------------------------
     for n in f.nodules:
         p = an.p(*n.rel)
         d, h, w = g.mm_to_index(p)
-        # snap the centre to a voxel centre (of the output grid: the central sub-slice row)
-        di, hi_, wi = int(round(d)), int(round(h)), int(round(w))
-        p = np.array([g.origin[0] + wi * g.spacing[2], g.origin[1] + hi_ * g.spacing[1], p[2]])
+        # snap the centre to a voxel centre: in-plane, and along z to the sub-slice whose labels the
+        # output slice keeps (the central one), so the centroid voxel is always labelled
+        k = getattr(canvas, "subslices", 1)
+        j = int(round((d - (k - 1) / 2) / k))
+        di, hi_, wi = j * k + k // 2, int(round(h)), int(round(w))
+        p = np.array(
+            [g.origin[0] + wi * g.spacing[2], g.origin[1] + hi_ * g.spacing[1], g.origin[2] + di * g.spacing[0]]
+        )
         n.center_mm = (float(p[0]), float(p[1]), float(p[2]))
         r = n.diameter_mm / 2
         radii = (r * float(rng.uniform(0.9, 1.1)), r * float(rng.uniform(0.9, 1.1)), r * float(rng.uniform(0.9, 1.1)))
-        _paint(canvas, f, "lung_nodule", sdf_ellipsoid(p, radii), ellipsoid_bbox(p, radii), n.hu, L.LUNG_NODULE,
-                     within=lungs + (L.LUNG_NODULE,))
+        _paint(
+            canvas,
+            f,
+            "lung_nodule",
+            sdf_ellipsoid(p, radii),
+            ellipsoid_bbox(p, radii),
+            n.hu,
+            L.LUNG_NODULE,
+            within=lungs + (L.LUNG_NODULE,),
+        )
         n.side, n.lobe = lobe_of(an, n.rel)
 
     # ---- enlarged mediastinal / hilar lymph nodes -------------------------------------------------
@@ -327,9 +422,16 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
     for st, short in f.nodes:
         c = stations[st]
         radii = (short / 2 * 1.15, short / 2, short / 2 * 1.5)
-        counts["lymphadenopathy"] += _paint(canvas, f, "lymphadenopathy", 
-            sdf_ellipsoid(c, radii), ellipsoid_bbox(c, radii), _node_value(an.contrast), L.LYMPH_NODE,
-            within=(L.INTERNAL_SOFT_TISSUE, L.LYMPH_NODE) + lungs)
+        counts["lymphadenopathy"] += _paint(
+            canvas,
+            f,
+            "lymphadenopathy",
+            sdf_ellipsoid(c, radii),
+            ellipsoid_bbox(c, radii),
+            _node_value(an.contrast),
+            L.LYMPH_NODE,
+            within=(L.INTERNAL_SOFT_TISSUE, L.LYMPH_NODE) + lungs,
+        )
 
     # ---- calcified plaques: aortic wall and coronary arteries -----------------------------------------
     counts["arterial_wall_calcification"] = 0
@@ -342,17 +444,31 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
         e2 = np.cross(axis, e1)
         r = ao_r[i] + t * (ao_r[i + 1] - ao_r[i])
         c = a + t * (b - a) + (r - 0.4 * rp) * (math.cos(ang) * e1 + math.sin(ang) * e2)
-        counts["arterial_wall_calcification"] += _paint(canvas, f, "arterial_wall_calcification", 
-            sdf_sphere(c, rp), capsule_bbox(c, c, rp), float(rng.uniform(450, 1100)), L.CALCIFICATION,
-            within=(L.AORTA, L.INTERNAL_SOFT_TISSUE) + lungs)
+        counts["arterial_wall_calcification"] += _paint(
+            canvas,
+            f,
+            "arterial_wall_calcification",
+            sdf_sphere(c, rp),
+            capsule_bbox(c, c, rp),
+            float(rng.uniform(450, 1100)),
+            L.CALCIFICATION,
+            within=(L.AORTA, L.INTERNAL_SOFT_TISSUE) + lungs,
+        )
     counts["coronary_artery_wall_calcification"] = 0
     ring, lad = lm["coronary"]
     path = list(ring) + list(lad)
     for i, rp in f.coronary:
         c = np.asarray(path[i % len(path)])
-        counts["coronary_artery_wall_calcification"] += _paint(canvas, f, "coronary_artery_wall_calcification", 
-            sdf_sphere(c, rp), capsule_bbox(c, c, rp), float(rng.uniform(350, 1000)), L.CALCIFICATION,
-            within=(L.INTERNAL_SOFT_TISSUE, L.HEART))
+        counts["coronary_artery_wall_calcification"] += _paint(
+            canvas,
+            f,
+            "coronary_artery_wall_calcification",
+            sdf_sphere(c, rp),
+            capsule_bbox(c, c, rp),
+            float(rng.uniform(350, 1000)),
+            L.CALCIFICATION,
+            within=(L.INTERNAL_SOFT_TISSUE, L.HEART),
+        )
 
     # ---- hiatal hernia: stomach above the diaphragm in the posterior mediastinum -----------------
     counts["hiatal_hernia"] = 0
@@ -365,10 +481,19 @@ def render_findings(canvas: Canvas, an: Anatomy, lm, f: Findings, rng: np.random
         c = an.p(rel[0] - 4 * s, rel[1] + 6 * s, top + 0.75 * R)
         radii = np.array([R, 0.8 * R, 1.1 * R])
         ok = (L.INTERNAL_SOFT_TISSUE, L.ESOPHAGUS, L.MUSCLE, L.LIVER, L.STOMACH, L.PLEURAL_EFFUSION) + lungs
-        counts["hiatal_hernia"] = _paint(canvas, f, "hiatal_hernia", sdf_ellipsoid(c, radii), ellipsoid_bbox(c, radii), 42.0,
-                                               L.STOMACH, within=ok)
+        counts["hiatal_hernia"] = _paint(
+            canvas, f, "hiatal_hernia", sdf_ellipsoid(c, radii), ellipsoid_bbox(c, radii), 42.0, L.STOMACH, within=ok
+        )
         gas_level = c[1] - float(rng.uniform(0.1, 0.6)) * radii[1]
         content = lambda X, Y, Z: np.where(Y < gas_level, -1000.0, 15.0).astype(np.float32)  # noqa: E731
-        _paint(canvas, f, "hiatal_hernia", sdf_ellipsoid(c, radii - 3.5), ellipsoid_bbox(c, radii), content, L.STOMACH,
-                     within=(L.STOMACH,))
+        _paint(
+            canvas,
+            f,
+            "hiatal_hernia",
+            sdf_ellipsoid(c, radii - 3.5),
+            ellipsoid_bbox(c, radii),
+            content,
+            L.STOMACH,
+            within=(L.STOMACH,),
+        )
     return counts

@@ -54,8 +54,15 @@ def _to_file_order(arr: np.ndarray, code: str) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def write_nifti(path: str | Path, canon: np.ndarray, affine_lps: np.ndarray, code: str, *,
-                intercept: float | None = None, compresslevel: int = 1) -> None:
+def write_nifti(
+    path: str | Path,
+    canon: np.ndarray,
+    affine_lps: np.ndarray,
+    code: str,
+    *,
+    intercept: float | None = None,
+    compresslevel: int = 1,
+) -> None:
     """Write a canonical ``[D, H, W]`` array as NIfTI-1 in axis orientation ``code``.
 
     Args:
@@ -81,11 +88,23 @@ def write_nifti(path: str | Path, canon: np.ndarray, affine_lps: np.ndarray, cod
     atomic_write_bytes(path, raw)
 
 
-def write_dicom_series(folder: str | Path, stored: np.ndarray, affine_lps: np.ndarray, *,
-                       intercept: float, uid_seed: str, patient_id: str, patient_age: float,
-                       patient_sex: str, study_date: str, kvp: int, kernel: str,
-                       slice_order: str = "descending", description: str = "voxelfm phantom",
-                       padding_value: int | None = None) -> list[Path]:
+def write_dicom_series(
+    folder: str | Path,
+    stored: np.ndarray,
+    affine_lps: np.ndarray,
+    *,
+    intercept: float,
+    uid_seed: str,
+    patient_id: str,
+    patient_age: float,
+    patient_sex: str,
+    study_date: str,
+    kvp: int,
+    kernel: str,
+    slice_order: str = "descending",
+    description: str = "voxelfm phantom",
+    padding_value: int | None = None,
+) -> list[Path]:
     """Write a canonical int16 ``[D, H, W]`` volume as a DICOM CT series, one file per slice.
 
     Geometry: ImageOrientationPatient ``[1,0,0, 0,1,0]`` (rows run to patient left, columns
