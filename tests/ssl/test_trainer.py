@@ -95,7 +95,7 @@ def test_cli_pretrain_and_user_errors(tmp_path, capsys):
     src = tmp_path / "volumes"
     make_store(src, n=3)
     store_dir = tmp_path / "store"
-    vs.prepare_volumes([str(src)], store_dir, workers=1)
+    vs.prepare_volumes([str(src)], store_dir, workers=1, min_side=8)  # tiny test volumes (default 56)
     out = tmp_path / "cli"
     code = main(["pretrain", "--config", "vit_base", "--data", str(store_dir), "--output", str(out),
                  "--max-steps", "1", *MICRO])
