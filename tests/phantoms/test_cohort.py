@@ -153,3 +153,13 @@ def test_generate_case_validates_arguments():
         generate_case(0, -1)
     with pytest.raises(ValueError, match="format"):
         generate_cohort("unused", 1, format="png")
+
+
+def test_cli_phantoms(tmp_path, capsys):
+    from voxelfm.cli.main import main
+
+    assert main(["phantoms", "-o", str(tmp_path / "c"), "-n", "1", "--seed", "3", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 1 cases" in out and "cohort.csv" in out
+    assert (tmp_path / "c" / "volumes" / "phantom_0000.nii.gz").is_file()
+    assert main(["phantoms", "-o", str(tmp_path / "d"), "-n", "0"]) == 2  # one-line user error
