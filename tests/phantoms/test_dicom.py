@@ -66,3 +66,27 @@ def test_dicom_reads_with_simpleitk_and_voxelfm(dicom_case):
     np.testing.assert_array_equal(vol.array, np.where(case.hu < -1500, -1024.0, case.hu))
     np.testing.assert_allclose(vol.spacing, case.acquisition.spacing, rtol=1e-4)
     assert vol.source.get("modality", "CT") == "CT"
+
+
+def test_large_nifti_is_written_as_parallel_gzip_members_that_every_reader_accepts(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    from voxelfm.data.phantoms import writers
+    from voxelfm.data.phantoms.canvas import Grid
+    from voxelfm.io import read_volume
+
+    hu = np.random.default_rng(0).integers(-1000, 1500, (20, 40, 36)).astype(np.int16)
+    aff = Grid((20, 40, 36), (2.0, 0.8, 0.8), (-10.0, 5.0, 30.0)).affine_lps()
+    monkeypatch.setattr(writers, "_GZIP_MEMBER", 1 << 14)
+    writers.write_nifti(tmp_path / "a.nii.gz", hu + 1024, aff, "LAS", intercept=-1024)
+    raw = (tmp_path / "a.nii.gz").read_bytes()
+    assert raw.count(b"\x1f\x8b\x08\x00\x00\x00\x00\x00") > 2  # several members, no timestamps
+    vol = read_volume(tmp_path / "a.nii.gz")
+    np.testing.assert_array_equal(vol.array, hu.astype(np.float32))
+    np.testing.assert_allclose(vol.affine, aff, atol=1e-6)
+    img = sitk.ReadImage(str(tmp_path / "a.nii.gz"))
+    assert img.GetSize() == (36, 40, 20)
+    # same bytes as a single-threaded run
+    monkeypatch.setattr(writers.os, "cpu_count", lambda: 1)
+    writers.write_nifti(tmp_path / "b.nii.gz", hu + 1024, aff, "LAS", intercept=-1024)
+    assert (tmp_path / "b.nii.gz").read_bytes() == raw

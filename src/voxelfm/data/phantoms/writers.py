@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,27 @@ def write_nifti(
         img.header.set_slope_inter(1.0, float(intercept))
     raw = img.to_bytes()
     if str(path).endswith(".gz"):
-        raw = gzip.compress(raw, compresslevel=compresslevel, mtime=0)
+        raw = _gzip(raw, compresslevel)
     atomic_write_bytes(path, raw)
+
+
+_GZIP_MEMBER = 32 << 20  # bytes per gzip member when compressing in parallel
+
+
+def _gzip(raw: bytes, level: int, member_bytes: int | None = None) -> bytes:
+    """Deterministic gzip (no timestamp). Data larger than one member is compressed as
+    concatenated gzip members in threads (valid gzip, read by zlib, Python, nibabel and ITK);
+    the output depends only on the data, never on the number of threads."""
+    member_bytes = _GZIP_MEMBER if member_bytes is None else int(member_bytes)
+    if len(raw) <= member_bytes:
+        return gzip.compress(raw, compresslevel=level, mtime=0)
+    from concurrent.futures import ThreadPoolExecutor
+
+    view = memoryview(raw)
+    chunks = [view[i:i + member_bytes] for i in range(0, len(raw), member_bytes)]
+    with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1, 4)) as ex:
+        parts = list(ex.map(lambda c: gzip.compress(c, compresslevel=level, mtime=0), chunks))
+    return b"".join(parts)
 
 
 def write_dicom_series(
