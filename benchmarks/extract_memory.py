@@ -6,7 +6,7 @@ wall time of the forward, peak RSS of the process, peak RSS before the forward (
 and their difference (≈ activation peak), and the memory model's estimate.
 
 Configs: ``full`` (SDPA), ``chunked-10`` / ``chunked-14`` (windows of 10³ / 14³ tokens, overlap
-0.25), optional ``full-naive`` (the reference's explicit N×N attention; ~6 GB at 8,000 tokens)
+0.25, one window per forward), optional ``chunked-10-batched`` (16 windows per forward), ``full-naive`` (the reference's explicit N×N attention; ~6 GB at 8,000 tokens)
 and ``full-bf16``.
 
 Usage: .venv/bin/python benchmarks/extract_memory.py [--configs full chunked-10 ...] [--side 280]
@@ -27,8 +27,10 @@ sys.path.insert(0, str(HERE))
 
 CONFIGS = {
     "full": dict(mode="full"),
-    "chunked-10": dict(mode="chunked", window=10, overlap=0.25),
-    "chunked-14": dict(mode="chunked", window=14, overlap=0.25),
+    # a 0.25 GiB budget → one window per forward (a larger budget batches windows: faster, more memory)
+    "chunked-10": dict(mode="chunked", window=10, overlap=0.25, memory_budget_gb=0.25),
+    "chunked-14": dict(mode="chunked", window=14, overlap=0.25, memory_budget_gb=0.25),
+    "chunked-10-batched": dict(mode="chunked", window=10, overlap=0.25, memory_budget_gb=64.0),
     "full-naive": dict(mode="full", naive=True),
     "full-bf16": dict(mode="full", dtype="bf16"),
 }
@@ -52,7 +54,8 @@ def _child(name: str, side: int, threads: int, model_name: str) -> None:
     pre.record["normalised"] = True
     base = peak_rss_mb()
     t = time.perf_counter()
-    f = extract_preprocessed(model, pre, device="cpu", memory_budget_gb=64.0, **cfg)
+    budget = cfg.pop("memory_budget_gb", 64.0)
+    f = extract_preprocessed(model, pre, device="cpu", memory_budget_gb=budget, **cfg)
     seconds = time.perf_counter() - t
     n = int(f.patch.shape[0] * f.patch.shape[1] * f.patch.shape[2])
     est = estimate_forward_bytes(n, embed_dim=model.embed_dim, num_heads=model.num_heads, patch_size=model.patch_size,

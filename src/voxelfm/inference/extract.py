@@ -236,7 +236,9 @@ def extract_features(model: torch.nn.Module, source: Any, *, preset: str | Prese
     if not hasattr(model, "patch_size"):
         raise TypeError("model must be a voxelfm backbone (see voxelfm.load_backbone / build_backbone)")
     resolved = resolve_preset(model, preset)
+    dev = resolve_device(device, model)
     pre = preprocess_volume(source, resolved, crop_background=crop_background, max_patches=max_patches,
-                            patch_size=int(model.patch_size), normalise=True)
-    return extract_preprocessed(model, pre, mode=mode, window=window, overlap=overlap, device=device,
+                            patch_size=int(model.patch_size), normalise=True,
+                            device=dev if dev.type == "cuda" else None)
+    return extract_preprocessed(model, pre, mode=mode, window=window, overlap=overlap, device=dev,
                                 dtype=dtype, memory_budget_gb=memory_budget_gb)

@@ -141,7 +141,8 @@ def source_grid(source: Any, preset: Preset | str = "default", *,
 
 def preprocess_volume(source: Any, preset: Preset | str = "default", *, crop_background: bool = False,
                       max_patches: int | None = None, patch_size: int = 14, normalise: bool = True,
-                      spacing: tuple[float, float, float] | None = None) -> Preprocessed:
+                      spacing: tuple[float, float, float] | None = None,
+                      device: str | torch.device | None = None) -> Preprocessed:
     """Turn a CT volume into model input and record the geometry.
 
     Args:
@@ -154,6 +155,7 @@ def preprocess_volume(source: Any, preset: Preset | str = "default", *, crop_bac
         patch_size: the model's patch side in voxels.
         normalise: return ``(HU - mean) / std`` (model input) instead of HU.
         spacing: ``(sz, sy, sx)`` mm for array inputs.
+        device: where to resample (e.g. ``"cuda"``; default CPU). The result is always on the CPU.
 
     Returns:
         :class:`Preprocessed`; ``record`` keys: ``preset``, ``source``, ``orientation``,
@@ -194,7 +196,9 @@ def preprocess_volume(source: Any, preset: Preset | str = "default", *, crop_bac
     cropped_shape = tuple(x.shape)
     record["cropped_shape"] = list(cropped_shape)
 
-    # 4. isotropic resampling
+    # 4. isotropic resampling (on ``device`` if given)
+    if device is not None:
+        x = x.to(device)
     target = isotropic_target_spacing(sp, preset)
     x, sp_iso, iso_shape = resample_isotropic(x, sp, preset)
     record["resample"] = {"target_spacing": target, "shape": list(iso_shape), "spacing": list(sp_iso)}
@@ -241,5 +245,5 @@ def preprocess_volume(source: Any, preset: Preset | str = "default", *, crop_bac
     if normalise:
         x = normalise_intensity(x, preset.mean, preset.std)
     record["normalised"] = bool(normalise)
-    x = x.contiguous()
+    x = x.to("cpu").contiguous()
     return Preprocessed(array=x, spacing=final_spacing, record=record)  # type: ignore[arg-type]
