@@ -1,0 +1,270 @@
+"""Fast tests of the demo's parts: settings, stage reuse, the phantom suite, findings and the report."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from voxelfm.demo.report import compare_backbones, findings_paragraph, main_rows, markdown_to_html, results_table
+from voxelfm.demo.settings import DemoSettings
+from voxelfm.demo.stages import DemoState, StageRunner, format_seconds, signature
+from voxelfm.demo.suite import CATEGORIES, build_suite, category_of
+from voxelfm.errors import VoxelFMError
+
+
+# ------------------------------------------------------------------------------------------ settings
+def test_settings_presets_and_overrides():
+    d = DemoSettings.create()
+    q = DemoSettings.create(quick=True)
+    assert (d.cases, d.pretrain_minutes, d.with_reports) == (200, 7.0, False)
+    assert q.quick and q.cases < d.cases and q.pretrain_minutes < 1.0 and q.n_resamples < d.n_resamples
+    q2 = DemoSettings.create(quick=True, cases=60, pretrain_minutes=2, with_reports=True, workers=1, seed=3)
+    assert (q2.cases, q2.pretrain_minutes, q2.with_reports, q2.n_workers, q2.seed) == (60, 2.0, True, 1, 3)
+    assert q2.probe_epochs == q.probe_epochs  # quick probe settings kept
+
+
+@pytest.mark.parametrize("kw, match", [({"cases": 10}, "at least 24"), ({"pretrain_minutes": 0}, "> 0"),
+                                       ({"workers": 0}, ">= 1")])
+def test_settings_reject_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        DemoSettings.create(**kw)
+
+
+def test_stage_settings_separate_concerns():
+    a = DemoSettings.create()
+    b = DemoSettings.create(pretrain_minutes=3)
+    c = DemoSettings.create(cases=100)
+    assert a.stage_settings("phantoms") == b.stage_settings("phantoms")
+    assert a.stage_settings("pretrain") != b.stage_settings("pretrain")
+    assert a.stage_settings("phantoms") != c.stage_settings("phantoms")
+    assert a.stage_settings("probes") == c.stage_settings("probes")
+    with pytest.raises(ValueError, match="unknown stage"):
+        a.stage_settings("nope")
+
+
+# ------------------------------------------------------------------------------------------ stages
+def test_signature_depends_on_settings_and_upstream():
+    s1 = signature({"a": 1}, {"up": "x"})
+    assert s1 == signature({"a": 1}, {"up": "x"})
+    assert s1 != signature({"a": 2}, {"up": "x"})
+    assert s1 != signature({"a": 1}, {"up": "y"})
+
+
+def test_format_seconds():
+    assert format_seconds(0) == "0:00"
+    assert format_seconds(73.4) == "1:13"
+    assert format_seconds(3725) == "1:02:05"
+
+
+def test_runner_reuses_resumes_and_clears(tmp_path):
+    calls = []
+    folder = tmp_path / "stage_a"
+
+    def work(resuming):
+        calls.append(resuming)
+        folder.mkdir(exist_ok=True)
+        (folder / "f.txt").write_text("x")
+        return {"n": 3, "_line": "three things"}
+
+    out = io.StringIO()
+    state = DemoState.load(tmp_path)
+    runner = StageRunner(state, 1, stream=out)
+    rec = runner.run("a", "do a", "sig1", work, folders=[folder])
+    assert calls == [False] and rec.status == "finished" and rec.summary["n"] == 3
+    assert "[demo 1/1] a: do a" in out.getvalue() and "done in" in out.getvalue()
+    saved = json.loads((tmp_path / "demo.json").read_text())
+    assert saved["stages"]["a"]["status"] == "finished"
+
+    # same signature: reused, work not called
+    out2 = io.StringIO()
+    runner2 = StageRunner(DemoState.load(tmp_path), 1, stream=out2)
+    runner2.run("a", "do a", "sig1", work, folders=[folder])
+    assert calls == [False] and "reused" in out2.getvalue()
+    assert runner2.this_run["a"]["status"] == "reused"
+
+    # a started (interrupted) record with the same signature resumes; the folder is kept
+    st = DemoState.load(tmp_path)
+    st.stages["a"].status = "started"
+    st.save()
+    StageRunner(DemoState.load(tmp_path), 1, stream=io.StringIO()).run("a", "do a", "sig1", work, folders=[folder])
+    assert calls == [False, True]
+
+    # another signature: folder cleared, run from scratch
+    (folder / "stale.txt").write_text("old")
+    StageRunner(DemoState.load(tmp_path), 1, stream=io.StringIO()).run("a", "do a", "sig2", work, folders=[folder])
+    assert calls == [False, True, False] and not (folder / "stale.txt").exists()
+
+
+def test_state_rejects_foreign_json(tmp_path):
+    (tmp_path / "demo.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(VoxelFMError, match="not a voxelfm demo"):
+        DemoState.load(tmp_path)
+
+
+def test_run_demo_refuses_a_foreign_nonempty_folder(tmp_path):
+    from voxelfm.demo import run_demo
+
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(VoxelFMError, match="holds no demo"):
+        run_demo(tmp_path, quick=True, stream=io.StringIO())
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+# ------------------------------------------------------------------------------------------ suite
+def _cohort(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    split = np.array(["train"] * (n * 6 // 10) + ["val"] * (n * 2 // 10) + ["test"] * (n - n * 8 // 10))
+    t = pd.DataFrame({"id": [f"c{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
+                      "split": split, "path": [f"volumes/c{i}.nii.gz" for i in range(n)],
+                      "seg_path": [f"segmentations/c{i}_seg.nii.gz" for i in range(n)],
+                      "fev1_percent": rng.normal(90, 15, n), "lung_volume_ml": rng.normal(3000, 600, n),
+                      "survival_time": rng.exponential(1000, n), "event": rng.integers(0, 2, n)})
+    t["lung_nodule"] = (np.arange(n) % 3 == 0).astype(int)
+    t["emphysema"] = (np.arange(n) % 4 == 1).astype(int)
+    t["cardiomegaly"] = 0
+    t.loc[t.index[:3], "cardiomegaly"] = 1  # train only: unusable
+    for c in ("nodule_d", "nodule_h", "nodule_w"):
+        t[c] = np.where(t["lung_nodule"] == 1, 40.0, np.nan)
+    return t
+
+
+def test_suite_covers_every_category_and_skips_unusable_findings():
+    plan = build_suite(_cohort(), DemoSettings.create(quick=True),
+                       findings=["lung_nodule", "emphysema", "cardiomegaly", "hiatal_hernia"])
+    tasks = {t["name"]: t for t in plan.suite["tasks"]}
+    assert plan.findings == ["lung_nodule", "emphysema"]
+    assert "cardiomegaly" in plan.skipped and "val split" in plan.skipped["cardiomegaly"]
+    assert plan.skipped["hiatal_hernia"] == "not in the cohort table"
+    kinds = {t["task"] for t in plan.suite["tasks"]}
+    assert {category_of(k) for k in kinds} == set(CATEGORIES)
+    nod = tasks["lung_nodule"]
+    assert nod["probes"][1] == {"head": "attentive", "feature": "patch"} and nod["fractions"] == [0.5, 1.0]
+    assert tasks["all findings"]["target"] == ["lung_nodule", "emphysema"]
+    assert tasks["nodule localisation"]["hparams"] == {"coords": "voxel"}
+    assert tasks["retrieval"]["target"] == ["lung_nodule", "emphysema"]
+    assert tasks["retrieval"]["hparams"] == {"retrieval_split": "all", "n_negatives": 40}  # 60 - 20 nodules
+    assert plan.suite["reference"] == "pretrained"
+    assert plan.suite["head_defaults"]["segmentation"] == {"epochs": 12}
+    assert plan.suite["figures"]["pca"]["ids"] == ["c48"]  # first test scan with a nodule
+
+
+def test_suite_is_valid_for_the_probe_runner(tmp_path):
+    """The suite passes the probe runner's own validation (heads, options, columns)."""
+    from voxelfm.probes.suite import load_suite
+
+    t = _cohort()
+    t.to_csv(tmp_path / "cohort.csv", index=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plan = build_suite(t, DemoSettings.create(), findings=["lung_nodule", "emphysema"])
+    s = load_suite(dict(plan.suite, labels=str(tmp_path / "cohort.csv"),
+                        stores={"pretrained": str(tmp_path / "a"), "random_init": str(tmp_path / "b")}))
+    assert {t.task for t in s.tasks} == {"binary", "multilabel", "regression", "survival", "retrieval",
+                                        "localisation", "segmentation"}
+
+
+def test_suite_needs_a_usable_finding():
+    t = _cohort()
+    t["lung_nodule"] = 0
+    with pytest.raises(ValueError, match="more cases"):
+        build_suite(t, DemoSettings.create(), findings=["lung_nodule"])
+
+
+# ------------------------------------------------------------------------------------------ findings
+def _results():
+    """Hand-made suite outputs: nodule improved (p 0.001), fev1 better n.s., survival worse n.s."""
+    rows, comps = [], []
+
+    def add(task_name, task, head, feature, metric, pre, rnd, p, p_holm, method, fraction=1.0):
+        for b, (v, lo, hi) in (("pretrained", pre), ("random_init", rnd)):
+            rows.append({"task_name": task_name, "task": task, "head": head, "feature": feature,
+                         "fraction": fraction, "backbone": b, "metric": metric, "primary": True, "value": v,
+                         "ci_low": lo, "ci_high": hi, "method": "x", "n": 40, "best_epoch": 1, "seconds": 1.0,
+                         "status": "ok"})
+            rows.append({**rows[-1], "metric": "other", "primary": False, "value": 0.0})
+        comps.append({"task_name": task_name, "task": task, "head": head, "feature": feature, "fraction": fraction,
+                      "metric": metric, "backbone_a": "pretrained", "backbone_b": "random_init", "n": 40,
+                      "diff": pre[0] - rnd[0], "p_value": p, "p_holm": p_holm, "method": method})
+
+    add("lung_nodule", "binary", "linear", "cls", "auroc", (0.91, 0.85, 0.97), (0.62, 0.5, 0.74), 0.0002, 0.001,
+        "delong")
+    add("lung_nodule", "binary", "linear", "cls", "auroc", (0.80, 0.7, 0.9), (0.6, 0.5, 0.7), 0.01, 0.04, "delong",
+        fraction=0.5)
+    add("fev1_percent", "regression", "linear", "cls", "mae", (10.0, 8.0, 12.0), (12.5, 10.0, 15.0), 0.02, 0.08,
+        "paired-bootstrap")
+    add("survival", "survival", "cox", "cls", "c_index", (0.60, 0.5, 0.7), (0.66, 0.55, 0.75), 0.3, 0.6,
+        "paired-bootstrap")
+    return pd.DataFrame(rows), pd.DataFrame(comps)
+
+
+def test_compare_backbones_verdicts_respect_metric_direction():
+    res, comp = _results()
+    cmp = compare_backbones(res, comp)
+    v = {(r.task_name, r.fraction): r.verdict for r in cmp.itertuples()}
+    assert v[("lung_nodule", 1.0)] == "improved"       # AUROC up, Holm p 0.001
+    assert v[("lung_nodule", 0.5)] == "improved"
+    assert v[("fev1_percent", 1.0)] == "better"        # MAE down (lower is better), p 0.08
+    assert v[("survival", 1.0)] == "not better"        # C-index down, p 0.6
+    row = cmp[cmp["task_name"] == "fev1_percent"].iloc[0]
+    assert row["diff"] == pytest.approx(-2.5) and row["category"] == "regression"
+    assert list(main_rows(cmp)["task_name"]) == ["lung_nodule", "fev1_percent", "survival"]
+
+
+def test_findings_paragraph_states_numbers_and_failures():
+    res, comp = _results()
+    text = findings_paragraph(compare_backbones(res, comp))
+    assert "on 2 of 3 tasks (1 significantly" in text
+    assert "lung_nodule (AUROC 0.910 vs 0.620, p = 0.001)" in text
+    assert "Better but not significantly: fev1_percent (MAE 10.0 vs 12.5, p = 0.080)" in text
+    assert "No improvement: survival (C-index 0.600 vs 0.660, p = 0.600)" in text
+    assert "classification 1/1" in text and "survival 0/1" in text
+    assert "did not help on most tasks" not in text
+
+
+def test_findings_paragraph_is_honest_when_pretraining_loses():
+    res, comp = _results()
+    res.loc[(res["backbone"] == "pretrained") & (res["task_name"] == "lung_nodule"), "value"] = 0.5
+    comp["p_holm"] = 0.9
+    text = findings_paragraph(compare_backbones(res, comp))
+    assert "on 1 of 3 tasks (0 significantly" in text
+    assert "did not help on most tasks" in text
+
+
+def test_results_table_has_both_backbones_with_cis():
+    res, comp = _results()
+    md = results_table(compare_backbones(res, comp))
+    assert "| classification | lung_nodule | linear/cls | 1 | AUROC ↑ | **0.910 [0.850, 0.970]** | " \
+           "0.620 [0.500, 0.740] | 0.290 | 0.001 (DeLong) | improved |" in md
+    assert "MAE ↓" in md and "C-index ↑" in md
+
+
+def test_undefined_rows_are_not_counted():
+    res, comp = _results()
+    res.loc[(res["task_name"] == "survival"), "value"] = math.nan
+    cmp = compare_backbones(res, comp)
+    assert cmp.loc[cmp["task_name"] == "survival", "verdict"].item() == "undefined"
+    text = findings_paragraph(cmp)
+    assert "of 2 tasks" in text and "Not evaluable on this cohort: survival" in text
+
+
+def test_html_is_self_contained(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1])
+    (tmp_path / "figs").mkdir()
+    fig.savefig(tmp_path / "figs" / "a.png")
+    plt.close(fig)
+    md = "# Title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![cap](figs/a.png)\n\n![missing](figs/none.png)\n"
+    page = markdown_to_html(md, tmp_path, title="t")
+    assert "<table>" in page and "<td>1</td>" in page
+    assert 'src="data:image/png;base64,' in page
+    assert 'src="figs/none.png"' in page  # missing images are left as links
