@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = sub.add_parser("run", help="run a probe suite YAML",
                        description="Run tasks x backbones x heads x data fractions from a suite YAML; writes "
                                    "results.md/.csv/.tex with CIs and pairwise p-values, and figures.")
-    r.add_argument("suite", help="suite YAML (see docs/probes.md; examples in voxelfm/configs/probes/)")
+    r.add_argument("suite", help="suite YAML, or the name of a packaged one (phantom, paper_ctrate); "
+                                 "see docs/probes.md")
     r.add_argument("-o", "--output", required=True, help="output folder")
     r.add_argument("--store", action="append", default=[], metavar="NAME=FOLDER",
                    help="set or override a backbone's store (repeatable)")
@@ -99,9 +100,16 @@ def run(args: argparse.Namespace) -> int:
             stores[name.strip()] = folder.strip()
         import yaml
 
-        data = yaml.safe_load(Path(args.suite).read_text()) or {}
+        from voxelfm.probes.suite import packaged_suite_path
+
+        suite_path = Path(args.suite)
+        if not suite_path.exists() and packaged_suite_path(args.suite) is not None:
+            suite_path = packaged_suite_path(args.suite)
+        if not suite_path.exists():
+            raise FileNotFoundError(f"suite file {suite_path} does not exist")
+        data = yaml.safe_load(suite_path.read_text()) or {}
         merged = dict(data.get("stores") or {})
-        base_dir = Path(args.suite).resolve().parent
+        base_dir = suite_path.resolve().parent
         merged = {k: (v if Path(v).is_absolute() else str(base_dir / v)) for k, v in merged.items()}
         merged.update(stores)
         stores = merged

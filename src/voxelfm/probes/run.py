@@ -315,6 +315,20 @@ def _build_torch_head(head: str, in_dim: int, out_dim: int, hp: dict[str, Any]) 
     raise ConfigError(f"head {head!r} is not a torch head")
 
 
+class _UnitInterval(torch.nn.Module):
+    """Wraps a head so its outputs lie in (0, 1) (sigmoid): relative coordinates for localisation
+    with heads other than the positional regressor (whose output is in [0, 1] by construction)."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.head = head
+        self.input_kind = getattr(head, "input_kind", "vector")
+        self.norm = getattr(head, "norm", None)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.sigmoid(self.head(*args, **kwargs))
+
+
 def _train_config(hp: dict[str, Any], seed: int) -> TrainConfig:
     return TrainConfig(**{k: hp[k] for k in _TRAIN_KEYS if k in hp}, seed=seed)
 
@@ -501,6 +515,8 @@ def _run_supervised(task_obj: Task, store: Any, frame: pd.DataFrame, columns: li
             dss = {s: TokenDataset(source, [i for i, k in zip(ids, m) if k], targets.model_y[m])
                    for s, m in masks.items()}
         model = _build_torch_head(head, in_dim, targets.out_dim, hp)
+        if task_obj.name == "localisation" and head != "localisation":
+            model = _UnitInterval(model)
         norm = getattr(model, "norm", None)
         if norm is not None and hasattr(norm, "fit"):
             norm.fit(torch.as_tensor(xs["train"]))

@@ -39,6 +39,7 @@ A suite is a YAML file (or the same structure as a dict)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -60,7 +61,7 @@ from voxelfm.probes.tasks import get_task
 from voxelfm.utils import atomic_write, atomic_write_text, progress, safe_id
 
 __all__ = ["Suite", "TaskSpec", "ProbeSpec", "SuiteResult", "load_suite", "run_suite", "results_table",
-           "format_markdown", "format_latex"]
+           "format_markdown", "format_latex", "packaged_suites", "packaged_suite_path"]
 
 _SUITE_KEYS = {"name", "seed", "labels", "id_col", "split_col", "stores", "reference", "fractions",
                "n_resamples", "holm", "defaults", "head_defaults", "tasks", "figures", "description"}
@@ -163,8 +164,11 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
         import yaml
 
         path = Path(suite)
+        if not path.exists() and packaged_suite_path(str(suite)) is not None:
+            path = packaged_suite_path(str(suite))  # type: ignore[assignment]
         if not path.exists():
-            raise FileNotFoundError(f"suite file {path} does not exist")
+            names = ", ".join(packaged_suites())
+            raise FileNotFoundError(f"suite file {path} does not exist (packaged suites: {names})")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -179,7 +183,8 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
         raise ConfigError(f"unknown suite key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_SUITE_KEYS))}")
     st = dict(stores) if stores is not None else dict(data.get("stores") or {})
     if not st:
-        raise ConfigError("the suite lists no embedding stores ('stores: {name: folder}')")
+        raise ConfigError("the suite lists no embedding stores: add 'stores: {name: folder}' or pass "
+                          "--store NAME=FOLDER (stores={...} in Python)")
     st = {str(k): _resolve_path(v, base) for k, v in st.items()}
     default_labels = labels if labels is not None else _resolve_path(data.get("labels"), base)
     fr_default = [float(f) for f in (data.get("fractions") or [1.0])]
@@ -204,7 +209,7 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
         probes = [_parse_probe(p, where) for p in raw_probes]
         tl = _resolve_path(t.get("labels"), base) if t.get("labels") is not None else default_labels
         if tl is None:
-            raise ConfigError(f"{where}: no label table (set 'labels' in the suite or the task)")
+            raise ConfigError(f"{where}: no label table (set 'labels' in the suite or the task, or pass --labels)")
         tasks.append(TaskSpec(name=name, task=task_obj.name, target=target, probes=probes,
                               fractions=[float(f) for f in (t.get("fractions") or fr_default)],
                               hparams=dict(t.get("hparams") or {}), labels=tl,
@@ -219,6 +224,25 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
               figures=dict(data.get("figures") or {}), base_dir=base)
     _validate(s)
     return s
+
+
+def packaged_suites() -> list[str]:
+    """Names of the example suites shipped in ``voxelfm/configs/probes/``."""
+    from importlib import resources
+
+    folder = resources.files("voxelfm") / "configs" / "probes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def packaged_suite_path(name: str) -> Path | None:
+    """Path of the packaged suite ``name`` (e.g. ``"phantom"``), or ``None``."""
+    from importlib import resources
+
+    if os.sep in name or "/" in name:
+        return None
+    stem = name[:-5] if name.endswith(".yaml") else name
+    p = resources.files("voxelfm") / "configs" / "probes" / f"{stem}.yaml"
+    return Path(str(p)) if p.is_file() else None
 
 
 def _hparams_for(s: Suite, t: TaskSpec, p: ProbeSpec, fraction: float) -> dict[str, Any]:
@@ -290,6 +314,20 @@ class SuiteResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
+@contextlib.contextmanager
+def _quiet_progress():
+    """Silence nested progress bars (per-run bootstraps) under the suite's own bar."""
+    old = os.environ.get("VOXELFM_NO_PROGRESS")
+    os.environ["VOXELFM_NO_PROGRESS"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("VOXELFM_NO_PROGRESS", None)
+        else:
+            os.environ["VOXELFM_NO_PROGRESS"] = old
+
+
 def _run_dir(out: Path, key: tuple) -> Path:
     task_name, head, feature, backbone, fraction = key
     return (out / "runs" / safe_id(task_name) / safe_id(f"{head}-{feature.replace('+', '_')}")
@@ -351,7 +389,7 @@ def run_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, output_
             except Exception:  # unreadable: run again
                 pass
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_progress():
                 warnings.simplefilter("ignore")
                 run = train_probe(store_objs[b], t.labels, t.target, task=t.task, head=p.head, feature=p.feature,
                                   id_col=t.id_col, split_col=t.split_col, seed=s.seed, output_dir=rdir,
@@ -366,7 +404,8 @@ def run_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, output_
         bar.update(1)
     bar.close()
     results = _long_results(s, runs, failures)
-    comparisons = _comparisons(s, runs)
+    with _quiet_progress():
+        comparisons = _comparisons(s, runs)
     table = results_table(results, comparisons, s)
     paths = _write_tables(out, results, comparisons, table, s)
     if figures:

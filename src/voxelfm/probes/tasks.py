@@ -74,7 +74,7 @@ def _bootstrap(name: str, metric: Callable[..., Any], *arrays: Any, ctx: dict[st
     from voxelfm.stats import bootstrap_ci
 
     n = len(arrays[0])
-    if not ctx.get("ci", True) or int(ctx.get("n_resamples", 0)) < 1:
+    if not ctx.get("ci", True) or int(ctx.get("n_resamples", 0)) < 1 or n < 2:
         return _safe(name, lambda: metric(*arrays), n)
     return _safe(name, lambda: bootstrap_ci(metric, *arrays, n_resamples=ctx["n_resamples"],
                                             seed=ctx["seed"], stratify=stratify), n)
