@@ -177,3 +177,15 @@ def test_clinical_targets_follow_the_findings():
     assert 0.15 < df["e"].mean() < 0.6
     for f in FINDINGS:  # realistic prevalences: every finding between 8% and 45%
         assert 0.08 <= df[f].mean() <= 0.45, (f, df[f].mean())
+
+
+def test_reportgen_rule_labeler_maps_reports_back_to_the_table(cohort_dir):
+    """Integration: the CT-RATE rule-based labeler of voxelfm.reportgen recovers every finding."""
+    labeler = pytest.importorskip("voxelfm.reportgen.labeler")
+    _, table = cohort_dir
+    for _, row in table.iterrows():
+        got = {labeler.column_name(k) if k not in FINDINGS else k: bool(v)
+               for k, v in labeler.label_report(row["report"]).items()}
+        for f in FINDINGS:
+            if f in got:
+                assert got[f] == bool(row[f]), (row["id"], f, row["report"])
