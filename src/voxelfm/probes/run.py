@@ -143,7 +143,8 @@ def resolve_hparams(head: str, hparams: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for head {head!r}; valid: "
                           f"{', '.join(sorted(allowed))}")
-    hp = {**TrainConfig().to_dict(), **_COMMON_DEFAULTS, **HEAD_DEFAULTS[head]}
+    base = {k: v for k, v in TrainConfig().to_dict().items() if k != "seed"}  # the seed is train_probe's
+    hp = {**base, **_COMMON_DEFAULTS, **HEAD_DEFAULTS[head]}
     hp.update({k: v for k, v in hparams.items()})
     return hp
 
@@ -454,6 +455,9 @@ def _run_supervised(task_obj: Task, store: Any, frame: pd.DataFrame, columns: li
     masks = {s: split == s for s in ("train", "val", "test")}
     n = {s: int(m.sum()) for s, m in masks.items()}
     config["n"] = n
+    empty = [s for s, k in n.items() if k == 0]
+    if empty:
+        raise ValueError(f"no usable target in the {empty[0]} split ({n}); more labelled scans are needed")
     hp_loss = dict(hp)
     if "pos_weight" in targets.extra:
         hp_loss["_pos_weight"] = targets.extra["pos_weight"]
