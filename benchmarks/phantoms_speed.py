@@ -66,22 +66,30 @@ def main() -> None:
     from voxelfm.data.phantoms import generate_cohort
 
     res: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                             "note": "wall times depend on machine load; cpu_s is per-process CPU"}}
+                             "note": "wall times depend on machine load (other processes share the cores); "
+                                     "cpu_s are CPU seconds of this process"}}
     tmp = Path(tempfile.mkdtemp(prefix="voxelfm-phantoms-bench-"))
     try:
         t0 = time.perf_counter()
         table = generate_cohort(tmp / "demo", args.n, seed=0, workers=args.workers, progress=False)
         wall = time.perf_counter() - t0
-        # CPU cost per case, measured in this process on a sample (worker CPU is not visible here)
+        # CPU cost per case (generate + write NIfTI volume and label map), measured in this process
+        # on a sample: the workers' CPU time is not visible from here
         from voxelfm.data.phantoms import generate_case
+        from voxelfm.data.phantoms.cohort import _write_case
 
         generate_case(0, 0)  # warm-up (imports)
         c0 = time.process_time()
         for i in range(10):
             generate_case(0, i)
+        cpu_gen = (time.process_time() - c0) / 10
+        c0 = time.process_time()
+        for i in range(10):
+            _write_case((0, i, "demo", "nifti", str(tmp / "serial")))
         cpu_case = (time.process_time() - c0) / 10
         res["demo_cohort"] = {"n": args.n, "workers": args.workers, "wall_s": round(wall, 2),
-                              "generate_cpu_s_per_case": round(cpu_case, 3),
+                              "generate_cpu_s_per_case": round(cpu_gen, 3),
+                              "generate_and_write_cpu_s_per_case": round(cpu_case, 3),
                               "wall_s_if_cores_were_free_estimate": round(cpu_case * args.n / args.workers, 1),
                               "cases_per_s": round(args.n / wall, 2), "target_s": 60.0,
                               "mean_shape": table["shape"].iloc[0],

@@ -405,7 +405,9 @@ def prepare_volumes(
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(
-                max_workers=min(workers, len(jobs)), mp_context=mp.get_context("forkserver"), initializer=_worker_init
+                max_workers=min(workers, len(jobs)),
+                mp_context=mp.get_context("forkserver" if os.name == "posix" else "spawn"),
+                initializer=_worker_init,
             ) as ex:
                 for rec in ex.map(_process, jobs, chunksize=1):
                     handle(rec)
