@@ -83,6 +83,7 @@ class PhantomCase:
         findings: the findings (flags, nodules with centroids, measurements).
         row: the cohort-table row of this case (without ``path``/``seg_path``/``split``).
         affine: 4×4 canonical ``(d, h, w, 1)`` → LPS mm.
+        patient: the patient-level draws (age, sex, size, fat, smoking exposure).
     """
 
     id: str
@@ -508,6 +509,7 @@ def generate_cohort(
         format: ``"nifti"`` or ``"dicom"``.
         size: ``"demo"``, ``"small"`` or ``"full"``.
         workers: processes (default: CPU count; 1 = in this process).
+        progress: show a progress bar (tqdm, with ETA; silenced by ``VOXELFM_NO_PROGRESS=1``).
 
     Returns:
         pandas.DataFrame, the rows of ``cohort.csv``.
