@@ -134,7 +134,7 @@ def test_chunked_with_one_window_equals_full(tiny_model):
 def test_chunked_stitching_is_exact_without_token_interaction():
     """With the attention branch off, tokens are independent: stitched == full everywhere."""
     m = randomised_tiny(2, attention=False)
-    vol = body_volume((36, 40, 44))
+    vol = body_volume((24, 28, 32))
     full = extract_features(m, vol, mode="full")
     for window, overlap in ((4, 0.25), (5, 0.5), ((3, 6, 4), 0.0)):
         ch = extract_features(m, vol, mode="chunked", window=window, overlap=overlap)
