@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import synthetic_ct, write_result  # noqa: E402
+from _extraction_common import synthetic_ct, write_result  # noqa: E402
 
 from voxelfm.preprocess import foreground_box  # noqa: E402
 

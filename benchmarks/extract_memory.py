@@ -39,7 +39,7 @@ CONFIGS = {
 def _child(name: str, side: int, threads: int, model_name: str) -> None:
     import torch
 
-    from _common import peak_rss_mb
+    from _extraction_common import peak_rss_mb
     from voxelfm.inference import estimate_forward_bytes
     from voxelfm.inference.extract import extract_preprocessed
     from voxelfm.models import build_backbone
@@ -82,7 +82,7 @@ def main() -> None:
     if args.child:
         _child(args.child, args.side, args.threads, args.model)
         return
-    from _common import write_result
+    from _extraction_common import write_result
 
     results = []
     for name in args.configs:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import synthetic_ct, write_dicom_axial, write_nifti_ras, write_result  # noqa: E402
+from _extraction_common import synthetic_ct, write_dicom_axial, write_nifti_ras, write_result  # noqa: E402
 
 
 def main() -> None:
