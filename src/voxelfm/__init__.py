@@ -34,6 +34,9 @@ _LAZY: dict[str, str] = {
     # preprocess
     "Preset": "voxelfm.preprocess",
     "get_preset": "voxelfm.preprocess",
+    "preprocess_volume": "voxelfm.preprocess",
+    "apply_geometry_to_labels": "voxelfm.preprocess",
+    "apply_geometry_to_points": "voxelfm.preprocess",
     # models
     "load_backbone": "voxelfm.models",
     "save_backbone": "voxelfm.models",
@@ -46,6 +49,7 @@ _LAZY: dict[str, str] = {
     "Features": "voxelfm.inference",
     "EmbeddingStore": "voxelfm.inference",
     "extract_features": "voxelfm.inference",
+    "extract_batch": "voxelfm.inference",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
