@@ -49,3 +49,14 @@ def test_cli_help_runs():
     out = subprocess.run([sys.executable, "-m", "voxelfm", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     assert "voxelfm" in out.stdout
+
+
+def test_every_lazy_public_name_resolves():
+    for name in voxelfm.__all__:
+        assert getattr(voxelfm, name) is not None, name
+
+
+def test_import_voxelfm_stays_light():
+    code = "import sys, voxelfm, voxelfm.stats; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
