@@ -60,3 +60,15 @@ def test_import_voxelfm_stays_light():
     code = "import sys, voxelfm, voxelfm.stats; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_atomic_write_gives_umask_mode(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        target = tmp_path / "m.txt"
+        atomic_write_text(target, "x")
+        assert (target.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(mask)

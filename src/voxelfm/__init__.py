@@ -43,6 +43,10 @@ _LAZY: dict[str, str] = {
     "build_backbone": "voxelfm.models",
     "ViTConfig": "voxelfm.models",
     "VisionTransformer3D": "voxelfm.models",
+    # data
+    "generate_cohort": "voxelfm.data.phantoms",
+    "VolumeStore": "voxelfm.data.volume_store",
+    "prepare_volumes": "voxelfm.data.volume_store",
     # stats
     "Estimate": "voxelfm.stats",
     # inference
