@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from voxelfm.probes.data import TokenSource, join_labels, pad_collate, read_label_table, token_coords
+from voxelfm.probes.data import (
+    TokenSource,
+    join_labels,
+    pad_collate,
+    read_label_table,
+    token_coords,
+)
 from voxelfm.probes.splits import make_splits, nested_fractions
 
 
@@ -36,7 +44,7 @@ def test_nested_fractions_are_nested_grouped_and_balanced():
     df = _table(300)
     fr = nested_fractions(df["id"], [0.1, 0.25, 0.5, 1.0], groups=df["patient_id"], stratify=df["y"], seed=4)
     sets = [set(fr[f]) for f in (0.1, 0.25, 0.5, 1.0)]
-    assert all(a <= b for a, b in zip(sets, sets[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(sets))
     assert sets[-1] == set(df["id"])
     pid = dict(zip(df["id"], df["patient_id"]))
     for s in sets:
@@ -51,7 +59,7 @@ def test_nested_fractions_are_nested_grouped_and_balanced():
 
 @pytest.mark.filterwarnings("ignore:1 id")
 def test_join_labels_rules():
-    store_ids = [f"s{i}" for i in range(0, 120)] + ["extra"]
+    store_ids = [f"s{i}" for i in range(120)] + ["extra"]
     df = _table()
     df["split"] = make_splits(df["id"], groups=df["patient_id"], seed=0).to_numpy()
     df.loc[0, "y"] = np.nan

@@ -33,7 +33,7 @@ def test_localisation_targets_follow_the_geometry(phantom_store):
     from voxelfm.preprocess import apply_geometry_to_points
     from voxelfm.probes import train_probe
 
-    root, store, cohort_csv = phantom_store
+    _, store, cohort_csv = phantom_store
     cohort = pd.read_csv(cohort_csv)
     has = cohort.dropna(subset=["nodule_d"])
     if has["patient_id"].nunique() < 3:

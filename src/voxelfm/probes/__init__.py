@@ -37,7 +37,11 @@ _LAZY: dict[str, str] = {
     "roc_figure": "voxelfm.probes.figures",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [  # noqa: RUF022 (grouped like _LAZY)
+    "HEADS", "HEAD_DEFAULTS", "ProbeRun", "SuiteResult", "TASKS", "TrainConfig", "Trainer", "cox_ph_loss",
+    "get_task", "load_suite", "make_splits", "nested_fractions", "pca_rgb_figure", "results_table", "roc_figure",
+    "run_suite", "train_probe",
+]
 
 
 def __getattr__(name: str) -> Any:

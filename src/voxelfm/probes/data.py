@@ -36,10 +36,8 @@ import torch
 from voxelfm.probes.splits import check_splits, make_splits, normalise_split_names
 
 __all__ = [
-    "FEATURES", "VECTOR_FEATURES", "TOKEN_FEATURES",
-    "read_label_table", "join_labels", "feature_matrix",
-    "TokenSource", "VectorDataset", "TokenDataset", "GridDataset",
-    "token_coords", "pad_collate", "stack_collate",
+    "FEATURES", "TOKEN_FEATURES", "VECTOR_FEATURES", "GridDataset", "TokenDataset", "TokenSource", "VectorDataset",
+    "feature_matrix", "join_labels", "pad_collate", "read_label_table", "stack_collate", "token_coords",
 ]
 
 VECTOR_FEATURES: tuple[str, ...] = ("cls", "mean_patch", "cls+mean_patch", "registers")

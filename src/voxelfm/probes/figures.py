@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["roc_figure", "fraction_figure", "cls_vs_patch_figure", "pca_rgb_figure", "pca_rgb_tokens"]
+__all__ = ["cls_vs_patch_figure", "fraction_figure", "pca_rgb_figure", "pca_rgb_tokens", "roc_figure"]
 
 
 def _plt():
@@ -81,7 +81,7 @@ def fraction_figure(rows: pd.DataFrame, path: str | os.PathLike[str], *, title: 
     panels = list(dict.fromkeys(rows["panel"]))
     n = len(panels)
     cols = min(3, max(1, n))
-    nrows = int(math.ceil(n / cols))
+    nrows = math.ceil(n / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols, 3.2 * nrows), squeeze=False)
     for ax, panel in zip(axes.ravel(), panels):
         sub = rows[rows["panel"] == panel]
@@ -226,7 +226,7 @@ def pca_rgb_figure(store: Any, item_id: str, path: str | os.PathLike[str], *,
     record = feats.record or {}
     ps = int(record.get("patch_size", 14))
     ct = None
-    if isinstance(volume, np.ndarray) or isinstance(volume, torch.Tensor):
+    if isinstance(volume, (np.ndarray, torch.Tensor)):
         ct = np.asarray(volume, dtype=np.float32)
     elif volume is not None:
         ct = _preprocessed_ct(volume, record)

@@ -41,8 +41,16 @@ from voxelfm.probes.tasks import Targets, Task, get_task, undefined
 from voxelfm.probes.trainer import TrainConfig, Trainer
 from voxelfm.utils import atomic_write, atomic_write_text
 
-__all__ = ["ProbeRun", "train_probe", "check_probe", "allowed_hparams", "HEADS", "HEAD_DEFAULTS",
-           "default_feature", "resolve_hparams"]
+__all__ = [
+    "HEADS",
+    "HEAD_DEFAULTS",
+    "ProbeRun",
+    "allowed_hparams",
+    "check_probe",
+    "default_feature",
+    "resolve_hparams",
+    "train_probe",
+]
 
 #: head name → how it consumes features
 HEADS: dict[str, str] = {
@@ -53,24 +61,24 @@ HEADS: dict[str, str] = {
 
 #: per-head defaults, sized so a phantom-cohort suite runs in minutes on 2 CPU cores
 HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear": dict(epochs=100, batch_size=32, lr=1e-2, weight_decay=1e-4, schedule="cosine", noise_p=0.0,
-                   standardize=True),
-    "mlp": dict(epochs=60, batch_size=32, lr=1e-3, weight_decay=1e-4, schedule="cosine", noise_p=0.5,
-                noise_sigma=0.1, hidden_dim=1024, dropout=0.5, standardize=True),
-    "attentive": dict(epochs=40, batch_size=16, lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_epochs=2,
-                      noise_p=0.5, noise_sigma=0.1, hidden_dim=256, num_queries=1, num_heads=4, dropout=0.1,
-                      attn_dropout=0.1),
-    "cox": dict(epochs=300, batch_size=None, lr=1e-2, weight_decay=1e-2, schedule="cosine", noise_p=0.0,
-                standardize=True),
-    "localisation": dict(epochs=40, batch_size=8, lr=1e-3, weight_decay=1e-2, schedule="cosine",
-                         warmup_epochs=2, noise_p=0.5, noise_sigma=0.1, hidden_dim=128, n_heads=4),
-    "segmentation": dict(epochs=20, batch_size=2, lr=5e-3, weight_decay=1e-2, schedule="cosine",
-                         warmup_epochs=1, noise_p=0.2, noise_sigma=0.1, hidden_dim=32, min_channels=16,
-                         num_steps=3, final_norm="identity", seg_size=32),
-    "knn": dict(variant="dino", k=None, temperature=0.07, metric="euclidean", k_grid=None),
-    "logistic": dict(grid=None, max_iter=2000),
-    "ridge": dict(grid=None),
-    "cosine": dict(),
+    "linear": {"epochs": 100, "batch_size": 32, "lr": 1e-2, "weight_decay": 1e-4, "schedule": "cosine",
+               "noise_p": 0.0, "standardize": True},
+    "mlp": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
+            "noise_p": 0.5, "noise_sigma": 0.1, "hidden_dim": 1024, "dropout": 0.5, "standardize": True},
+    "attentive": {"epochs": 40, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
+                  "warmup_epochs": 2, "noise_p": 0.5, "noise_sigma": 0.1, "hidden_dim": 256, "num_queries": 1,
+                  "num_heads": 4, "dropout": 0.1, "attn_dropout": 0.1},
+    "cox": {"epochs": 300, "batch_size": None, "lr": 1e-2, "weight_decay": 1e-2, "schedule": "cosine",
+            "noise_p": 0.0, "standardize": True},
+    "localisation": {"epochs": 40, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-2, "schedule": "cosine",
+                     "warmup_epochs": 2, "noise_p": 0.5, "noise_sigma": 0.1, "hidden_dim": 128, "n_heads": 4},
+    "segmentation": {"epochs": 20, "batch_size": 2, "lr": 5e-3, "weight_decay": 1e-2, "schedule": "cosine",
+                     "warmup_epochs": 1, "noise_p": 0.2, "noise_sigma": 0.1, "hidden_dim": 32, "min_channels": 16,
+                     "num_steps": 3, "final_norm": "identity", "seg_size": 32},
+    "knn": {"variant": "dino", "k": None, "temperature": 0.07, "metric": "euclidean", "k_grid": None},
+    "logistic": {"grid": None, "max_iter": 2000},
+    "ridge": {"grid": None},
+    "cosine": {},
 }
 _HEAD_KEYS: dict[str, set[str]] = {
     "linear": {"standardize"}, "cox": {"standardize"}, "mlp": {"hidden_dim", "dropout", "standardize"},
@@ -480,7 +488,7 @@ def _run_supervised(task_obj: Task, store: Any, frame: pd.DataFrame, columns: li
         xs = {s: x_all[m] for s, m in masks.items()}
     if head in ("knn", "logistic", "ridge"):
         y_fit = targets.model_y
-        score = lambda yv, raw: task_obj.score(yv, post(raw))  # noqa: E731
+        score = lambda yv, raw: task_obj.score(yv, post(raw))
         if head == "knn":
             from voxelfm.probes.heads import KNNProbe
             from voxelfm.probes.heads.knn import DEFAULT_K_GRID
@@ -607,7 +615,7 @@ def _capped_shape(shape: Sequence[int], cap: int | None) -> tuple[int, int, int]
     if not cap:
         return tuple(int(s) for s in shape)  # type: ignore[return-value]
     f = min(1.0, float(cap) / max(shape))
-    return tuple(max(1, int(round(s * f))) for s in shape)  # type: ignore[return-value]
+    return tuple(max(1, round(s * f)) for s in shape)  # type: ignore[return-value]
 
 
 def _read_label_map(path: Path, record: dict[str, Any]) -> np.ndarray:
@@ -670,7 +678,7 @@ def _run_segmentation(store: Any, frame: pd.DataFrame, columns: list[str], hp: d
     model = _build_torch_head("segmentation", in_dim, num_classes, hp)
     cfg = _train_config(hp, seed)
     trainer = Trainer(model, lambda out, y: torch.nn.functional.cross_entropy(out, y.long()), cfg)
-    argmax = lambda out: out.argmax(1).to(torch.int16).numpy()  # noqa: E731
+    argmax = lambda out: out.argmax(1).to(torch.int16).numpy()
 
     def val_score(maps: list[np.ndarray]) -> float:
         tgt = [dss["val"].target(i).numpy() for i in range(len(dss["val"]))]

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["SPLITS", "make_splits", "check_splits", "nested_fractions"]
+__all__ = ["SPLITS", "check_splits", "make_splits", "nested_fractions"]
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 _ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -91,7 +91,7 @@ def make_splits(ids: Sequence[str], *, groups: Sequence[str] | None = None,
     def _split(items: np.ndarray, strata: np.ndarray | None, test_size: float, rs: int):
         if test_size <= 0:
             return items, items[:0]
-        n_test = max(1, int(round(test_size * len(items))))
+        n_test = max(1, round(test_size * len(items)))
         if n_test >= len(items):
             return items[:0], items
         if strata is not None:
@@ -174,7 +174,7 @@ def nested_fractions(ids: Sequence[str], fractions: Sequence[float], *,
     ranked = patients[order]
     out: dict[float, list[str]] = {}
     for fr in fractions:
-        n = max(1, int(math.ceil(float(fr) * len(patients) - 1e-9)))
+        n = max(1, math.ceil(float(fr) * len(patients) - 1e-9))
         keep = set(ranked[:n])
         out[float(fr)] = [i for i, gg in zip(ids, g) if gg in keep]
     return out

@@ -47,7 +47,7 @@ import math
 import os
 import traceback
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,29 @@ import numpy as np
 import pandas as pd
 
 from voxelfm.errors import ConfigError
-from voxelfm.probes.run import HEADS, ProbeRun, allowed_hparams, check_probe, train_probe
+from voxelfm.probes.run import (
+    HEADS,
+    ProbeRun,
+    allowed_hparams,
+    check_probe,
+    train_probe,
+)
 from voxelfm.probes.tasks import get_task
 from voxelfm.utils import atomic_write, atomic_write_text, progress, safe_id
 
-__all__ = ["Suite", "TaskSpec", "ProbeSpec", "SuiteResult", "load_suite", "run_suite", "results_table",
-           "format_markdown", "format_latex", "packaged_suites", "packaged_suite_path"]
+__all__ = [
+    "ProbeSpec",
+    "Suite",
+    "SuiteResult",
+    "TaskSpec",
+    "format_latex",
+    "format_markdown",
+    "load_suite",
+    "packaged_suite_path",
+    "packaged_suites",
+    "results_table",
+    "run_suite",
+]
 
 _SUITE_KEYS = {"name", "seed", "labels", "id_col", "split_col", "stores", "reference", "fractions",
                "n_resamples", "holm", "defaults", "head_defaults", "tasks", "figures", "description"}
@@ -240,7 +257,7 @@ def packaged_suite_path(name: str) -> Path | None:
 
     if os.sep in name or "/" in name:
         return None
-    stem = name[:-5] if name.endswith(".yaml") else name
+    stem = name.removesuffix(".yaml")
     p = resources.files("voxelfm") / "configs" / "probes" / f"{stem}.yaml"
     return Path(str(p)) if p.is_file() else None
 
@@ -386,8 +403,8 @@ def run_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, output_
                 n_skipped += 1
                 bar.update(1)
                 continue
-            except Exception:  # unreadable: run again
-                pass
+            except Exception as exc:  # noqa: BLE001 - an unreadable old run is simply run again
+                warnings.warn(f"re-running {rdir}: could not read its results ({exc})", stacklevel=2)
         try:
             with warnings.catch_warnings(), _quiet_progress():
                 warnings.simplefilter("ignore")
@@ -396,7 +413,7 @@ def run_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, output_
                                   progress=False, **hp)
             atomic_write_text(rdir / "signature.txt", sig + "\n")
             runs[key] = run
-        except Exception as exc:  # keep going; report at the end
+        except Exception as exc:  # noqa: BLE001 - keep going; failures are reported at the end
             msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             failures.append((key, msg))
             rdir.mkdir(parents=True, exist_ok=True)
@@ -411,7 +428,7 @@ def run_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, output_
     if figures:
         try:
             paths.update(_figures(s, runs, results, out / "figures", store_objs))
-        except Exception as exc:  # figures must not lose the numbers
+        except Exception as exc:  # noqa: BLE001 - figures must not lose the numbers
             warnings.warn(f"figures failed: {exc}", stacklevel=2)
             atomic_write_text(out / "figures-error.txt", traceback.format_exc())
     summary = {"suite": s.name, "runs": len(plan), "finished": len(runs), "resumed": n_skipped,

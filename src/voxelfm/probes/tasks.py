@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from voxelfm.probes.losses import cox_ph_loss, masked_bce_with_logits
 
-__all__ = ["Task", "Targets", "TASKS", "get_task", "undefined"]
+__all__ = ["TASKS", "Targets", "Task", "get_task", "undefined"]
 
 
 def undefined(name: str, n: int = 0, reason: str = "") -> Any:
@@ -293,12 +293,12 @@ class MultilabelTask(Task):
         n = len(y)
         thr = float(ctx.get("threshold", 0.5))
         out: dict[str, Any] = {}
-        f1s = []
         for j, col in enumerate(t.columns):
             ok = np.isfinite(y[:, j])
-            out[f"auroc/{col}"] = _safe(f"auroc/{col}", lambda: auroc(y[ok, j].astype(int), pred[ok, j],
-                                                                      ci=ctx.get("auroc_ci", "delong")), int(ok.sum()))
-            f1s.append(j)
+            out[f"auroc/{col}"] = _safe(f"auroc/{col}",
+                                        lambda ok=ok, j=j: auroc(y[ok, j].astype(int), pred[ok, j],
+                                                                 ci=ctx.get("auroc_ci", "delong")),
+                                        int(ok.sum()))
         out["macro_auroc"] = _bootstrap("macro_auroc", _macro_auc, y, pred, ctx=ctx)
 
         def macro_f1(a: np.ndarray, b: np.ndarray) -> float:
@@ -546,7 +546,7 @@ class SurvivalTask(Task):
             kw = {}
             if train_y is not None:
                 kw = {"train_time": train_y[:, 0], "train_event": train_y[:, 1].astype(bool)}
-            out[name] = _bootstrap(name, lambda a, b, c, hh=float(h): time_dependent_auroc(a, b, c, hh, **kw),
+            out[name] = _bootstrap(name, lambda a, b, c, hh=float(h), kw=kw: time_dependent_auroc(a, b, c, hh, **kw),
                                    time, event, pred, ctx=ctx)
         return out
 

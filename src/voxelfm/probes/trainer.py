@@ -304,7 +304,7 @@ class Trainer:
         n_micro = len(self.epoch_batches(train_ds, shuffle=False, batch_size=cfg.batch_size))
         steps = self.steps_per_epoch(n_micro)
         total = steps * cfg.epochs
-        warm = int(round(cfg.warmup_epochs * steps))
+        warm = round(cfg.warmup_epochs * steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_at(s, total_steps=total, warmup_steps=warm, lr=cfg.lr,
                                        min_lr=cfg.min_lr, schedule=cfg.schedule) / cfg.lr)

@@ -9,5 +9,5 @@ from voxelfm.probes.heads.localisation import PositionalAttentionRegressor3D
 from voxelfm.probes.heads.mlp import MLPHead
 from voxelfm.probes.heads.segmentation import PatchToVoxelDecoder, decoder_sizes
 
-__all__ = ["LinearHead", "SklearnLinearProbe", "Standardizer", "MLPHead", "AttentivePoolingHead",
-           "KNNProbe", "CoxHead", "PositionalAttentionRegressor3D", "PatchToVoxelDecoder", "decoder_sizes"]
+__all__ = ["AttentivePoolingHead", "CoxHead", "KNNProbe", "LinearHead", "MLPHead", "PatchToVoxelDecoder",
+           "PositionalAttentionRegressor3D", "SklearnLinearProbe", "Standardizer", "decoder_sizes"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["KNNProbe", "DEFAULT_K_GRID"]
+__all__ = ["DEFAULT_K_GRID", "KNNProbe"]
 
 DEFAULT_K_GRID: tuple[int, ...] = (1, 3, 5, 7, 9, 11, 15, 20, 21, 31, 51, 75, 101)
 

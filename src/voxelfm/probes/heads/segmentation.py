@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PatchToVoxelDecoder", "ConvBlock3D", "decoder_sizes"]
+__all__ = ["ConvBlock3D", "PatchToVoxelDecoder", "decoder_sizes"]
 
 
 def _norm(kind: str, ch: int, groups: int) -> nn.Module:
@@ -44,7 +44,7 @@ def decoder_sizes(grid: Sequence[int], target: Sequence[int], num_steps: int) ->
     >>> decoder_sizes((8, 8, 8), (112, 112, 112), 3)
     [(43, 43, 43), (77, 77, 77), (112, 112, 112)]
     """
-    return [tuple(int(round(n + (i / num_steps) * (t - n))) for n, t in zip(grid, target))  # type: ignore[misc]
+    return [tuple(round(n + (i / num_steps) * (t - n)) for n, t in zip(grid, target))  # type: ignore[misc]
             for i in range(1, num_steps + 1)]
 
 
