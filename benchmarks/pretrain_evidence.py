@@ -1,0 +1,185 @@
+"""Evidence that pre-training learns: pre-trained vs random-init frozen CLS features on phantom findings.
+
+Pipeline: phantom cohort (``generate_cohort``) → ``prepare_volumes`` (isotropic int16 store) →
+``voxelfm.ssl.pretrain`` with ``configs/pretrain/tiny.yaml`` for M minutes (or N steps) → teacher CLS
+for every volume with ``extract_features`` (pre-trained teacher and the same architecture with random
+weights) → per finding, kNN (cosine) and logistic-regression AUROC on the cohort's held-out split
+(fit on train + val, scored on test; also train → val + test) → JSON.
+
+Usage::
+
+    .venv/bin/python benchmarks/pretrain_evidence.py --cases 200 --minutes 8
+    .venv/bin/python benchmarks/pretrain_evidence.py --workdir /tmp/ev --steps 600   # reuse cohort/store
+
+Prints JSON and writes ``benchmarks/results/pretrain_evidence.json``. Timing-dependent: on a shared
+machine fewer steps fit in M minutes (the JSON records steps and throughput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FINDINGS_DEFAULT = ("lung_nodule", "pleural_effusion", "emphysema", "cardiomegaly",
+                    "arterial_wall_calcification", "coronary_artery_wall_calcification", "lung_opacity",
+                    "consolidation", "atelectasis")
+
+
+def _embed(model, store, ids, max_patches: int) -> np.ndarray:
+    """``[n, C]`` CLS of the prepared (isotropic HU) volumes with the official extraction path."""
+    from voxelfm.inference import extract_features
+
+    feats = []
+    for vid in ids:
+        vol = np.asarray(store.open(vid), dtype=np.float32)
+        f = extract_features(model, vol, preset="default", max_patches=max_patches, mode="full", device="cpu")
+        feats.append(f.cls.numpy())
+    return np.stack(feats)
+
+
+def _probe_aurocs(X: np.ndarray, df, findings, train_splits, test_splits, k: int, seed: int = 0) -> dict:
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    tr = df["split"].isin(train_splits).to_numpy()
+    te = df["split"].isin(test_splits).to_numpy()
+    out = {}
+    for f in findings:
+        y = df[f].to_numpy().astype(int)
+        if len(np.unique(y[te])) < 2 or y[tr].sum() < 3 or (1 - y[tr]).sum() < 3:
+            continue
+        knn = KNeighborsClassifier(n_neighbors=min(k, int(tr.sum())), metric="cosine").fit(X[tr], y[tr])
+        lr = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 1, 8), cv=4, scoring="roc_auc",
+                                                                  max_iter=5000, random_state=seed))
+        lr.fit(X[tr], y[tr])
+        out[f] = {"knn": float(roc_auc_score(y[te], knn.predict_proba(X[te])[:, 1])),
+                  "logreg": float(roc_auc_score(y[te], lr.predict_proba(X[te])[:, 1])),
+                  "n_test": int(te.sum()), "n_test_pos": int(y[te].sum())}
+    return out
+
+
+def _summary(pre: dict, rnd: dict) -> dict:
+    common = [f for f in pre if f in rnd]
+    d_knn = [pre[f]["knn"] - rnd[f]["knn"] for f in common]
+    d_lr = [pre[f]["logreg"] - rnd[f]["logreg"] for f in common]
+    return {"findings": common, "n_findings": len(common),
+            "pretrained_knn_mean": float(np.mean([pre[f]["knn"] for f in common])),
+            "random_knn_mean": float(np.mean([rnd[f]["knn"] for f in common])),
+            "pretrained_logreg_mean": float(np.mean([pre[f]["logreg"] for f in common])),
+            "random_logreg_mean": float(np.mean([rnd[f]["logreg"] for f in common])),
+            "delta_knn_mean": float(np.mean(d_knn)), "delta_logreg_mean": float(np.mean(d_lr)),
+            "delta_mean": float(np.mean(d_knn + d_lr)),
+            "per_finding": {f: {"pretrained": pre[f], "random": rnd[f]} for f in common}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=8.0, help="pre-training wall-time budget")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many steps instead")
+    p.add_argument("--config", default="tiny")
+    p.add_argument("--workdir", default=None, help="keeps cohort, store and run (default: a temp folder)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: config)")
+    p.add_argument("--max-patches", type=int, default=None,
+                   help="token budget of the evaluation forward (default: tokens of one global crop)")
+    p.add_argument("--knn-k", type=int, default=10)
+    p.add_argument("--findings", default=",".join(FINDINGS_DEFAULT))
+    p.add_argument("--crop-background", action="store_true", help="prepare with the body crop")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "pretrain_evidence.json"))
+    p.add_argument("overrides", nargs="*", help="pre-training config overrides key=value")
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("VOXELFM_NO_PROGRESS", "1")
+    import pandas as pd
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from voxelfm.data.phantoms import generate_cohort
+    from voxelfm.data.volume_store import VolumeStore, prepare_volumes
+    from voxelfm.models import build_backbone, load_backbone
+    from voxelfm.ssl import load_config, pretrain
+
+    work = Path(args.workdir) if args.workdir else Path(__import__("tempfile").mkdtemp(prefix="voxelfm-evidence-"))
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    cohort_dir = work / "cohort"
+    if not (cohort_dir / "cohort.csv").is_file():
+        generate_cohort(cohort_dir, args.cases, seed=args.seed, progress=False)
+    df = pd.read_csv(cohort_dir / "cohort.csv")
+    df["id"] = df["id"].astype(str)
+    timings["phantoms_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    store_dir = work / "store"
+    if not store_dir.exists():
+        prepare_volumes([str(cohort_dir / "cohort.csv")], store_dir, preset="default",
+                        crop_background=args.crop_background, workers=args.threads)
+    store = VolumeStore(store_dir)
+    timings["prepare_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    run_dir = work / "run"
+    backbone_dir = pretrain(args.config, store, run_dir, max_steps=args.steps,
+                            max_minutes=None if args.steps else args.minutes, overrides=args.overrides,
+                            num_workers=args.workers, show_progress=False)
+    timings["pretrain_s"] = time.perf_counter() - t
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    run = json.loads((run_dir / "run.json").read_text())
+
+    cfg = load_config(args.config, args.overrides)
+    g = cfg.crops.global_crops_size
+    g = [g] * 3 if isinstance(g, int) else list(g)
+    max_patches = args.max_patches or int(np.prod([s // int(cfg.student.patch_size) for s in g]))
+    pre_model = load_backbone(backbone_dir)
+    torch.manual_seed(args.seed)
+    rnd_model = build_backbone(pre_model.config)
+    rnd_model.preset = pre_model.preset
+    rnd_model.eval()
+    ids = [i for i in df["id"] if i in set(map(str, store.ids))]
+    df = df.set_index("id").loc[ids].reset_index()
+    t = time.perf_counter()
+    X_pre = _embed(pre_model, store, ids, max_patches)
+    X_rnd = _embed(rnd_model, store, ids, max_patches)
+    timings["extract_s"] = time.perf_counter() - t
+
+    findings = [f for f in args.findings.split(",") if f in df.columns]
+    results = {}
+    for name, (trs, tes) in {"test": (("train", "val"), ("test",)),
+                             "val+test": (("train",), ("val", "test"))}.items():
+        results[name] = _summary(_probe_aurocs(X_pre, df, findings, trs, tes, args.knn_k),
+                                 _probe_aurocs(X_rnd, df, findings, trs, tes, args.knn_k))
+    first, last = metrics[0], metrics[-1]
+    out = {
+        "benchmark": "pretrain_evidence", "config": args.config, "overrides": args.overrides,
+        "cases": int(len(df)), "steps": int(run["steps_done"]), "minutes_pretrain": timings["pretrain_s"] / 60,
+        "volumes_per_s": run.get("volumes_per_s"), "effective_batch": run["effective_batch_size"],
+        "eval_max_patches": max_patches, "threads": args.threads, "timings_s": timings,
+        "loss_first": {k: first.get(k) for k in ("total", "dino_local", "dino_global", "koleo", "ibot")},
+        "loss_last": {k: last.get(k) for k in ("total", "dino_local", "dino_global", "koleo", "ibot",
+                                                "teacher_entropy", "teacher_cls_std")},
+        "results": results,
+        "pass": bool(results["test"]["delta_mean"] >= 0.10 and results["test"]["n_findings"] >= 3),
+        "workdir": str(work),
+        "note": "CPU timings on a possibly shared machine; AUROCs on small held-out phantom splits are noisy",
+    }
+    print(json.dumps(out, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
