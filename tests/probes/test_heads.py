@@ -65,6 +65,18 @@ def test_localisation_error_falls_and_is_small(strong_store):
     assert ((pred >= 0) & (pred <= 1)).all()
 
 
+def test_localisation_from_the_class_token_is_bounded_and_saved(strong_store, tmp_path):
+    store, labels = strong_store
+    run = train_probe(store, labels, ["rel_z", "rel_y", "rel_x"], task="localisation", head="mlp", epochs=3,
+                      progress=False, n_resamples=0, output_dir=tmp_path / "loc_mlp")
+    pred = run.predictions[["pred_z", "pred_y", "pred_x"]].to_numpy()
+    assert ((pred > 0) & (pred < 1)).all()  # sigmoid outputs: relative coordinates
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "loc_mlp" / "weights.safetensors")
+    assert "head.norm.mean" in weights and "norm.mean" not in weights
+
+
 def test_segmentation_decoder_learns_planted_pattern(tmp_path):
     """Label = 1 where the patch token carries the marker direction: Dice far above chance."""
     from voxelfm.inference.features import Features

@@ -332,7 +332,11 @@ class _UnitInterval(torch.nn.Module):
         super().__init__()
         self.head = head
         self.input_kind = getattr(head, "input_kind", "vector")
-        self.norm = getattr(head, "norm", None)
+
+    @property
+    def norm(self) -> torch.nn.Module | None:
+        """The wrapped head's input standardiser (not a second registered copy)."""
+        return getattr(self.head, "norm", None)
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return torch.sigmoid(self.head(*args, **kwargs))
