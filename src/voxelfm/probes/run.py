@@ -681,7 +681,8 @@ def _run_segmentation(store: Any, frame: pd.DataFrame, columns: list[str], hp: d
     in_dim = source.embed_dim(ids[0])
     model = _build_torch_head("segmentation", in_dim, num_classes, hp)
     cfg = _train_config(hp, seed)
-    trainer = Trainer(model, lambda out, y: torch.nn.functional.cross_entropy(out, y.long()), cfg)
+    seg_task = get_task("segmentation")
+    trainer = Trainer(model, lambda out, y: seg_task.loss(out, y, hp), cfg)
     argmax = lambda out: out.argmax(1).to(torch.int16).numpy()
 
     def val_score(maps: list[np.ndarray]) -> float:

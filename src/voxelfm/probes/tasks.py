@@ -227,7 +227,7 @@ class BinaryTask(Task):
         pw = hp.get("_pos_weight")
         return F.binary_cross_entropy_with_logits(
             out.reshape(-1), y.reshape(-1).to(out.dtype),
-            pos_weight=None if pw is None else torch.tensor(pw, dtype=out.dtype))
+            pos_weight=None if pw is None else torch.tensor(pw, dtype=out.dtype, device=out.device))
 
     def predict(self, raw, t):
         return 1.0 / (1.0 + np.exp(-np.asarray(raw, dtype=np.float64).reshape(-1)))
@@ -649,7 +649,7 @@ class SegmentationTask(Task):
 
     def loss(self, out, y, hp):
         w = hp.get("_class_weights")
-        return F.cross_entropy(out, y.long(), weight=None if w is None else torch.as_tensor(w, dtype=out.dtype))
+        return F.cross_entropy(out, y.long(), weight=None if w is None else torch.as_tensor(w, dtype=out.dtype, device=out.device))
 
     def score(self, y, pred):
         raise NotImplementedError  # run.py scores with dice_scores on label maps

@@ -53,6 +53,8 @@ class TrainConfig:
         patience: stop after this many epochs without improvement (``None`` = run all epochs).
         eval_batch_size: batch size for validation / prediction.
         num_workers: DataLoader workers for token datasets (0 = main process).
+        device: where the head trains (``"cpu"`` default, ``"cuda"``, ``"mps"``); batches are moved
+            there, outputs come back to the CPU.
         threads: torch intra-op threads while training/predicting (restored afterwards); ``None``
             leaves the global setting. Small heads run fastest on one thread (and do not fight
             other processes for cores); large decoders may want more.
@@ -75,6 +77,7 @@ class TrainConfig:
     patience: int | None = None
     eval_batch_size: int = 64
     num_workers: int = 0
+    device: str | None = None
     threads: int | None = 1
     seed: int = 4
 
@@ -151,6 +154,8 @@ class Trainer:
         self.loss_fn = loss_fn
         self.config = config
         self.convention = convention
+        self.device = torch.device(config.device or "cpu")
+        self.model.to(self.device)
         self._gen = torch.Generator().manual_seed(int(config.seed))
         self._noise_gen = torch.Generator().manual_seed(int(config.seed) + 1)
 
@@ -193,6 +198,12 @@ class Trainer:
         yield from loader
 
     # ------------------------------------------------------------------ model calls
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.device.type == "cpu":
+            return batch
+        return {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) and k != "index" else v)
+                for k, v in batch.items()}
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Call the head with the inputs its ``input_kind`` needs."""
         kind = getattr(self.model, "input_kind", "vector")
@@ -211,7 +222,7 @@ class Trainer:
         pick = torch.rand(b, generator=self._noise_gen) < cfg.noise_p
         noise = torch.randn(x.shape, generator=self._noise_gen) * cfg.noise_sigma
         noise = noise * pick.view(b, *([1] * (x.ndim - 1))).to(noise.dtype)
-        return {**batch, "x": x + noise}
+        return {**batch, "x": x + noise.to(x.device)}
 
     # ------------------------------------------------------------------ training
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -237,7 +248,7 @@ class Trainer:
             group_n = sum(len(b) for b in group)
             optimizer.zero_grad(set_to_none=True)
             for idx in group:
-                batch = self._add_noise(next(it))
+                batch = self._add_noise(self._to_device(next(it)))
                 loss = self.loss_fn(self.forward(batch), batch["y"])
                 (loss * (len(idx) / group_n)).backward()
                 total_loss += float(loss.detach()) * len(idx)
@@ -268,11 +279,12 @@ class Trainer:
         loss_sum, n = 0.0, 0
         for batch in self._iterate(ds, self.epoch_batches(ds, shuffle=False,
                                                           batch_size=self.config.eval_batch_size)):
+            batch = self._to_device(batch)
             out = self.forward(batch)
             if with_loss:
                 loss_sum += float(self.loss_fn(out, batch["y"])) * len(batch["index"])
                 n += len(batch["index"])
-            vals = reduce(out) if reduce is not None else out.detach().float().cpu().numpy()
+            vals = reduce(out.cpu()) if reduce is not None else out.detach().float().cpu().numpy()
             for k, i in enumerate(batch["index"].tolist()):
                 outs[i] = vals[k]
         result: Any = outs if reduce is not None else (np.stack(outs) if outs else np.zeros((0,)))
