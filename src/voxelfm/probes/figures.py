@@ -194,7 +194,7 @@ def _preprocessed_ct(volume_path: str | os.PathLike[str], record: dict[str, Any]
 
 def pca_rgb_figure(store: Any, item_id: str, path: str | os.PathLike[str], *,
                    volume: str | os.PathLike[str] | np.ndarray | None = None, foreground: bool = True,
-                   foreground_hu: float = -500.0, window: tuple[float, float] = (-1000.0, 1000.0),
+                   foreground_hu: float = -900.0, window: tuple[float, float] = (-1000.0, 1000.0),
                    slices: Sequence[int] | None = None, title: str | None = None, seed: int = 0) -> Path:
     """Patch-token PCA → RGB next to the preprocessed CT, in three planes (axial, coronal, sagittal).
 
