@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*have no label:UserWarning"),
+              pytest.mark.filterwarnings("ignore:An ill-conditioned matrix")]
 
 
 @pytest.fixture(scope="module")
