@@ -72,6 +72,16 @@ def test_failure_is_recorded_and_the_run_goes_on(tiny_model, tmp_path):
     _ok_once(out, [f"v{i}" for i in range(N_GOOD)])
 
 
+def test_a_single_path_is_one_input_not_its_characters(tiny_model, tmp_path):
+    folder = _folder(tmp_path, n=2, bad=False)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,path\n" + "".join(f"c{i},vols/v{i}.npy\n" for i in range(2)))
+    for single in (str(manifest), manifest, folder):
+        out = tmp_path / f"emb-{type(single).__name__}-{Path(single).name}"
+        s = extract_batch(tiny_model, single, out)
+        assert s.ok == 2 and s.total == 2
+
+
 def test_rerun_skips_and_retry_failed(tiny_model, tmp_path):
     folder = _folder(tmp_path)
     out = tmp_path / "emb"

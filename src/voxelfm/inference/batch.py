@@ -73,6 +73,8 @@ class BatchSummary:
 
 
 def _as_items(items: Iterable[Any]) -> list[BatchItem]:
+    if isinstance(items, (str, os.PathLike)):  # one path, not an iterable of characters
+        items = [items]
     items = list(items)
     if items and all(isinstance(i, (str, os.PathLike)) for i in items):
         from voxelfm.io import collect_inputs
