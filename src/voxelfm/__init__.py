@@ -49,6 +49,10 @@ _LAZY: dict[str, str] = {
     "prepare_volumes": "voxelfm.data.volume_store",
     # stats
     "Estimate": "voxelfm.stats",
+    # probes
+    "train_probe": "voxelfm.probes",
+    "run_suite": "voxelfm.probes",
+    "ProbeRun": "voxelfm.probes",
     # inference
     "Features": "voxelfm.inference",
     "EmbeddingStore": "voxelfm.inference",
