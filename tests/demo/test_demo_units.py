@@ -268,3 +268,45 @@ def test_html_is_self_contained(tmp_path):
     assert "<table>" in page and "<td>1</td>" in page
     assert 'src="data:image/png;base64,' in page
     assert 'src="figs/none.png"' in page  # missing images are left as links
+
+
+# ------------------------------------------------------------------------------------------ workflow helpers
+def test_longer_pretraining_budget_continues_the_finished_run(tmp_path):
+    from voxelfm.demo.stages import StageRecord
+    from voxelfm.demo.workflow import _extend_pretraining, _pretrain_base_signature
+
+    s7 = DemoSettings.create()
+    s15 = DemoSettings.create(pretrain_minutes=15)
+    s3 = DemoSettings.create(pretrain_minutes=3)
+    base = _pretrain_base_signature(s7, "prep")
+    assert base == _pretrain_base_signature(s15, "prep") != _pretrain_base_signature(s7, "other")
+    sig7 = signature(s7.stage_settings("pretrain"), {"prepare": "prep"})
+    sig15 = signature(s15.stage_settings("pretrain"), {"prepare": "prep"})
+    sig3 = signature(s3.stage_settings("pretrain"), {"prepare": "prep"})
+
+    def runner_with_finished_7min():
+        st = DemoState(tmp_path, {"pretrain": StageRecord(sig7, "finished", 420.0, [420.0],
+                                                          summary={"base_signature": base, "budget_minutes": 7.0})})
+        return StageRunner(st, 1, stream=io.StringIO())
+
+    r = runner_with_finished_7min()
+    _extend_pretraining(r, s15, base, sig15)           # more minutes: resume the same run
+    assert (r.state.stages["pretrain"].signature, r.state.stages["pretrain"].status) == (sig15, "started")
+    r = runner_with_finished_7min()
+    _extend_pretraining(r, s3, base, sig3)             # fewer minutes: left alone → cleared and re-run
+    assert r.state.stages["pretrain"].signature == sig7
+    r = runner_with_finished_7min()
+    _extend_pretraining(r, s7, base, sig7)             # same: reused
+    assert r.state.stages["pretrain"].status == "finished"
+
+
+def test_extraction_budget_is_one_global_crop(tmp_path):
+    import yaml
+
+    from voxelfm.demo.workflow import compute_threads, extraction_budget
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"crops": {"global_crops_size": [32, 32, 48]},
+                                                          "student": {"patch_size": 8}}))
+    assert extraction_budget(tmp_path, None) == 4 * 4 * 6
+    assert extraction_budget(tmp_path, 216) == 216
+    assert [compute_threads(n) for n in (1, 2, 3, 8)] == [1, 1, 1, 4]

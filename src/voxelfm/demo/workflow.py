@@ -195,7 +195,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool) -> dict[str, Any]:
+def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool, base_signature: str) -> dict[str, Any]:
     from voxelfm.ssl import pretrain
 
     budget = 60.0 * float(s.pretrain_minutes)
@@ -214,7 +214,8 @@ def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool) -> dict[s
     loader_workers = max(0, s.n_workers - compute_threads(s.n_workers))
     pretrain(s.pretrain_config, paths.prepared, paths.pretrain, overrides=overrides, resume=True,
              num_workers=loader_workers, show_progress=True, **kwargs)
-    run = json.loads((paths.pretrain / "run.json").read_text()) if (paths.pretrain / "run.json").exists() else {}
+    run_json = paths.pretrain / "run.json"
+    run = json.loads(run_json.read_text()) if run_json.exists() else {}
     if run and "max_minutes" in kwargs and int(run.get("steps_done", 0)) < int(run.get("max_steps", 0)) \
             and float(run.get("minutes_this_run", 0.0)) < kwargs["max_minutes"] - 0.05:
         # the trainer stops early (with a checkpoint) on SIGINT/SIGTERM: stop the demo too
@@ -226,6 +227,7 @@ def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool) -> dict[s
     last = sum(losses[-k:]) / k if losses else math.nan
     steps = int(run.get("steps_done", len(metrics)))
     return {"steps": steps, "max_steps": int(run.get("max_steps", 0)), "config": s.pretrain_config,
+            "budget_minutes": float(s.pretrain_minutes), "base_signature": base_signature,
             "effective_batch_size": run.get("effective_batch_size"), "volumes_per_s": run.get("volumes_per_s"),
             "minutes": round((done + 60.0 * float(run.get("minutes_this_run", 0.0))) / 60.0, 2),
             "loss_first": first, "loss_last": last,
@@ -321,9 +323,11 @@ def _stage_probes(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
 def _stage_reports(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
     from voxelfm.reportgen import run_report_experiment
 
-    summary = run_report_experiment(paths.store("pretrained"), paths.cohort, paths.reports,
-                                    minutes=REPORT_MINUTES[bool(s.quick)], seed=int(s.seed) + 4,
-                                    n_resamples=int(s.n_resamples), resume=True)
+    # a 135M-parameter LM: large matrix products, so every core as an intra-op thread
+    with _torch_threads(s.n_workers):
+        summary = run_report_experiment(paths.store("pretrained"), paths.cohort, paths.reports,
+                                        minutes=REPORT_MINUTES[bool(s.quick)], seed=int(s.seed) + 4,
+                                        n_resamples=int(s.n_resamples), resume=True)
     gen = summary.get("generated", {}).get("macro_f1", {})
     return {"summary": summary,
             "_line": f"macro F1 of generated reports {gen.get('value', math.nan):.3f}"}
@@ -405,6 +409,24 @@ def run_demo(output_dir: str | os.PathLike[str] = DEFAULT_OUTPUT, *, quick: bool
     return paths.report_md
 
 
+def _pretrain_base_signature(s: DemoSettings, prepare_sig: str) -> str:
+    settings = {k: v for k, v in s.stage_settings("pretrain").items() if k != "minutes"}
+    return signature(settings, {"prepare": prepare_sig})
+
+
+def _extend_pretraining(runner: StageRunner, s: DemoSettings, base: str, sig: str) -> None:
+    """A larger ``--pretrain-minutes`` than the finished run's continues that run (same schedule,
+    from its last checkpoint) instead of starting over; a smaller one starts over."""
+    rec = runner.state.stages.get("pretrain")
+    if rec is None or rec.signature == sig:
+        return
+    if rec.summary.get("base_signature") == base and float(rec.summary.get("budget_minutes", math.inf)) \
+            < float(s.pretrain_minutes):
+        rec.signature = sig
+        rec.status = "started"
+        runner.state.save()
+
+
 def _run_stages(paths: DemoPaths, s: DemoSettings, runner: StageRunner) -> None:
     """Every stage in order; each is reused, resumed or run by ``runner``."""
     from voxelfm.demo.report import write_report
@@ -417,9 +439,11 @@ def _run_stages(paths: DemoPaths, s: DemoSettings, runner: StageRunner) -> None:
     runner.run("prepare", "isotropic int16 volumes for pre-training (voxelfm prepare)",
                sigs["prepare"], lambda r: _stage_prepare(paths, s), folders=[paths.prepared])
     sigs["pretrain"] = signature(s.stage_settings("pretrain"), {"prepare": sigs["prepare"]})
+    base = _pretrain_base_signature(s, sigs["prepare"])
+    _extend_pretraining(runner, s, base, sigs["pretrain"])
     runner.run("pretrain", f"DINO + iBOT + KoLeo pre-training of the {s.pretrain_config} ViT for "
                            f"{s.pretrain_minutes:g} min",
-               sigs["pretrain"], lambda r: _stage_pretrain(paths, s, r), folders=[paths.pretrain])
+               sigs["pretrain"], lambda r: _stage_pretrain(paths, s, r, base), folders=[paths.pretrain])
     for which, stage in (("pretrained", "extract_pretrained"), ("random_init", "extract_random")):
         sigs[stage] = signature(s.stage_settings(stage), {"pretrain": sigs["pretrain"]})
         folders = [paths.store(which)] + ([paths.random_backbone] if which == "random_init" else [])
