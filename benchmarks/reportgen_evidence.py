@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--queries", type=int, default=8, help="projector queries (image tokens)")
     ap.add_argument("--epochs", type=int, default=20, help="upper bound; the time budget usually stops first")
+    ap.add_argument("--stage1-fraction", type=float, default=0.25, help="share of the budget for stage 1")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None,
                     help="work folder (default: $TMPDIR/voxelfm_reportgen_evidence)")
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     timings["phantoms"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    store_dir = work / f"store_{args.backbone}_mp{args.max_patches}" if not args.weights else work / "store_weights"
+    tag = f"{args.backbone}" if not args.weights else Path(args.weights).stem
+    store_dir = work / f"store_{cohort_dir.name}_{tag}_mp{args.max_patches}"
     if args.weights:
         from voxelfm.models import load_backbone
 
@@ -96,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                          epochs=args.epochs, checkpoint_every=20)
     s2 = TrainConfig.cpu(2, lr=args.stage2_lr, batch_size=args.batch_size, num_queries=args.queries,
                          epochs=args.epochs, checkpoint_every=20)
-    exp_dir = work / f"experiment_{args.feature}_{int(args.minutes)}min"
+    exp_dir = work / f"experiment_{cohort_dir.name}_{args.feature}_{args.minutes:g}min"
     t0 = time.perf_counter()
     summary = run_report_experiment(store, table, exp_dir, minutes=args.minutes, lm=args.lm, feature=args.feature,
-                                    stage1=s1, stage2=s2)
+                                    stage1=s1, stage2=s2, stage1_fraction=args.stage1_fraction)
     timings["experiment"] = time.perf_counter() - t0
 
     per_label = pd.read_csv(exp_dir / "evaluation" / "per_label.csv")
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                      "max_patches": args.max_patches, "feature": args.feature, "minutes": args.minutes,
                      "lm": args.lm or "SmolLM2-135M-Instruct (offline GGUF)", "stage1_lr": args.stage1_lr,
                      "stage2_lr": args.stage2_lr, "batch_size": args.batch_size, "queries": args.queries,
+                     "stage1_fraction": args.stage1_fraction,
                      "threads": args.threads},
         "macro_f1": {"generated": summary["generated"]["macro_f1"],
                      "baseline_most_common_report": summary["baselines"]["most_common"]["macro_f1"],

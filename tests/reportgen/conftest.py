@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _tiny import synthetic_store, tiny_lm_dir, tiny_tokenizer  # noqa: E402
+from _tiny import synthetic_store, tiny_lm_dir, tiny_tokenizer
 
 
 @pytest.fixture(scope="session")

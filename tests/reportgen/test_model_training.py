@@ -78,8 +78,7 @@ def test_one_step_changes_projector_and_lora_only(lm_dir, store_and_table):
             assert not changed, n
 
 
-def test_generation_batched_equals_single_and_strategies(lm_dir, store_and_table):
-    store, table = store_and_table
+def test_generation_batched_equals_single_and_strategies(lm_dir):
     m = _model(lm_dir).eval()
     torch.manual_seed(3)
     a, c = torch.randn(5, 24), torch.randn(2, 24)

@@ -60,7 +60,7 @@ def inject_image_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, i
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(f"input_ids and attention_mask must both be [B, L], got {tuple(input_ids.shape)} "
                          f"and {tuple(attention_mask.shape)}")
-    B, L = input_ids.shape
+    B = input_ids.shape[0]
     if image_embeds.ndim != 3 or image_embeds.shape[0] != B:
         raise ValueError(f"image_embeds must be [B={B}, Q, H], got {tuple(image_embeds.shape)}")
     if labels is not None and labels.shape != input_ids.shape:

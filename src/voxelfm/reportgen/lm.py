@@ -93,7 +93,7 @@ def find_smollm2_gguf() -> Path:
 
 def _transformers():
     try:
-        import transformers  # noqa: F401
+        import transformers
     except ImportError as exc:  # pragma: no cover - installed with voxelfm[reportgen]
         raise VoxelFMError("report generation needs transformers and peft: pip install 'voxelfm[reportgen]'") from exc
     return transformers
@@ -181,8 +181,6 @@ def default_lm_dir(*, cache_dir: str | os.PathLike[str] | None = None, rebuild: 
     if target.exists():
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(target)
-    from voxelfm.utils import progress  # noqa: F401  (progress bars of transformers show the conversion)
-
     print(f"voxelfm: converting {gguf.name} into {target} (once)", file=sys.stderr)
     return materialize_gguf(gguf, target)
 

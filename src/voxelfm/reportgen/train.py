@@ -162,7 +162,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train_report_model` did."""
+    """What :func:`train_report_model` did (``seconds``: wall time including earlier runs of a resumed
+    training; ``cpu_seconds``: CPU time of this process in this call, all threads)."""
 
     model_dir: Path
     steps: int
@@ -172,6 +173,7 @@ class TrainResult:
     best_step: int | None
     seconds: float
     stopped_by_time: bool
+    cpu_seconds: float
     n_train: int
     n_val: int
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -290,9 +292,12 @@ def _build_model(config: TrainConfig, lm: str | None, init_from: Path | None, st
     if config.stage == 2:
         lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                             target_modules=list(config.lora_target_modules))
-    from voxelfm.reportgen.lm import resolve_lm_path
+    from voxelfm.reportgen.lm import DEFAULT_LM, resolve_lm_path
 
-    lm_ref = str(lm_name) if lm_and_tokenizer is not None else resolve_lm_path(lm_name)
+    if lm_and_tokenizer is not None or str(lm_name) in ("default", DEFAULT_LM):
+        lm_ref = "default" if str(lm_name) in ("default", DEFAULT_LM) else str(lm_name)
+    else:
+        lm_ref = resolve_lm_path(lm_name)  # a folder → absolute path; an id stays an id
     mcfg = ReportModelConfig(lm=lm_ref, projector=pcfg, feature=config.feature,
                              max_patch_tokens=config.max_patch_tokens, prompt=config.prompt,
                              system_prompt=config.effective_system_prompt, lora=lora, stage=config.stage,
@@ -418,6 +423,7 @@ def train_report_model(store: Any, table: Any, out_dir: str | os.PathLike[str], 
         return vl
 
     t0 = time.perf_counter()
+    c0 = time.process_time()
     prior_seconds = float(state["seconds"])
     deadline = None if cfg.max_minutes is None else t0 + 60.0 * cfg.max_minutes
     stopped_by_time = False
@@ -494,6 +500,7 @@ def train_report_model(store: Any, table: Any, out_dir: str | os.PathLike[str], 
     result = TrainResult(model_dir=out, steps=int(state["step"]), epochs_completed=round(epochs_completed, 3),
                          train_loss=last_loss, val_loss=state["best_val"], best_step=state["best_step"],
                          seconds=round(prior_seconds + time.perf_counter() - t0, 2), stopped_by_time=stopped_by_time,
+                         cpu_seconds=round(time.process_time() - c0, 2),
                          n_train=len(train_ds), n_val=len(val_ds), history=history)
     atomic_write_text(out / "train_summary.json",
                       json.dumps({**result.to_dict(), "config": cfg.to_dict(), "init_from": str(init_from or ""),
