@@ -80,6 +80,20 @@ def test_default_preset_same_features_from_ras_nifti_and_lps_dicom(tiny_model, t
     assert cosine(pa.patch, pb.patch).mean() < 0.999
 
 
+def test_default_preset_identical_features_at_a_rounding_edge(tiny_model, tmp_path):
+    """12 slices x 2.5 mm at 0.8 mm in-plane resample to 12 * 2.5 / 0.8 = 37.5 slices: banker's
+    rounding must see the same 37.5 from the NIfTI (float32 0.8) and the DICOM ("0.8") (regression:
+    38 vs 37 slices, different features)."""
+    vol = np.round(body_volume((12, 30, 34), seed=3))
+    spacing, origin = (2.5, 0.8, 0.8), (-10.0, -20.0, 50.0)
+    write_ras_nifti(tmp_path / "ct.nii.gz", vol, spacing, origin)
+    write_lps_dicom(tmp_path / "dcm", vol, spacing, origin)
+    a = extract_features(tiny_model, tmp_path / "ct.nii.gz")
+    b = extract_features(tiny_model, tmp_path / "dcm")
+    assert a.record["resample"]["shape"] == b.record["resample"]["shape"] == [38, 30, 34]
+    assert torch.equal(a.patch, b.patch) and torch.equal(a.cls, b.cls)
+
+
 def test_default_preset_windows_arrays_and_paper_does_not(tiny_model):
     vol = body_volume((24, 24, 24))
     vol[10:14, 10:14, 10:14] = 3000.0

@@ -13,7 +13,7 @@ from voxelfm.io.orientation import AxisMap, canonical_map, obliquity_degrees, or
 from voxelfm.io.validation import check_finite, check_hu, check_spacing, map_padding
 from voxelfm.io.volume import Volume, VolumeReadWarning
 
-__all__ = ["SourceImage", "build_volume", "OBLIQUE_WARN_DEG"]
+__all__ = ["SourceImage", "build_volume", "snap_spacing", "OBLIQUE_WARN_DEG"]
 
 #: Residual obliquity (degrees) above which reading warns.
 OBLIQUE_WARN_DEG = 0.5
@@ -57,6 +57,30 @@ class SourceImage:
     may_be_nonfinite: bool = True
 
 
+def snap_spacing(affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Remove storage noise from the voxel sizes of a voxel->mm ``affine``.
+
+    The same scan stores 0.8 mm as the decimal string ``"0.8"`` in DICOM but as the float32
+    0.800000011920929 in NIfTI, and DICOM slice gaps computed from positions carry float64 noise
+    (2.5000000000000004). Left as they are, such values flip Python's banker's rounding of the
+    resampled size (37.5 -> 38 vs 37.49999 -> 37) and the same scan gets different features from
+    different formats. Each column norm is snapped to its 7-significant-digit value when that is
+    within 1e-7 relative (float32 carries ~7 digits; no CT spacing has more), and the column is
+    rescaled to it. Returns ``(affine, (s0, s1, s2))`` with the spacing exactly the snapped values.
+    """
+    out = np.array(affine, dtype=np.float64, copy=True)
+    spacing = []
+    for k in range(3):
+        n = float(np.linalg.norm(out[:3, k]))
+        s = float(f"{n:.7g}") if np.isfinite(n) and n > 0 else n
+        if s != n and abs(s - n) <= 1e-7 * n:
+            out[:3, k] = out[:3, k] / n * s
+        else:
+            s = n
+        spacing.append(s)
+    return out, (spacing[0], spacing[1], spacing[2])
+
+
 def _warn(source: dict[str, Any], message: str) -> None:
     source.setdefault("warnings", []).append(message)
     warnings.warn(f"{source.get('path')}: {message}", VolumeReadWarning, stacklevel=4)
@@ -80,8 +104,8 @@ def build_volume(img: SourceImage, *, check_values: bool = True) -> Volume:
         cmap = canonical_map(img.index_affine)
     except ValueError as exc:
         raise VolumeReadError(path, f"{exc}; fix the image geometry in the header") from None
-    canon_affine = img.index_affine @ cmap.index_transform(img.array.shape)
-    spacing = check_spacing(np.linalg.norm(canon_affine[:3, :3], axis=0), path)
+    canon_affine, spacing = snap_spacing(img.index_affine @ cmap.index_transform(img.array.shape))
+    spacing = check_spacing(spacing, path)
 
     # At most one copy: reorient (a view) and convert to contiguous float32. Readers hand over
     # buffers they own, so padding may be mapped in place.
