@@ -148,6 +148,21 @@ def test_config_name_random_init():
     assert m.source["format"] == "random-init" and m.embed_dim == 216 and not m.training
 
 
+def test_config_name_random_init_is_reproducible_and_leaves_the_global_rng_alone():
+    # regression: each call drew new random weights, so a resumed `voxelfm extract --weights
+    # vit_tiny` mixed embeddings of two different random models in one store
+    torch.manual_seed(123)
+    a = load_backbone("vit_tiny")
+    after_load = torch.rand(3)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    b = load_backbone("vit_tiny")
+    assert torch.equal(after_load, expected)
+    assert a.source["seed"] == b.source["seed"]
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_readable_errors(tmp_path, teacher_sd, data_dir):
     sd = dict(teacher_sd)
     sd.pop("blocks.1.ls2.gamma")

@@ -42,7 +42,7 @@ from voxelfm.preprocess.presets import Preset
 __all__ = [
     "load_backbone", "save_backbone", "save_reference_teacher", "extract_backbone_state_dict",
     "infer_config", "embedded_config", "load_state_dict_strict", "read_checkpoint", "find_reference_checkpoint",
-    "WEIGHTS_NAME", "CONFIG_NAME", "MODEL_CARD_NAME", "LICENCE_NOTE",
+    "WEIGHTS_NAME", "CONFIG_NAME", "MODEL_CARD_NAME", "LICENCE_NOTE", "RANDOM_INIT_SEED",
 ]
 
 logger = logging.getLogger("voxelfm.models")
@@ -56,6 +56,9 @@ LICENCE_NOTE = (
     "VoxelFM ViT-B see https://huggingface.co/rmaguado/VoxelFM and https://github.com/rmaguado/VoxelFM. "
     "voxelfm code is Apache-2.0. Research features, not for clinical use."
 )
+
+#: Seed of the random initialisation behind a config name (``load_backbone("vit_base")``).
+RANDOM_INIT_SEED = 0
 
 _HEAD_PREFIXES = ("dino_head.", "ibot_head.")
 _PERIODS_KEY = "rope_embed.periods"
@@ -394,7 +397,8 @@ def load_backbone(source: str | os.PathLike[str] | Mapping[str, Any], *, config:
         source: a weights file (reference ``.pth`` teacher dump or training checkpoint, bare state dict
             ``.pth``, ``model.safetensors``), a folder (written by :func:`save_backbone`, or a reference
             run / HF-style folder with ``config.yaml`` + ``checkpoints/*.pth`` or ``*.pth``), an
-            in-memory checkpoint dict, or a config name (``vit_base``...) for random init.
+            in-memory checkpoint dict, or a config name (``vit_base``...) for random init (seeded with
+            :data:`RANDOM_INIT_SEED`, so the same name always gives the same weights).
         config: the architecture: a reference ``config.yaml`` path (``student.*`` → ViTConfig,
             ``datasets[0].norm`` → ``model.preset``), a voxelfm ``config.json``, a :class:`ViTConfig`,
             a dict or a name. Default: the config stored with the weights (voxelfm folder, run folder's
@@ -437,9 +441,13 @@ def load_backbone(source: str | os.PathLike[str] | Mapping[str, Any], *, config:
         if not path.exists():
             if isinstance(source, str) and source in CONFIGS:
                 rcfg, rpreset, _ = resolve_config(source)
-                model = VisionTransformer3D(cfg if cfg is not None else rcfg,
-                                            preset=preset if preset is not None else rpreset)
-                model.source = {"format": "random-init", "config": source}
+                # Seeded, without touching the caller's RNG: a config name always means the same
+                # weights, so a random-init baseline is reproducible and a resumed run is consistent.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(RANDOM_INIT_SEED)
+                    model = VisionTransformer3D(cfg if cfg is not None else rcfg,
+                                                preset=preset if preset is not None else rpreset)
+                model.source = {"format": "random-init", "config": source, "seed": RANDOM_INIT_SEED}
                 return model.eval().to(device)
             raise FileNotFoundError(f"{source}: no such file or folder, and not a config name "
                                     f"({', '.join(config_names())})")
