@@ -190,6 +190,24 @@ def test_mixing_settings_in_one_store_is_refused(tiny_model, tmp_path):
         extract_batch(tiny_model, [folder], tmp_path / "emb", preset="paper")
 
 
+def test_store_refuses_other_weights_or_dtype(tiny_model, tmp_path):
+    # regression: only the architecture was compared, so two checkpoints of one architecture (or
+    # two random inits) were mixed silently in one store
+    folder = _folder(tmp_path, n=1, bad=False)
+    out = tmp_path / "emb"
+    extract_batch(tiny_model, [folder], out)
+    with pytest.raises(ValueError, match=r"different settings \(weights\)"):
+        extract_batch(randomised_tiny(1), [folder], out)
+    with pytest.raises(ValueError, match=r"different settings \(dtype\)"):
+        extract_batch(tiny_model, [folder], out, dtype="bf16")
+    assert extract_batch(randomised_tiny(0), [folder], out).skipped == 1  # same weights: resumes
+    # a store written before weights/dtype were recorded is still accepted
+    settings = json.loads((out / "extraction.json").read_text())
+    del settings["weights"], settings["dtype"]
+    (out / "extraction.json").write_text(json.dumps(settings))
+    assert extract_batch(tiny_model, [folder], out).skipped == 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

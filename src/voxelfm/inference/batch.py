@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -22,12 +23,12 @@ from typing import Any
 
 import torch
 
-from voxelfm.inference.extract import extract_preprocessed, resolve_device, resolve_preset
+from voxelfm.inference.extract import extract_preprocessed, resolve_device, resolve_dtype, resolve_preset
 from voxelfm.inference.store import EmbeddingStore
 from voxelfm.preprocess import Preset, preprocess_volume
 from voxelfm.utils import atomic_write_text, progress, safe_id
 
-__all__ = ["BatchSummary", "BatchItem", "extract_batch", "FORMATS"]
+__all__ = ["BatchSummary", "BatchItem", "extract_batch", "weights_fingerprint", "FORMATS"]
 
 FORMATS: tuple[str, ...] = ("safetensors", "pth", "both")
 
@@ -177,21 +178,39 @@ def _clean_stale_tmp(store: EmbeddingStore, ids: Iterable[str]) -> int:
     return n
 
 
-def _settings(model: Any, preset: Preset, crop_background: bool, max_patches: int | None) -> dict[str, Any]:
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's weights (names, shapes, dtypes and up to 4,096 evenly spaced values
+    of every tensor): two different checkpoints of one architecture get different fingerprints.
+    Cheap (milliseconds for ViT-B)."""
+    h = hashlib.blake2b(digest_size=12)
+    for name, t in model.state_dict().items():
+        flat = t.detach().reshape(-1)
+        if flat.numel() > 4096:
+            flat = flat[torch.linspace(0, flat.numel() - 1, 4096, device=flat.device).long()]
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(flat.to("cpu", torch.float64).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _settings(model: Any, preset: Preset, crop_background: bool, max_patches: int | None,
+              dtype: torch.dtype | None) -> dict[str, Any]:
     cfg = getattr(model, "config", None)
     return {"preset": preset.to_dict(), "crop_background": bool(crop_background),
-            "max_patches": max_patches, "model": cfg.to_dict() if hasattr(cfg, "to_dict") else None}
+            "max_patches": max_patches, "model": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
+            "weights": weights_fingerprint(model),
+            "dtype": "fp32" if dtype is None else str(dtype).removeprefix("torch.")}
 
 
 def _check_settings(root: Path, settings: dict[str, Any], write: bool) -> None:
     path = root / "extraction.json"
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
-        diff = sorted(k for k in settings if json.dumps(old.get(k), sort_keys=True)
+        # keys an older store did not record are not compared
+        diff = sorted(k for k in settings if k in old and json.dumps(old[k], sort_keys=True)
                       != json.dumps(settings[k], sort_keys=True))
         if diff:
             raise ValueError(f"{root} holds embeddings made with different settings ({', '.join(diff)}); "
-                             "use a new output folder or the same settings")
+                             "use a new output folder or the same settings (see its extraction.json)")
     elif write:
         from voxelfm import __version__
 
@@ -235,6 +254,7 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
         raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    ac_dtype = resolve_dtype(dtype)
     formats = {"safetensors": ("safetensors",), "pth": ("pth",), "both": ("safetensors", "pth")}[format]
     t_start = time.perf_counter()
     all_items = _as_items(items)
@@ -243,7 +263,7 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
         device = torch.device("cuda", torch.cuda.current_device())
     resolved = resolve_preset(model, preset)
     root = Path(out)
-    settings = _settings(model, resolved, crop_background, max_patches)
+    settings = _settings(model, resolved, crop_background, max_patches, ac_dtype)
     _check_settings(root, settings, write=rank == 0)
     store = EmbeddingStore(root, writer=writer or (f"rank{rank}" if world > 1 else "main"))
     store.records(refresh=True)
