@@ -208,6 +208,30 @@ def test_store_refuses_other_weights_or_dtype(tiny_model, tmp_path):
     assert extract_batch(tiny_model, [folder], out).skipped == 1
 
 
+def test_bad_options_are_usage_errors_before_any_item_is_read(tiny_model, tmp_path):
+    # regression: --window 0 failed every item one by one (exit 1) instead of a usage error
+    folder = _folder(tmp_path, n=1, bad=False)
+    out = tmp_path / "emb"
+    for kw, match in [(dict(window=0), "window"), (dict(window="abc"), "window"), (dict(mode="fast"), "mode"),
+                      (dict(overlap=1.0), "overlap"), (dict(dtype="fp8"), "dtype"),
+                      (dict(memory_budget_gb=0), "memory_budget_gb"), (dict(max_patches=0), "max_patches"),
+                      (dict(spacing=(1, 0, 1)), "spacing")]:
+        with pytest.raises(ValueError, match=match):
+            extract_batch(tiny_model, [folder], out, **kw)
+        assert not out.exists()
+    out.write_text("a file")  # regression: FileExistsError traceback from mkdir
+    with pytest.raises(ValueError, match="not a folder"):
+        extract_batch(tiny_model, [folder], out)
+
+
+def test_spacing_applies_to_numpy_inputs(tiny_model, tmp_path):
+    folder = _folder(tmp_path, n=1, bad=False)
+    out = tmp_path / "emb"
+    extract_batch(tiny_model, [folder], out, spacing=(2.0, 1.0, 1.0))
+    rec = EmbeddingStore(out).load("v0").record
+    assert rec["input_spacing"] == [2.0, 1.0, 1.0] and rec["resample"]["shape"] == [32, 20, 24]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

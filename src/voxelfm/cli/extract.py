@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"),
                         help="safetensors store files, reference .pth {cls, patch} files, or both")
     parser.add_argument("--retry-failed", action="store_true", help="re-try ids whose last attempt failed")
+    parser.add_argument("--spacing", nargs=3, type=float, metavar=("SZ", "SY", "SX"), default=None,
+                        help="voxel spacing in mm for .npy/.npz inputs (default: an .npz 'spacing' entry, "
+                             "else 1 mm with a warning); other formats store their own")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         model, items, args.output, preset=args.preset, crop_background=args.crop_background,
         max_patches=args.max_patches, mode=args.mode, window=args.window, overlap=args.overlap,
         device=args.device, dtype=args.dtype, memory_budget_gb=args.memory_budget_gb,
-        workers=args.workers, format=args.format, retry_failed=args.retry_failed)
+        workers=args.workers, format=args.format, retry_failed=args.retry_failed, spacing=args.spacing)
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary, file=sys.stdout, flush=True)
     return 0 if summary.failed == 0 else 1

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from voxelfm.inference.extract import extract_preprocessed, resolve_device, resolve_dtype, resolve_preset
+from voxelfm.inference.chunked import parse_window
+from voxelfm.inference.extract import MODES, extract_preprocessed, resolve_device, resolve_dtype, resolve_preset
 from voxelfm.inference.store import EmbeddingStore
 from voxelfm.preprocess import Preset, preprocess_volume
 from voxelfm.utils import atomic_write_text, progress, safe_id
@@ -108,12 +109,14 @@ class _ReadPreprocess(torch.utils.data.Dataset):
     """Reads and preprocesses one item; errors are returned, not raised (the run goes on)."""
 
     def __init__(self, items: Sequence[BatchItem], preset: Preset, crop_background: bool,
-                 max_patches: int | None, patch_size: int) -> None:
+                 max_patches: int | None, patch_size: int,
+                 spacing: tuple[float, float, float] | None = None) -> None:
         self.items = list(items)
         self.preset = preset
         self.crop_background = crop_background
         self.max_patches = max_patches
         self.patch_size = patch_size
+        self.spacing = spacing
 
     def __len__(self) -> int:
         return len(self.items)
@@ -125,8 +128,11 @@ class _ReadPreprocess(torch.utils.data.Dataset):
             src = item.source
             if isinstance(src, (str, os.PathLike)):
                 from voxelfm.io import read_volume
+                from voxelfm.io.read import detect_format
 
-                src = read_volume(src, series_uid=item.series_uid)
+                # --spacing applies to numpy files only (other formats store their own geometry)
+                sp = self.spacing if self.spacing is not None and detect_format(src) in ("npy", "npz") else None
+                src = read_volume(src, series_uid=item.series_uid, spacing=sp)
             pre = preprocess_volume(src, self.preset, crop_background=self.crop_background,
                                     max_patches=self.max_patches, patch_size=self.patch_size, normalise=True)
             return i, pre, None, time.perf_counter() - t0
@@ -225,7 +231,8 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
                   device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                   memory_budget_gb: float | None = None, workers: int = 0, format: str = "safetensors",
                   retry_failed: bool = False, writer: str | None = None,
-                  show_progress: bool | None = None) -> BatchSummary:
+                  show_progress: bool | None = None,
+                  spacing: Sequence[float] | None = None) -> BatchSummary:
     """Extract features of many volumes into the store at ``out`` (resumable).
 
     Args:
@@ -243,6 +250,8 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
         writer: name of this process's status log (default ``main``; ``rank<r>`` under torchrun).
         show_progress: progress bar with ETA (default: on, rank 0 only; ``VOXELFM_NO_PROGRESS=1``
             silences it).
+        spacing: ``(sz, sy, sx)`` mm for ``.npy``/``.npz`` paths (default: an ``.npz`` ``spacing``
+            entry, else 1 mm with a warning); other formats carry their own spacing.
 
     Returns:
         :class:`BatchSummary` (ok / failed / skipped counts summed over ranks).
@@ -254,15 +263,34 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
         raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    if not hasattr(model, "patch_size"):
+        raise TypeError("model must be a voxelfm backbone (see voxelfm.load_backbone / build_backbone)")
+    # Options that would fail every item are usage errors, raised before anything is read.
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be a fraction in [0, 1), got {overlap}")
+    if memory_budget_gb is not None and not memory_budget_gb > 0:
+        raise ValueError(f"memory_budget_gb must be > 0, got {memory_budget_gb}")
+    if max_patches is not None and max_patches < 1:
+        raise ValueError(f"max_patches must be a positive number of tokens, got {max_patches}")
+    parse_window(window, int(model.patch_size))
     ac_dtype = resolve_dtype(dtype)
+    if spacing is not None:
+        spacing = tuple(float(v) for v in spacing)
+        if len(spacing) != 3 or not all(v > 0 and v < float("inf") for v in spacing):
+            raise ValueError(f"spacing must be three positive numbers (sz, sy, sx) in mm, got {spacing}")
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} exists and is not a folder; -o/--output names the embedding store folder")
     formats = {"safetensors": ("safetensors",), "pth": ("pth",), "both": ("safetensors", "pth")}[format]
     t_start = time.perf_counter()
     all_items = _as_items(items)
     rank, world, owns_group = _dist_context(device)
     if world > 1 and device is None and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
+    dev = resolve_device(device, model)
     resolved = resolve_preset(model, preset)
-    root = Path(out)
     settings = _settings(model, resolved, crop_background, max_patches, ac_dtype)
     _check_settings(root, settings, write=rank == 0)
     store = EmbeddingStore(root, writer=writer or (f"rank{rank}" if world > 1 else "main"))
@@ -283,8 +311,7 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
 
     ok = failed = 0
     failed_ids: list[str] = []
-    dev = resolve_device(device, model)
-    ds = _ReadPreprocess(todo, resolved, crop_background, max_patches, int(model.patch_size))
+    ds = _ReadPreprocess(todo, resolved, crop_background, max_patches, int(model.patch_size), spacing)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=_identity, worker_init_fn=_worker_init if workers else None,
                                          prefetch_factor=2 if workers else None,
