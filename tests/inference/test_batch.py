@@ -114,6 +114,8 @@ def test_interrupted_run_resumes_with_every_id_once(tmp_path):
         extract_batch(model, [folder], out, workers=1)
     del model.forward
     assert len(EmbeddingStore(out).ids) == 2 and not _tmp_files(out)
+    # the index table is written on an interrupt too (regression: only at the end of a full run)
+    assert (out / "index.csv").read_text().count(",ok,") == 2
     # a SIGKILL during a write leaves a temp file next to the target; the resume removes it
     stale = out / "embeddings" / ".v4.safetensors.x1y2.tmp"
     stale.write_bytes(b"partial")
@@ -230,6 +232,43 @@ def test_spacing_applies_to_numpy_inputs(tiny_model, tmp_path):
     extract_batch(tiny_model, [folder], out, spacing=(2.0, 1.0, 1.0))
     rec = EmbeddingStore(out).load("v0").record
     assert rec["input_spacing"] == [2.0, 1.0, 1.0] and rec["resample"]["shape"] == [32, 20, 24]
+
+
+def test_cli_earlier_failures_keep_exit_status_1(tmp_path):
+    # regression: a re-run that skipped earlier failures said "0 failed" and exited 0
+    from voxelfm.cli.main import main
+    from voxelfm.models import save_backbone
+
+    folder = _folder(tmp_path, n=1)
+    save_backbone(randomised_tiny(8), tmp_path / "model")
+    cmd = ["extract", "-i", str(folder), "-o", str(tmp_path / "emb"), "--weights", str(tmp_path / "model"),
+           "--workers", "0", "--spacing", "2", "1", "1"]
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert main(cmd) == 1
+    with redirect_stdout(io.StringIO()) as out, redirect_stderr(io.StringIO()) as err:
+        assert main(cmd) == 1
+    assert "0 ok, 0 failed, 2 skipped (1 of them failed before and were not retried" in out.getvalue()
+    assert "1 item(s) without embeddings" in err.getvalue()
+    assert EmbeddingStore(tmp_path / "emb").load("v0").record["input_spacing"] == [2.0, 1.0, 1.0]
+
+
+def test_cli_item_failures_exit_0_under_torchrun(tmp_path, monkeypatch):
+    # torchrun turns a non-zero exit into a crash report with a traceback; item failures are in
+    # the summary and index.csv instead
+    import voxelfm.inference.batch as batch
+    from voxelfm.cli.main import main
+    from voxelfm.inference import BatchSummary
+
+    from voxelfm.models import save_backbone
+
+    monkeypatch.setattr(batch, "extract_batch", lambda *a, **k: BatchSummary(ok=3, failed=1, total=4))
+    np.save(tmp_path / "v.npy", body_volume((16, 16, 16)))
+    save_backbone(randomised_tiny(8), tmp_path / "model")
+    cmd = ["extract", "-i", str(tmp_path / "v.npy"), "-o", str(tmp_path / "emb"), "--weights", str(tmp_path / "model")]
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert main(cmd) == 1
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main(cmd) == 0
 
 
 def _free_port() -> int:

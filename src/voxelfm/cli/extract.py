@@ -15,7 +15,9 @@ EPILOG = """examples:
   torchrun --nproc_per_node=4 -m voxelfm extract -i cohort.csv -o emb/ --weights model/
 
 Re-running with the same -o skips finished ids (--retry-failed re-tries failures).
-Exit status: 0 all ok, 1 some items failed (see OUT/index.csv), 2 usage error."""
+Exit status: 0 all ok, 1 some items failed now or in an earlier run (see OUT/index.csv),
+2 usage error. Under torchrun item failures exit 0 (torchrun would report the job as crashed);
+the summary line and OUT/index.csv list them."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +56,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else 1 mm with a warning); other formats store their own")
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    text = " ".join(str(message).split())
+    return f"voxelfm extract: warning: {text}\n"
+
+
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    # Reader warnings (oblique image, assumed spacing, several series...) as one line each, also in
+    # the reading workers (forked during the run); the full text is in each embedding's record.
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        return _run(args)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.max_patches is not None and args.max_patches < 1:
         raise ValueError(f"--max-patches must be >= 1, got {args.max_patches}")
     if not 0 <= args.overlap < 1:
@@ -80,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
         max_patches=args.max_patches, mode=args.mode, window=args.window, overlap=args.overlap,
         device=args.device, dtype=args.dtype, memory_budget_gb=args.memory_budget_gb,
         workers=args.workers, format=args.format, retry_failed=args.retry_failed, spacing=args.spacing)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary, file=sys.stdout, flush=True)
-    return 0 if summary.failed == 0 else 1
+        if not summary.all_ok:
+            print(f"voxelfm extract: {summary.failed + summary.failed_before} item(s) without embeddings; "
+                  f"errors in {os.path.join(args.output, 'index.csv')}", file=sys.stderr, flush=True)
+    if summary.all_ok or distributed:
+        return 0
+    return 1

@@ -54,7 +54,8 @@ class BatchItem:
 class BatchSummary:
     """Outcome of one :func:`extract_batch` call (all ranks together under ``torchrun``).
 
-    ``skipped`` counts ids already done (or failed before, without ``retry_failed``).
+    ``skipped`` counts ids already done or failed before (without ``retry_failed``);
+    ``failed_before`` is how many of those skipped ids failed in an earlier run.
     """
 
     ok: int = 0
@@ -64,14 +65,25 @@ class BatchSummary:
     out: str = ""
     seconds: float = 0.0
     failed_ids: list[str] = field(default_factory=list)
+    failed_before: int = 0
+
+    @property
+    def all_ok(self) -> bool:
+        """Every item has an embedding: nothing failed now, and no earlier failure was skipped."""
+        return self.failed == 0 and self.failed_before == 0
 
     def __str__(self) -> str:
-        return (f"voxelfm extract: {self.ok} ok, {self.failed} failed, {self.skipped} skipped "
+        skipped = f"{self.skipped} skipped"
+        if self.failed_before:
+            skipped += (f" ({self.failed_before} of them failed before and were not retried; "
+                        f"--retry-failed re-tries them)")
+        return (f"voxelfm extract: {self.ok} ok, {self.failed} failed, {skipped} "
                 f"of {self.total} in {self.seconds:.1f} s -> {self.out}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "failed": self.failed, "skipped": self.skipped, "total": self.total,
-                "out": self.out, "seconds": round(self.seconds, 3), "failed_ids": list(self.failed_ids)}
+                "failed_before": self.failed_before, "out": self.out, "seconds": round(self.seconds, 3),
+                "failed_ids": list(self.failed_ids)}
 
 
 def _as_items(items: Iterable[Any]) -> list[BatchItem]:
@@ -298,13 +310,14 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
 
     mine = all_items[rank::world]
     todo: list[BatchItem] = []
-    skipped = 0
+    skipped = failed_before = 0
     for it in mine:
         st = store.status(it.id)
         done = st == "ok" and all(
             (store.file_for(it.id) if f == "safetensors" else store.pth_file_for(it.id)).exists() for f in formats)
         if done or (st == "failed" and not retry_failed):
             skipped += 1
+            failed_before += int(not done)
         else:
             todo.append(it)
     _clean_stale_tmp(store, (it.id for it in todo))
@@ -344,9 +357,13 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
             store.record_failure(item.id, source=item.source_text, error=err)
             failed += 1
             failed_ids.append(item.id)
+    except BaseException:
+        if world == 1:  # interrupted (Ctrl-C, an error): the table still shows what is done
+            store.write_index()
+        raise
     finally:
         del loader
-    counts = [ok, failed, skipped, len(mine)]
+    counts = [ok, failed, skipped, len(mine), failed_before]
     if world > 1:
         import torch.distributed as dist
 
@@ -364,4 +381,4 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
         if owns_group:
             dist.destroy_process_group()
     return BatchSummary(ok=counts[0], failed=counts[1], skipped=counts[2], total=counts[3], out=str(root),
-                        seconds=time.perf_counter() - t_start, failed_ids=failed_ids)
+                        seconds=time.perf_counter() - t_start, failed_ids=failed_ids, failed_before=counts[4])
