@@ -68,6 +68,44 @@ def test_truncated_dicom_slice_is_named(tmp_path):
     assert victim.name in str(err)
 
 
+def _truncate_header(path):
+    path.write_bytes(path.read_bytes()[:300])  # preamble + file meta, then the header stops
+
+
+def _slice_files_by_z(folder):
+    import pydicom
+
+    return sorted(folder.glob("*.dcm"), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+
+
+def test_header_truncated_slice_is_named_not_silently_skipped(tmp_path):
+    # regression: pydicom returns a partial dataset for such a file, which was skipped as "not
+    # DICOM"; the error then blamed a missing slice without naming the file
+    synth.write_axial_series(tmp_path, C, suffix=".dcm")
+    victim = _slice_files_by_z(tmp_path)[3]
+    _truncate_header(victim)
+    err = raises(tmp_path, "missing slice")
+    assert victim.name in str(err) and "corrupt or truncated" in str(err)
+
+
+def test_header_truncated_end_slice_is_warned(tmp_path):
+    # the last slice unreadable: the series is still regular, so it reads, but not silently
+    synth.write_axial_series(tmp_path, C, suffix=".dcm")
+    victim = _slice_files_by_z(tmp_path)[-1]
+    _truncate_header(victim)
+    with pytest.warns(UserWarning, match="corrupt or truncated"):
+        v = read_volume(tmp_path)
+    assert v.shape[0] == C.shape[0] - 1
+    assert any(victim.name in w for w in v.warnings)
+
+
+def test_folder_of_only_truncated_files(tmp_path):
+    synth.write_axial_series(tmp_path, C[:4], suffix="")
+    for f in tmp_path.iterdir():
+        _truncate_header(f)
+    raises(tmp_path, "4 DICOM image file.s. cannot be read, corrupt or truncated")
+
+
 def test_truncated_nifti(tmp_path):
     synth.write_nifti(tmp_path / "v.nii", C)
     raw = (tmp_path / "v.nii").read_bytes()

@@ -136,6 +136,7 @@ class _Scan:
     unreadable: list[Path] = field(default_factory=list)
     skipped: int = 0  # files skipped by name (non-DICOM suffix, hidden, DICOMDIR)
     duplicates: int = 0
+    corrupt: list[tuple[Path, str]] = field(default_factory=list)  # DICOM image files that cannot be parsed
 
 
 def _looks_headerless_ok(path: Path) -> bool:
@@ -163,8 +164,14 @@ def _skip_name(path: Path) -> bool:
     return name.startswith(".") or name.upper() == "DICOMDIR" or path.suffix.lower() in _NOT_DICOM
 
 
-def _read_header(path: Path) -> tuple[Any, bool] | None:
-    """``(dataset without pixels, forced)`` for an image DICOM file; None for anything else."""
+def _read_header(path: Path, corrupt: list[tuple[Path, str]] | None = None) -> tuple[Any, bool] | None:
+    """``(dataset without pixels, forced)`` for an image DICOM file; None for anything else.
+
+    A file that announces itself as a DICOM image (preamble + file meta with an image storage
+    SOP class) but cannot be parsed, or whose header ends before SeriesInstanceUID / Rows /
+    Columns (a truncated file: pydicom then returns a partial dataset without raising), is
+    appended to ``corrupt`` as ``(path, reason)``.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -179,11 +186,22 @@ def _read_header(path: Path) -> tuple[Any, bool] | None:
         except Exception:
             return None
         forced = True
-    except Exception:
+    except Exception as exc:  # a DICOM preamble, then a parse error
+        if corrupt is not None:
+            corrupt.append((path, f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"))
         return None
     if "SeriesInstanceUID" not in ds or "Rows" not in ds or "Columns" not in ds:
+        if corrupt is not None and not forced and _is_image_sop(ds):
+            corrupt.append((path, "the header ends before SeriesInstanceUID/Rows/Columns (truncated)"))
         return None
     return ds, forced
+
+
+def _is_image_sop(ds: Any) -> bool:
+    """The file meta names an image storage SOP class (CT, Enhanced CT, MR, ...)."""
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+    return uid is not None and "Image Storage" in str(getattr(uid, "name", ""))
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -200,7 +218,7 @@ def _scan(root: Path, recursive: bool = True) -> _Scan:
             scan.skipped += 1
             continue
         scan.n_files += 1
-        got = _read_header(path)
+        got = _read_header(path, scan.corrupt)
         if got is None:
             scan.unreadable.append(path)
             continue
@@ -645,12 +663,19 @@ def _volume_files_in(folder: Path) -> list[str]:
         return []
 
 
+def _corrupt_note(corrupt: Sequence[tuple[Path, str]]) -> str:
+    names = ", ".join(f"{p.name} ({why})" for p, why in corrupt[:3]) + (" ..." if len(corrupt) > 3 else "")
+    return f"{len(corrupt)} DICOM image file(s) cannot be read, corrupt or truncated: {names}"
+
+
 def _choose(scan: _Scan, where: Path, series_uid: str | None) -> tuple[str, list[DicomSeriesInfo]]:
     infos = _sorted_infos(scan)
     if not infos:
         if scan.n_files == 0 and scan.skipped == 0:
             raise VolumeReadError(where, "the folder is empty (no files); pass the folder that holds the "
                                          "DICOM slices")
+        if scan.corrupt:
+            raise VolumeReadError(where, f"{_corrupt_note(scan.corrupt)}; re-export the series")
         others = _volume_files_in(where) if where.is_dir() else []
         extra = f"; it holds {', '.join(others)} — pass that file instead" if others else \
             " — pass the folder that holds the DICOM slices"
@@ -728,7 +753,21 @@ def read_dicom(path: str | Path, *, series_uid: str | None = None) -> SourceImag
     if not chosen.is_volume_candidate and chosen.n_slices < 2:
         raise VolumeReadError(path, f"series {uid} has a single 2-D slice; it is not a volume")
     headers = sorted(scan.groups[uid], key=lambda h: str(h.path))
-    return _read_series(headers, path, source)
+    # Unparseable image files next to the series may be its slices: name them, whatever happens.
+    folders = {h.path.parent for h in headers}
+    near = [c for c in scan.corrupt if c[0].parent in folders]
+    try:
+        img = _read_series(headers, path, source)
+    except VolumeReadError as exc:
+        if near:
+            raise VolumeReadError(exc.path, f"{exc.reason}; note: {_corrupt_note(near)} — "
+                                            f"probably slices of this series") from None
+        raise
+    if near:
+        img.source.setdefault("warnings", []).append(
+            f"{_corrupt_note(near)}; if they are slices of this series, the volume is missing them "
+            f"— re-export the series")
+    return img
 
 
 def _single_volume_file(folder: Path) -> SourceImage | None:
