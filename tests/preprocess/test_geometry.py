@@ -84,3 +84,19 @@ def test_labels_to_token_grid_majority():
     lab[:4, :3] = 2  # 12 of 16... per 4³ patch: 48 of 64 voxels are 2
     tok = labels_to_token_grid(lab, 4)
     assert tok.shape == (2, 1, 1) and tok[0, 0, 0] == 2 and tok[1, 0, 0] == 0
+
+
+def test_thinner_than_one_patch_is_a_clear_error_not_padding():
+    # decided behaviour: a side shorter than one patch has no token (the reference fails too);
+    # the error says which axis, in mm, and what to do
+    from voxelfm.io import Volume
+    from voxelfm.preprocess import preprocess_volume
+
+    vol = Volume.from_array(np.full((2, 60, 60), 40.0, np.float32), (5.0, 0.7, 0.7))  # 10 mm thick
+    with pytest.raises(ValueError, match=r"axis 0 spans 10.0 mm, less than one patch .14 voxels = 10.8 mm"):
+        preprocess_volume(vol, patch_size=14)
+    with pytest.raises(ValueError, match="raise max_patches"):
+        preprocess_volume(np.zeros((20, 200, 200), np.float32), patch_size=14, max_patches=1)
+    # 14 voxels after resampling is enough: one token on that axis
+    ok = preprocess_volume(Volume.from_array(np.zeros((3, 60, 60), np.float32), (5.0, 0.75, 0.75)), patch_size=14)
+    assert ok.grid == (1, 4, 4)

@@ -213,9 +213,17 @@ def preprocess_volume(source: Any, preset: Preset | str = "default", *, crop_bac
     # 6. centred patch crop
     offsets, final_shape = patch_crop_offsets(resized_shape, patch_size)
     if min(final_shape) < patch_size:
-        raise ValueError(
-            f"volume too small for the model: after preprocessing it is {tuple(resized_shape)} voxels "
-            f"but every side needs at least one patch of {patch_size} voxels")
+        # Deliberately an error, not padding: a side shorter than one patch has no token (the
+        # reference fails on it too), and padding would invent anatomy the model never saw.
+        iso = tuple(float(v) for v in sp_iso)
+        short = [ax for ax in range(3) if resized_shape[ax] < patch_size]
+        why = (f"the token budget max_patches={max_patches} shrank it below one patch; raise max_patches"
+               if budget_shape is not None and all(iso_shape[ax] >= patch_size for ax in short) else
+               f"axis {short[0]} spans {iso_shape[short[0]] * iso[short[0]]:.1f} mm, less than one patch "
+               f"({patch_size} voxels = {patch_size * iso[short[0]]:.1f} mm at {iso[short[0]]:.3g} mm); "
+               f"pad the volume (e.g. with air, -1000 HU) or leave it out")
+        raise ValueError(f"volume too small for the model: after preprocessing it is {tuple(resized_shape)} "
+                         f"voxels but every side needs at least one patch of {patch_size} voxels — {why}")
     (d0, h0, w0), (D, H, W) = offsets, final_shape
     x = x[d0:d0 + D, h0:h0 + H, w0:w0 + W]
     record["patch_crop"] = {"offsets": list(offsets), "shape": list(final_shape)}
