@@ -238,3 +238,17 @@ def test_config_embedded_in_checkpoint(tmp_path, data_dir, reference):
     assert m.source["config_source"] == "stored in the checkpoint" and m.source["iteration"] == 5
     assert m.preset.mean == -600.0 and m.preset.hu_window == (-1000.0, 2000.0)
     _same_weights(m, reference)
+
+
+def test_assumed_normalisation_is_warned(data_dir):
+    # regression: a reference .pth without its config.yaml silently used the default mean/std,
+    # which the released config may not share
+    with pytest.warns(UserWarning, match="no normalisation stored with the weights.*config.yaml"):
+        m = load_backbone(data_dir / "teacher_checkpoint.pth")
+    assert m.source["normalisation"].startswith("assumed")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = load_backbone(data_dir / "teacher_checkpoint.pth", config=data_dir / "config.yaml")
+    assert "normalisation" not in m.source

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -464,9 +465,14 @@ def load_backbone(source: str | os.PathLike[str] | Mapping[str, Any], *, config:
         logger.info("architecture inferred from the weights: %s", cfg)
     cfg = cfg.replace(drop_path_rate=0.0)
     if preset is None:
+        # A reference .pth carries no normalisation; the released config.yaml may differ from the
+        # default config (REFERENCE.md §2.2: read it, do not hard-code). Say so, loudly.
         preset = Preset(name="default")
-        logger.info("no normalisation stored with the weights; using mean %.1f / std %.1f HU",
-                    preset.mean, preset.std)
+        warnings.warn(f"{provenance.get('path') or 'the state dict'}: no normalisation stored with the weights; "
+                      f"using the reference default mean {preset.mean:g} / std {preset.std:g} HU — pass "
+                      f"config= the config.yaml released with them (CLI: --config) to be sure",
+                      UserWarning, stacklevel=2)
+        provenance["normalisation"] = "assumed default (no config given)"
     model = VisionTransformer3D(cfg, preset=preset)
     load_state_dict_strict(model, sd, source=str(provenance.get("path") or "the state dict"))
     provenance["config_source"] = cfg_desc
