@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                          epochs=args.epochs, checkpoint_every=20)
     s2 = TrainConfig.cpu(2, lr=args.stage2_lr, batch_size=args.batch_size, num_queries=args.queries,
                          epochs=args.epochs, checkpoint_every=20)
-    exp_dir = work / f"experiment_{cohort_dir.name}_{args.feature}_{args.minutes:g}min"
+    exp_dir = work / f"experiment_{cohort_dir.name}_{args.feature}"  # a rerun with more --minutes continues training
     t0 = time.perf_counter()
     summary = run_report_experiment(store, table, exp_dir, minutes=args.minutes, lm=args.lm, feature=args.feature,
                                     stage1=s1, stage2=s2, stage1_fraction=args.stage1_fraction)
