@@ -192,6 +192,25 @@ def test_mixing_settings_in_one_store_is_refused(tiny_model, tmp_path):
         extract_batch(tiny_model, [folder], tmp_path / "emb", preset="paper")
 
 
+def test_every_volume_is_read_once_with_workers(tiny_model, tmp_path, monkeypatch):
+    # regression: the progress bar (tqdm.auto) iterated the DataLoader twice, so a second set of
+    # workers read and preprocessed the first volumes again
+    import voxelfm.inference.batch as batch
+
+    folder = _folder(tmp_path, n=3, bad=False)
+    log = tmp_path / "reads.txt"
+    real = batch.preprocess_volume
+
+    def logged(*a, **k):
+        with open(log, "a") as fh:  # workers are forked: a file sees every process
+            fh.write(f"{os.getpid()}\n")
+        return real(*a, **k)
+
+    monkeypatch.setattr(batch, "preprocess_volume", logged)
+    s = extract_batch(tiny_model, [folder], tmp_path / "emb", workers=2, show_progress=True)
+    assert s.ok == 3 and len(log.read_text().split()) == 3
+
+
 def test_store_refuses_other_weights_or_dtype(tiny_model, tmp_path):
     # regression: only the architecture was compared, so two checkpoints of one architecture (or
     # two random inits) were mixed silently in one store

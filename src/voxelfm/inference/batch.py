@@ -332,8 +332,12 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
     disable = None if show_progress is None else not show_progress
     if rank != 0:
         disable = True
+    # The bar is updated by hand: tqdm.auto's asyncio variant calls iter() on what it wraps, and
+    # every iter() of a DataLoader starts its own workers, which then read the first volumes twice.
+    bar = progress(total=len(todo), desc="extract", unit="vol", disable=disable)
     try:
-        for i, pre, err, read_s in progress(loader, total=len(todo), desc="extract", unit="vol", disable=disable):
+        for i, pre, err, read_s in loader:
+            bar.update(1)
             item = todo[i]
             if err is None:
                 t0 = time.perf_counter()
@@ -362,6 +366,7 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
             store.write_index()
         raise
     finally:
+        bar.close()
         del loader
     counts = [ok, failed, skipped, len(mine), failed_before]
     if world > 1:
