@@ -38,7 +38,7 @@ from voxelfm.probes.data import (
 )
 from voxelfm.probes.splits import nested_fractions
 from voxelfm.probes.tasks import Targets, Task, get_task, undefined
-from voxelfm.probes.trainer import TrainConfig, Trainer
+from voxelfm.probes.trainer import TrainConfig, Trainer, limit_threads
 from voxelfm.utils import atomic_write, atomic_write_text
 
 __all__ = [
@@ -100,6 +100,8 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "max_pairs": None,
     # statistics
     "n_resamples": 1000,
+    # compute: torch + BLAS/OpenMP threads for the whole run (see trainer.limit_threads)
+    "threads": 1,
     # outputs
     "save_weights": True,
 }
@@ -414,7 +416,18 @@ def train_probe(store: Any, labels: Any, target: str | Sequence[str], *, task: s
     """
     t_start = time.perf_counter()
     task_obj, head, feature, hp = check_probe(task, head, feature, hparams)
+    with limit_threads(hp["threads"]):
+        run = _train_probe(task_obj, head, feature, hp, store, labels, target, id_col=id_col,
+                           split_col=split_col, seed=seed, progress=progress)
+    run.seconds = time.perf_counter() - t_start
+    if output_dir is not None:
+        _write_outputs(run, Path(output_dir), hp)
+    return run
 
+
+def _train_probe(task_obj: Task, head: str, feature: str, hp: dict[str, Any], store: Any, labels: Any,
+                 target: str | Sequence[str], *, id_col: str, split_col: str | None, seed: int,
+                 progress: bool) -> ProbeRun:
     store = _as_store(store)
     base_dir = None if isinstance(labels, pd.DataFrame) else Path(labels).resolve().parent
     table = read_label_table(labels, id_col=id_col)
@@ -449,9 +462,6 @@ def train_probe(store: Any, labels: Any, target: str | Sequence[str], *, task: s
         run = _run_segmentation(store, frame, columns, hp, config, seed, base_dir, progress)
     else:
         run = _run_supervised(task_obj, store, frame, columns, head, feature, hp, config, seed, ctx, progress)
-    run.seconds = time.perf_counter() - t_start
-    if output_dir is not None:
-        _write_outputs(run, Path(output_dir), hp)
     return run
 
 

@@ -421,13 +421,17 @@ def run_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, output_
         bar.update(1)
     bar.close()
     results = _long_results(s, runs, failures)
-    with _quiet_progress():
+    from voxelfm.probes.trainer import limit_threads
+
+    threads = s.defaults.get("threads", 1)
+    with _quiet_progress(), limit_threads(threads):
         comparisons = _comparisons(s, runs)
     table = results_table(results, comparisons, s)
     paths = _write_tables(out, results, comparisons, table, s)
     if figures:
         try:
-            paths.update(_figures(s, runs, results, out / "figures", store_objs))
+            with limit_threads(threads):
+                paths.update(_figures(s, runs, results, out / "figures", store_objs))
         except Exception as exc:  # noqa: BLE001 - figures must not lose the numbers
             warnings.warn(f"figures failed: {exc}", stacklevel=2)
             atomic_write_text(out / "figures-error.txt", traceback.format_exc())
