@@ -47,3 +47,21 @@ def test_info_json_error_record(tmp_path, capsys):
     assert main(["info", "--json", str(tmp_path / "n.npy")]) == 2
     out, err = capsys.readouterr()
     assert "error" in json.loads(out) and err.count("\n") == 1
+
+
+def test_info_lists_the_series_of_a_zip(tmp_path, capsys):
+    # regression: a zip showed no series (only folders did), and folders were scanned twice
+    import zipfile
+
+    uid = synth.write_axial_series(tmp_path / "study" / "ct", C)
+    synth.write_axial_series(tmp_path / "study" / "scout", C[:1], image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    with zipfile.ZipFile(tmp_path / "study.zip", "w") as zf:
+        for f in (tmp_path / "study").rglob("*"):
+            zf.write(f, f.relative_to(tmp_path))
+    assert main(["info", "--json", str(tmp_path / "study.zip")]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert sorted((s["folder"], s["read"]) for s in rec["series"]) == [("study/ct", True), ("study/scout", False)]
+    assert [s["uid"] for s in rec["series"] if s["read"]] == [uid] and "series" not in rec["source"]
+    assert main(["info", str(tmp_path / "study.zip")]) == 0
+    out = capsys.readouterr().out
+    assert "series found: 2 (* = read)" in out and f"* {uid}" in out and "[study/ct]" in out

@@ -69,9 +69,11 @@ def describe(path: str | Path, *, series_uid: str | None = None, spacing: Any = 
                       "clip": list(vol.reference_clip) if vol.reference_clip else None,
                       "axis_map": vol.reference_map.to_dict()},
         "warnings": list(vol.source.get("warnings", [])),
-        "source": {k: v for k, v in vol.source.items() if k != "warnings"},
+        "source": {k: v for k, v in vol.source.items() if k not in ("warnings", "series")},
     }
-    if p.is_dir() or (detect_format(p) == "dicom" and p.is_file()):
+    if vol.source.get("series"):  # folders and zips: the series the reader found (headers read once)
+        record["series"] = vol.source["series"]
+    elif detect_format(p) == "dicom" and p.is_file():
         chosen = vol.source.get("series_uid")
         record["series"] = [dict(s.to_dict(), read=(s.uid == chosen)) for s in find_dicom_series(p)]
     return record
@@ -91,8 +93,9 @@ def format_text(rec: dict[str, Any]) -> str:
         lines.append(f"  series found: {len(rec['series'])} (* = read)")
         for s in rec["series"]:
             tags = ", localizer" if s["localizer"] else ""
+            where = f"  [{s['folder']}]" if s.get("folder") not in (None, ".") else ""
             lines.append(f"    {'*' if s['read'] else ' '} {s['uid']}  {s['modality'] or '?'}  "
-                         f"{s['n_slices']} slice(s){tags}  {s['description'] or ''}  [{s['folder']}]")
+                         f"{s['n_slices']} slice(s){tags}  {s['description'] or ''}{where}")
     d, h, w = rec["shape"]
     sz, sy, sx = rec["spacing"]
     lines.append(f"  shape [D,H,W]: {d} x {h} x {w}   spacing (z,y,x): {_fmt_num(sz)} x {_fmt_num(sy)} x "

@@ -742,6 +742,7 @@ def read_dicom(path: str | Path, *, series_uid: str | None = None) -> SourceImag
     chosen = next(s for s in infos if s.uid == uid)
     others = [s for s in infos if s.uid != uid and s.is_volume_candidate]
     source["series_found"] = len(infos)
+    source["series"] = [dict(s.to_dict(), read=s.uid == uid) for s in infos]  # what `voxelfm info` lists
     source["folder"] = str(chosen.folder)
     if scan.duplicates:
         source["duplicate_files_skipped"] = scan.duplicates
@@ -808,9 +809,14 @@ def _read_zip(path: Path, series_uid: str | None) -> SourceImage:
             raise VolumeReadError(path, f"{exc.reason}{inner}") from None
         img.source["path"] = str(path)
         img.source["archive"] = str(path)
+        def inside(folder: str) -> str | None:
+            f = Path(folder)
+            return str(f.relative_to(tmp)) if f.is_relative_to(tmp) else None
+
         if "folder" in img.source:
-            folder = Path(img.source["folder"])
-            img.source["folder"] = str(folder.relative_to(tmp)) if folder.is_relative_to(tmp) else None
+            img.source["folder"] = inside(img.source["folder"])
+        for info in img.source.get("series", []):
+            info["folder"] = inside(info["folder"])
         return img
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
