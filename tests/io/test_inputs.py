@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.io import synth
@@ -109,3 +110,25 @@ def test_ids_from_names():
     assert volume_id_from_path("a/b/ct.001.nii.gz") == "ct.001"
     assert volume_id_from_path(Path("x.mha")) == "x"
     assert volume_id_from_path("scan.zip") == "scan"
+
+
+def test_images_without_series_uid_are_one_series_per_folder(tmp_path):
+    # regression: slices without SeriesInstanceUID (stripped by some anonymisers) were ignored
+    # ("no readable DICOM"); the reference groups them as one series
+    import pydicom
+
+    from voxelfm.io import read_volume
+
+    C = synth.phantom()
+    synth.write_axial_series(tmp_path / "a", C)
+    for f in (tmp_path / "a").iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.SeriesInstanceUID
+        ds.save_as(f)
+    with pytest.warns(UserWarning, match="no SeriesInstanceUID"):
+        v = read_volume(tmp_path / "a")
+    assert np.array_equal(v.array, C) and v.source["series_uid"].startswith("NOUID.")
+    items = collect_inputs([tmp_path])
+    assert [i.id for i in items] == [v.source["series_uid"]]  # stable between the two calls
+    with pytest.warns(UserWarning):
+        assert np.array_equal(read_volume(items[0].path, series_uid=items[0].series_uid).array, C)

@@ -168,9 +168,9 @@ def _read_header(path: Path, corrupt: list[tuple[Path, str]] | None = None) -> t
     """``(dataset without pixels, forced)`` for an image DICOM file; None for anything else.
 
     A file that announces itself as a DICOM image (preamble + file meta with an image storage
-    SOP class) but cannot be parsed, or whose header ends before SeriesInstanceUID / Rows /
-    Columns (a truncated file: pydicom then returns a partial dataset without raising), is
-    appended to ``corrupt`` as ``(path, reason)``.
+    SOP class) but cannot be parsed, or whose header ends before Rows / Columns (a truncated
+    file: pydicom then returns a partial dataset without raising), is appended to ``corrupt`` as
+    ``(path, reason)``. Images without SeriesInstanceUID are accepted (see :func:`_series_key`).
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -190,11 +190,28 @@ def _read_header(path: Path, corrupt: list[tuple[Path, str]] | None = None) -> t
         if corrupt is not None:
             corrupt.append((path, f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"))
         return None
-    if "SeriesInstanceUID" not in ds or "Rows" not in ds or "Columns" not in ds:
+    if "Rows" not in ds or "Columns" not in ds:
         if corrupt is not None and not forced and _is_image_sop(ds):
-            corrupt.append((path, "the header ends before SeriesInstanceUID/Rows/Columns (truncated)"))
+            corrupt.append((path, "the header ends before Rows/Columns (truncated)"))
         return None
+    if "SeriesInstanceUID" not in ds and "PixelSpacing" not in ds and "ImagePositionPatient" not in ds:
+        return None  # no series and no geometry: not a slice of a volume
     return ds, forced
+
+
+#: Prefix of the stand-in series UID of images that have no SeriesInstanceUID.
+NO_UID_PREFIX = "NOUID."
+
+
+def _series_key(ds: Any, path: Path) -> str:
+    """SeriesInstanceUID; for images without one (stripped by some anonymisers) one stand-in per
+    folder, stable across calls (``NOUID.<hash of the folder>``), as the reference groups them."""
+    uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    if uid:
+        return uid
+    import hashlib
+
+    return NO_UID_PREFIX + hashlib.sha1(str(path.parent.resolve()).encode()).hexdigest()[:16]
 
 
 def _is_image_sop(ds: Any) -> bool:
@@ -229,7 +246,7 @@ def _scan(root: Path, recursive: bool = True) -> _Scan:
                 scan.duplicates += 1
                 continue
             seen_sop.add(sop)
-        scan.groups.setdefault(str(ds.SeriesInstanceUID), []).append(_Header(path, ds, forced))
+        scan.groups.setdefault(_series_key(ds, path), []).append(_Header(path, ds, forced))
     return scan
 
 
@@ -604,6 +621,9 @@ def _read_series(headers: list[_Header], where: Path, source: dict[str, Any]) ->
     ds0 = headers[0].ds
     warnings = source.setdefault("warnings", [])
     warnings.extend(geo.notes)
+    if "SeriesInstanceUID" not in ds0:
+        warnings.append(f"the images have no SeriesInstanceUID; the {len(headers)} such file(s) in "
+                        f"{headers[0].path.parent.name or headers[0].path.parent} were read as one series")
     if missing_rescale:
         warnings.append(f"{missing_rescale} slice(s) have no RescaleSlope/RescaleIntercept; stored values "
                         f"were taken as HU")
@@ -611,7 +631,7 @@ def _read_series(headers: list[_Header], where: Path, source: dict[str, Any]) ->
     source.update({
         "format": "dicom",
         "modality": _text(ds0.get("Modality")),
-        "series_uid": str(ds0.SeriesInstanceUID),
+        "series_uid": _series_key(ds0, headers[0].path),
         "study_uid": _text(ds0.get("StudyInstanceUID")),
         "series_number": _text(ds0.get("SeriesNumber")),
         "series_description": _text(ds0.get("SeriesDescription")),
@@ -726,7 +746,7 @@ def read_dicom(path: str | Path, *, series_uid: str | None = None) -> SourceImag
                                         "geometry); corrupt, truncated or another format")
         ds, forced = got
         header = _Header(path, ds, forced)
-        info = _info(str(ds.SeriesInstanceUID), [header])
+        info = _info(_series_key(ds, path), [header])
         if series_uid is not None and series_uid != info.uid:
             raise VolumeReadError(path, f"the file belongs to series {info.uid}, not {series_uid}")
         if not info.is_ct:

@@ -94,12 +94,13 @@ def _from_file(path: Path) -> InputItem:
     if fmt == "dicom":
         import pydicom
 
+        from voxelfm.io.dicom import _series_key
+
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"], force=True)
-            uid = str(ds.SeriesInstanceUID)
         except Exception:
             raise VolumeReadError(path, "cannot read the SeriesInstanceUID of this DICOM file") from None
-        return InputItem(uid, path, None)
+        return InputItem(_series_key(ds, path), path, None)
     return InputItem(volume_id_from_path(path), path)
 
 
