@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else 1 mm with a warning); other formats store their own")
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     text = " ".join(str(message).split())
     return f"voxelfm extract: warning: {text}\n"
 
