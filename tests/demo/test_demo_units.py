@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -94,10 +95,27 @@ def test_runner_reuses_resumes_and_clears(tmp_path):
     StageRunner(DemoState.load(tmp_path), 1, stream=io.StringIO()).run("a", "do a", "sig1", work, folders=[folder])
     assert calls == [False, True]
 
+    # an interrupted attempt keeps its time and stays "started"; the next run resumes and adds to it
+    def interrupted(resuming):
+        time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    st = DemoState.load(tmp_path)
+    st.stages["a"].status = "started"
+    st.save()
+    with pytest.raises(KeyboardInterrupt):
+        StageRunner(DemoState.load(tmp_path), 1, stream=io.StringIO()).run("a", "do a", "sig1", interrupted)
+    rec = DemoState.load(tmp_path).stages["a"]
+    assert rec.status == "started" and rec.runs[-1] >= 0.05 and len(rec.runs) == 3
+    StageRunner(DemoState.load(tmp_path), 1, stream=io.StringIO()).run("a", "do a", "sig1", work, folders=[folder])
+    rec = DemoState.load(tmp_path).stages["a"]
+    assert calls == [False, True, True] and rec.status == "finished" and len(rec.runs) == 4
+    assert rec.seconds == pytest.approx(sum(rec.runs), abs=1e-2)
+
     # another signature: folder cleared, run from scratch
     (folder / "stale.txt").write_text("old")
     StageRunner(DemoState.load(tmp_path), 1, stream=io.StringIO()).run("a", "do a", "sig2", work, folders=[folder])
-    assert calls == [False, True, False] and not (folder / "stale.txt").exists()
+    assert calls == [False, True, True, False] and not (folder / "stale.txt").exists()
 
 
 def test_state_rejects_foreign_json(tmp_path):

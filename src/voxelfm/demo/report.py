@@ -444,8 +444,12 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
 
         def f1(d: dict[str, Any] | None) -> str:
             d = (d or {}).get("macro_f1") or {}
-            return _est(float(d.get("value") or math.nan), float(d.get("ci_low") or math.nan),
-                        float(d.get("ci_high") or math.nan))
+
+            def num(key: str) -> float:
+                v = d.get(key)
+                return math.nan if v is None else float(v)
+
+            return _est(num("value"), num("ci_low"), num("ci_high"))
 
         L += ["## Report generation", "",
               f"A Perceiver projector + LoRA on the offline LM ({s.get('lm')}) was trained on the pre-trained "

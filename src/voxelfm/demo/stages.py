@@ -227,7 +227,14 @@ class StageRunner:
         self._print(f"{head}: {title}{' (resuming)' if resuming else ''} — elapsed "
                     f"{format_seconds(self.elapsed())}")
         t, c = time.monotonic(), cpu_seconds()
-        summary = fn(resuming) or {}
+        try:
+            summary = fn(resuming) or {}
+        except BaseException:  # interrupted or failed: keep the time spent, the stage stays "started"
+            rec.seconds += time.monotonic() - t
+            rec.cpu_seconds += cpu_seconds() - c
+            rec.runs.append(time.monotonic() - t)
+            self.state.save()
+            raise
         dt, dc = time.monotonic() - t, cpu_seconds() - c
         rec.seconds += dt
         rec.cpu_seconds += dc

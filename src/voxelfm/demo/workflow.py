@@ -323,11 +323,9 @@ def _stage_probes(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
 def _stage_reports(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
     from voxelfm.reportgen import run_report_experiment
 
-    # a 135M-parameter LM: large matrix products, so every core as an intra-op thread
-    with _torch_threads(s.n_workers):
-        summary = run_report_experiment(paths.store("pretrained"), paths.cohort, paths.reports,
-                                        minutes=REPORT_MINUTES[bool(s.quick)], seed=int(s.seed) + 4,
-                                        n_resamples=int(s.n_resamples), resume=True)
+    summary = run_report_experiment(paths.store("pretrained"), paths.cohort, paths.reports,
+                                    minutes=REPORT_MINUTES[bool(s.quick)], seed=int(s.seed) + 4,
+                                    n_resamples=int(s.n_resamples), resume=True)
     gen = summary.get("generated", {}).get("macro_f1", {})
     return {"summary": summary,
             "_line": f"macro F1 of generated reports {gen.get('value', math.nan):.3f}"}
