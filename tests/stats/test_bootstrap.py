@@ -97,6 +97,24 @@ def test_macro_auroc_fast_path_equals_generic():
     np.testing.assert_allclose(fast.replicates, slow.replicates, rtol=1e-12)
 
 
+def test_macro_auroc_missing_labels_fast_path_equals_generic():
+    """NaN = missing label: left out of its column's AUROC, in the point value and every resample."""
+    rng = np.random.default_rng(6)
+    y = (rng.random((70, 3)) < 0.4).astype(float)
+    s = rng.random((70, 3)) + y
+    y[rng.random((70, 3)) < 0.25] = np.nan
+    s[np.isnan(y[:, 0]), 0] = np.nan  # scores of missing labels are ignored (may be NaN too)
+    ok = ~np.isnan(y)
+    expected = np.mean([roc_auc_score(y[ok[:, j], j], s[ok[:, j], j]) for j in range(3)])
+    assert macro_auroc(y, s).value == pytest.approx(expected)
+    fast = bootstrap_ci(macro_auroc, y, s, n_resamples=200, seed=2)
+    slow = bootstrap_ci(lambda a, b: macro_auroc(a, b), y, s, n_resamples=200, seed=2)
+    np.testing.assert_allclose(fast.replicates, slow.replicates, rtol=1e-12)
+    assert fast.value == pytest.approx(expected)
+    with pytest.raises(ValueError, match="0/1"):
+        macro_auroc(np.full((4, 1), 2.0), np.zeros((4, 1)))
+
+
 def test_user_batched_attribute_is_used():
     calls = []
 

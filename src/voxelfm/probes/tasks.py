@@ -28,6 +28,7 @@ suite runner uses this to put p-values between backbones in its tables.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -97,6 +98,56 @@ def _macro_auc(y: np.ndarray, p: np.ndarray) -> float:
     vals = [_auc(y[:, j], p[:, j]) for j in range(y.shape[1])]
     vals = [v for v in vals if math.isfinite(v)]
     return float(np.mean(vals)) if vals else math.nan
+
+
+def _batched(fn: Callable[..., np.ndarray]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Attach a vectorised form (arrays with a leading resample axis ``[B, N, ...]`` → ``[B]``) to a
+    metric, so :func:`voxelfm.stats.bootstrap_ci` evaluates all resamples at once."""
+    def deco(metric: Callable[..., Any]) -> Callable[..., Any]:
+        metric.batched = fn  # type: ignore[attr-defined]
+        return metric
+    return deco
+
+
+def _masked_macro_f1(threshold: float) -> Callable[[np.ndarray, np.ndarray], float]:
+    """Macro F1 over the columns of ``[N, L]`` labels with NaN = missing (a column with no observed
+    label is left out); equals the mean of sklearn ``f1_score(zero_division=0)`` per column."""
+    def batched(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        obs = ~np.isnan(a)
+        y = np.where(obs, a, 0.0) == 1
+        pred = (b >= threshold) & obs
+        tp = (pred & y).sum(1)
+        fp = (pred & ~y).sum(1)
+        fn = (~pred & y & obs).sum(1)
+        den = 2 * tp + fp + fn
+        f1 = np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0)
+        f1 = np.where(obs.any(1), f1, np.nan)                       # [B, L]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(f1, axis=1)
+
+    @_batched(batched)
+    def macro_f1(a: np.ndarray, b: np.ndarray) -> float:
+        return float(batched(np.asarray(a, dtype=float)[None], np.asarray(b, dtype=float)[None])[0])
+
+    return macro_f1
+
+
+def _multiclass_confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Confusion counts ``[B, k, k]`` (true, predicted) of ``[B, N]`` class indices."""
+    b = y.shape[0]
+    code = (y.astype(np.int64) * k + pred) + (np.arange(b, dtype=np.int64) * k * k)[:, None]
+    return np.bincount(code.ravel(), minlength=b * k * k).reshape(b, k, k)
+
+
+def _multiclass_accuracy_batched(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (b.argmax(-1) == a).mean(axis=1)
+
+
+@_batched(_multiclass_accuracy_batched)
+def _multiclass_accuracy(a: np.ndarray, b: np.ndarray) -> float:
+    """Accuracy of the argmax of ``[N, K]`` probabilities against class indices ``[N]``."""
+    return float(np.mean(np.asarray(b).argmax(1) == np.asarray(a)))
 
 
 @dataclass
@@ -241,10 +292,10 @@ class BinaryTask(Task):
         n = len(y)
         thr = float(ctx.get("threshold", 0.5))
         yi = y.astype(int)
-        return {
+        return {  # partials of the stats metrics keep bootstrap_ci on its vectorised path
             "auroc": _safe("auroc", lambda: auroc(yi, pred, ci=ctx.get("auroc_ci", "delong")), n),
-            "f1": _bootstrap("f1", lambda a, b: f1_at(a, b, threshold=thr), yi, pred, ctx=ctx),
-            "accuracy": _bootstrap("accuracy", lambda a, b: accuracy_at(a, b, threshold=thr), yi, pred, ctx=ctx),
+            "f1": _bootstrap("f1", functools.partial(f1_at, threshold=thr), yi, pred, ctx=ctx),
+            "accuracy": _bootstrap("accuracy", functools.partial(accuracy_at, threshold=thr), yi, pred, ctx=ctx),
         }
 
     def prediction_columns(self, y, pred, t):
@@ -288,7 +339,7 @@ class MultilabelTask(Task):
         return _macro_auc(y, pred)
 
     def metrics(self, y, pred, t, ctx):
-        from voxelfm.stats import auroc, f1_at
+        from voxelfm.stats import auroc, macro_auroc
 
         n = len(y)
         thr = float(ctx.get("threshold", 0.5))
@@ -299,17 +350,9 @@ class MultilabelTask(Task):
                                         lambda ok=ok, j=j: auroc(y[ok, j].astype(int), pred[ok, j],
                                                                  ci=ctx.get("auroc_ci", "delong")),
                                         int(ok.sum()))
-        out["macro_auroc"] = _bootstrap("macro_auroc", _macro_auc, y, pred, ctx=ctx)
-
-        def macro_f1(a: np.ndarray, b: np.ndarray) -> float:
-            vals = []
-            for j in range(a.shape[1]):
-                ok = np.isfinite(a[:, j])
-                if ok.any():
-                    vals.append(float(f1_at(a[ok, j].astype(int), b[ok, j], threshold=thr)))
-            return float(np.mean(vals)) if vals else math.nan
-
-        out["macro_f1"] = _bootstrap("macro_f1", macro_f1, y, pred, ctx=ctx)
+        # stats.macro_auroc leaves missing (NaN) labels out of their column, as _macro_auc
+        out["macro_auroc"] = _bootstrap("macro_auroc", macro_auroc, y, pred, ctx=ctx)
+        out["macro_f1"] = _bootstrap("macro_f1", _masked_macro_f1(thr), y, pred, ctx=ctx)
         del n
         return out
 
@@ -389,13 +432,28 @@ class MulticlassTask(Task):
         return -float(log_loss(y, pred, labels=list(range(pred.shape[1]))))
 
     def metrics(self, y, pred, t, ctx):
+        from voxelfm.stats import macro_auroc
+
         y = np.asarray(y, dtype=int)
         k = pred.shape[1]
+        onehot = (y[:, None] == np.arange(k)[None, :]).astype(float)
+
+        def f1_batched(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            conf = _multiclass_confusion(a, b.argmax(-1), k)
+            tp = np.diagonal(conf, axis1=1, axis2=2).astype(float)
+            den = conf.sum(1) + conf.sum(2)
+            return np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0).mean(1)
+
+        @_batched(f1_batched)
+        def macro_f1(a: np.ndarray, b: np.ndarray) -> float:
+            return _macro_f1_multiclass(a, b.argmax(1), k)
+
         out = {
-            "accuracy": _bootstrap("accuracy", lambda a, b: float(np.mean(b.argmax(1) == a)), y, pred, ctx=ctx),
-            "macro_auroc": _bootstrap("macro_auroc", self._ovr, y, pred, ctx=ctx),
-            "macro_f1": _bootstrap("macro_f1", lambda a, b: _macro_f1_multiclass(a, b.argmax(1), k),
-                                   y, pred, ctx=ctx),
+            "accuracy": _bootstrap("accuracy", _multiclass_accuracy, y, pred, ctx=ctx),
+            # one-vs-rest macro AUROC = macro AUROC of the one-hot labels (classes absent from a
+            # resample are left out of its mean, as _ovr does)
+            "macro_auroc": _bootstrap("macro_auroc", macro_auroc, onehot, pred, ctx=ctx),
+            "macro_f1": _bootstrap("macro_f1", macro_f1, y, pred, ctx=ctx),
         }
         return out
 
@@ -466,8 +524,8 @@ class RegressionTask(Task):
             out["rmse" + suffix] = _bootstrap("rmse" + suffix, rmse, a, b, ctx=ctx)
             out["mse" + suffix] = _bootstrap("mse" + suffix, mse, a, b, ctx=ctx)
             out["r2" + suffix] = _bootstrap("r2" + suffix, r2, a, b, ctx=ctx)
-        if np.ndim(y) > 1:
-            out["mae"] = _bootstrap("mae", lambda a, b: float(np.mean(np.abs(a - b))), y, pred, ctx=ctx)
+        if np.ndim(y) > 1:  # mean over outputs of the per-sample absolute errors
+            out["mae"] = _bootstrap("mae", np.mean, np.abs(y - pred).mean(axis=1), ctx=ctx)
         return out
 
     def prediction_columns(self, y, pred, t):
@@ -601,13 +659,13 @@ class LocalisationTask(Task):
         return -float(np.linalg.norm(np.asarray(y) - pred, axis=1).mean())
 
     def metrics(self, y, pred, t, ctx):
-        from voxelfm.stats import mean_euclidean_error
-
-        out = {"mean_distance": _bootstrap("mean_distance", mean_euclidean_error, y, pred, ctx=ctx)}
+        # the mean Euclidean error is the mean of per-scan distances: bootstrap them with np.mean
+        # (vectorised) — identical to bootstrapping stats.mean_euclidean_error over (y, pred) rows
+        out = {"mean_distance": _bootstrap("mean_distance", np.mean, np.linalg.norm(y - pred, axis=1), ctx=ctx)}
         ext = ctx.get("extent_mm")
         if ext is not None and np.isfinite(ext).all():
-            out["mean_distance_mm"] = _bootstrap("mean_distance_mm", mean_euclidean_error,
-                                                 y * ext, pred * ext, ctx=ctx)
+            out["mean_distance_mm"] = _bootstrap("mean_distance_mm", np.mean,
+                                                 np.linalg.norm((y - pred) * ext, axis=1), ctx=ctx)
         return out
 
     def prediction_columns(self, y, pred, t):

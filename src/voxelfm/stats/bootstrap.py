@@ -65,38 +65,46 @@ def _counts(idx: np.ndarray, n: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- vectorised metrics
-def _b_auroc(arrays, idx, **_):
+def _b_auroc(arrays, idx, observed: np.ndarray | None = None, **_):
     """Mann–Whitney AUROC of every resample from per-resample counts of (score group, class):
-    one bincount over ``[B, N]`` codes and a cumulative sum over the sorted score groups."""
+    one bincount over ``[B, N]`` codes and a cumulative sum over the sorted score groups.
+    Rows with ``observed`` False (missing labels) are not counted."""
     from voxelfm.stats._validate import as_1d
 
     y = as_1d(arrays[0], "y_true", dtype=bool)
-    s = as_1d(arrays[1], "y_score")
+    s = as_1d(arrays[1], "y_score", allow_nan=observed is not None)
+    if observed is not None:
+        s = np.where(observed, s, 0.0)
     uniq, grp = np.unique(s, return_inverse=True)
-    g = len(uniq)
+    g = len(uniq) + 1  # the last group collects unobserved rows
     code = 2 * grp.astype(np.int64) + y  # (score group, class) per original row
+    if observed is not None:
+        code = np.where(observed, code, 2 * (g - 1))
     b, n = idx.shape
     flat = code[idx] + (np.arange(b, dtype=np.int64) * (2 * g))[:, None]
-    cnt = np.bincount(flat.ravel(), minlength=b * 2 * g).reshape(b, g, 2)
+    cnt = np.bincount(flat.ravel(), minlength=b * 2 * g).reshape(b, g, 2)[:, :-1]
     neg, pos = cnt[..., 0], cnt[..., 1]
     neg_below = np.cumsum(neg, axis=1) - neg  # negatives in strictly lower score groups
     u = np.sum(pos * (neg_below + 0.5 * neg), axis=1)
     n_pos = pos.sum(1)
-    n_neg = n - n_pos
+    n_neg = neg.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
 
 
 def _b_macro_auroc(arrays, idx, **_):
-    y = np.asarray(arrays[0])
-    s = np.asarray(arrays[1], dtype=float)
-    if y.ndim != 2 or s.shape != y.shape:
+    from voxelfm.stats.multilabel import _masked_matrix_inputs
+
+    if np.ndim(arrays[0]) != 2 or np.shape(arrays[0]) != np.shape(arrays[1]):
         raise _NoFastPath
-    n_pos = y.astype(bool).sum(0)
-    cols = np.flatnonzero((n_pos > 0) & (n_pos < len(y)))
-    per = np.stack([_b_auroc((y[:, j], s[:, j]), idx) for j in cols], axis=1)
+    y, s, obs = _masked_matrix_inputs(arrays[0], arrays[1])
+    cols = [j for j in range(y.shape[1]) if 0 < y[obs[:, j], j].sum() < obs[:, j].sum()]
+    per = np.stack([_b_auroc((y[:, j], s[:, j]), idx, observed=None if obs[:, j].all() else obs[:, j])
+                    for j in cols], axis=1)
     # as macro_auroc: labels with one class in this resample are left out of its mean
-    return np.nanmean(per, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # every label undefined: NaN (skipped)
+        return np.nanmean(per, axis=1)
 
 
 def _b_micro_auroc(arrays, idx, **_):

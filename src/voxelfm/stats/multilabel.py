@@ -63,15 +63,38 @@ def _defined(y: np.ndarray) -> np.ndarray:
     return (n_pos > 0) & (n_pos < len(y))
 
 
+def _masked_matrix_inputs(y_true, y_score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[N, L]`` labels that may hold NaN (missing): (labels as bool, scores, observed mask)."""
+    y = np.asarray(y_true)
+    s = np.asarray(y_score, dtype=float)
+    if y.ndim != 2 or y.shape != s.shape:
+        raise ValueError(f"y_true and y_score must both be [N, L], got {y.shape} and {s.shape}")
+    if y.dtype == bool:
+        return y, s, np.ones(y.shape, dtype=bool)
+    y = y.astype(float)
+    observed = ~np.isnan(y)
+    if not np.isin(y[observed], (0.0, 1.0)).all():
+        raise ValueError("y_true must hold 0/1 (or bool) per label column, NaN for a missing label")
+    if not np.isfinite(s[observed]).all():
+        raise ValueError("y_score contains NaN/inf where the label is observed")
+    return np.where(observed, y, 0.0).astype(bool), s, observed
+
+
 def macro_auroc(y_true, y_score) -> Estimate:
     """Unweighted mean AUROC over the label columns of ``[N, L]`` arrays that hold both classes
     (point estimate; ``bootstrap_ci(macro_auroc, Y, S, ...)`` for a CI — there, a label with one
-    class in a resample is left out of that resample's mean, as here)."""
-    y, s = _matrix_inputs(y_true, y_score)
-    ok = _defined(y)
-    if not ok.any():
+    class in a resample is left out of that resample's mean, as here).
+
+    Missing labels: ``NaN`` entries of ``y_true`` are left out of their column's AUROC (multi-label
+    tables with gaps)."""
+    y, s, obs = _masked_matrix_inputs(y_true, y_score)
+    vals = []
+    for j in range(y.shape[1]):
+        yj, sj = y[obs[:, j], j], s[obs[:, j], j]
+        if 0 < yj.sum() < len(yj):
+            vals.append(auroc(yj, sj, ci=None).value)
+    if not vals:
         raise DegenerateDataError("macro AUROC undefined: no label column holds both classes")
-    vals = [auroc(y[:, j], s[:, j], ci=None).value for j in np.flatnonzero(ok)]
     return Estimate(float(np.mean(vals)), math.nan, math.nan, "point", len(y), 0.05, "auroc_macro")
 
 
