@@ -20,7 +20,7 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, d
     passed explicitly. When stderr is not a terminal (a log file, a batch job) the bar still shows
     progress and ETA, but refreshes at most every 30 s so logs stay readable.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # not tqdm.auto: its asyncio variant iterates a DataLoader twice
 
     if disable is None:
         disable = os.environ.get("VOXELFM_NO_PROGRESS", "") not in ("", "0")
