@@ -36,7 +36,8 @@ import torch
 from voxelfm.probes.splits import check_splits, make_splits, normalise_split_names
 
 __all__ = [
-    "FEATURES", "TOKEN_FEATURES", "VECTOR_FEATURES", "GridDataset", "TokenDataset", "TokenSource", "VectorDataset",
+    "FEATURES", "TOKEN_FEATURES", "VECTOR_FEATURES", "GridDataset", "PaddedTokens", "TokenDataset", "TokenSource",
+    "VectorDataset",
     "feature_matrix", "join_labels", "pad_collate", "read_label_table", "stack_collate", "token_coords",
 ]
 
@@ -166,13 +167,13 @@ class TokenSource:
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache: OrderedDict[str, tuple[torch.Tensor, tuple[int, int, int]]] = OrderedDict()
         self._used = 0
+        self.dense_bytes = 0  # memory held by datasets' padded tensors (same budget, see PaddedTokens)
         self.loads = 0  # number of reads from disk (for tests and diagnostics)
 
-    def get(self, item_id: str) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """``(tokens [T, C] float32, grid (d, h, w))`` of ``item_id``."""
+    def read(self, item_id: str) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Like :meth:`get` but without caching (a cached copy is used if there is one)."""
         hit = self._cache.get(item_id)
         if hit is not None:
-            self._cache.move_to_end(item_id)
             return hit
         t = self.store.load_tensor(item_id, self.feature)
         self.loads += 1
@@ -183,7 +184,15 @@ class TokenSource:
             if t.shape[0] == 0:
                 raise ValueError(f"id {item_id!r} has no register tokens; use feature=patch")
             grid = (int(t.shape[0]), 1, 1)
-        t = t.contiguous()
+        return t.contiguous(), grid
+
+    def get(self, item_id: str) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """``(tokens [T, C] float32, grid (d, h, w))`` of ``item_id``."""
+        hit = self._cache.get(item_id)
+        if hit is not None:
+            self._cache.move_to_end(item_id)
+            return hit
+        t, grid = self.read(item_id)
         size = t.numel() * t.element_size()
         if 0 < size <= self.cache_bytes:
             self._cache[item_id] = (t, grid)
@@ -245,8 +254,74 @@ class VectorDataset(torch.utils.data.Dataset):
         return {"x": self.x[i], "y": self.y[i], "index": i}
 
 
+class PaddedTokens:
+    """All token sets of a dataset padded once into dense tensors, so a batch is an index gather
+    instead of a per-item read + pad (the collation cost more than the head for small heads).
+
+    Attributes:
+        x: ``[N, T_max, C]`` tokens (zeros on padding); mask: ``[N, T_max]`` True = real token;
+        coords: ``[N, T_max, 3]`` relative token positions (0 on padding); lengths: ``[N]``;
+        grid: ``[N, 3]``.
+    """
+
+    def __init__(self, source: TokenSource, ids: Sequence[str], convention: str) -> None:
+        items = [source.read(i) for i in ids]
+        lengths = [int(t.shape[0]) for t, _ in items]
+        n, t_max, c = len(items), max(lengths), int(items[0][0].shape[-1])
+        self.x = torch.zeros(n, t_max, c, dtype=torch.float32)
+        self.mask = torch.zeros(n, t_max, dtype=torch.bool)
+        self.coords = torch.zeros(n, t_max, 3, dtype=torch.float32)
+        coords_of: dict[tuple[int, int, int], torch.Tensor] = {}
+        for k, (t, grid) in enumerate(items):
+            m = lengths[k]
+            self.x[k, :m] = t
+            self.mask[k, :m] = True
+            if grid not in coords_of:
+                coords_of[grid] = token_coords(grid, convention)
+            self.coords[k, :m] = coords_of[grid]
+        self.lengths = torch.tensor(lengths, dtype=torch.long)
+        self.grid = torch.tensor([list(g) for _, g in items], dtype=torch.long)
+        self.convention = convention
+
+    @staticmethod
+    def nbytes(source: TokenSource, ids: Sequence[str]) -> int:
+        """Memory the padded tensors of ``ids`` would take (patch shapes from the file headers)."""
+        t_max = c = 0
+        for i in ids:
+            shape = _token_shape(source.store, i) if source.feature == "patch" else None
+            if shape is None:
+                t, _ = source.read(i)
+                shape = (int(t.shape[0]), int(t.shape[1]))
+            t_max, c = max(t_max, shape[0]), shape[1]
+        return len(ids) * t_max * (4 * c + 1 + 12)  # tokens, mask, coordinates
+
+    def batch(self, idx: Sequence[int], y: torch.Tensor) -> dict[str, Any]:
+        """The batch of items ``idx``, padded to the longest of *these* items (not the dataset's)."""
+        t = torch.as_tensor(list(idx), dtype=torch.long)
+        t_b = int(self.lengths[t].max())
+        return {"x": self.x[t, :t_b], "mask": self.mask[t, :t_b], "coords": self.coords[t, :t_b],
+                "grid": self.grid[t], "y": y[t], "index": t}
+
+
+def _token_shape(store: Any, item_id: str) -> tuple[int, int] | None:
+    """``(d·h·w, C)`` of the patch tokens from the safetensors header (None if unavailable)."""
+    file_for = getattr(store, "file_for", None)
+    if file_for is None or not file_for(item_id).exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(file_for(item_id)), framework="pt") as fh:
+        shape = fh.get_slice("patch").get_shape()
+    return int(np.prod(shape[:-1])), int(shape[-1])
+
+
 class TokenDataset(torch.utils.data.Dataset):
-    """Token sets read lazily from a :class:`TokenSource`; items ``{x [T, C], grid, y, index}``."""
+    """Token sets read lazily from a :class:`TokenSource`; items ``{x [T, C], grid, y, index}``.
+
+    :meth:`padded` gives all items as dense padded tensors (:class:`PaddedTokens`) when they fit in
+    what is left of the source's memory budget (``cache_mb``), else ``None`` (then batches are read
+    and padded item by item through the source's LRU cache).
+    """
 
     kind = "tokens"
 
@@ -256,6 +331,7 @@ class TokenDataset(torch.utils.data.Dataset):
         self.y = torch.as_tensor(np.asarray(y))
         if len(self.ids) != len(self.y):
             raise ValueError("ids and y must have the same length")
+        self._padded: dict[str, PaddedTokens | None] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -263,6 +339,22 @@ class TokenDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         x, grid = self.source.get(self.ids[i])
         return {"x": x, "grid": grid, "y": self.y[i], "index": i}
+
+    def padded(self, convention: str = "centre") -> PaddedTokens | None:
+        """Dense padded tensors of every item (built once), or ``None`` over the memory budget."""
+        if convention not in self._padded:
+            need = PaddedTokens.nbytes(self.source, self.ids) if self.ids else 0
+            if self.ids and self.source.dense_bytes + need <= self.source.cache_bytes:
+                self._padded[convention] = PaddedTokens(self.source, self.ids, convention)
+                self.source.dense_bytes += need
+            else:
+                self._padded[convention] = None
+        return self._padded[convention]
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers do not need the dense copy
+        state = dict(self.__dict__)
+        state["_padded"] = {}
+        return state
 
 
 class GridDataset(torch.utils.data.Dataset):

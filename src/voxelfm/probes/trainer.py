@@ -215,6 +215,12 @@ class Trainer:
                 t = torch.as_tensor(list(idx), dtype=torch.long)
                 yield {"x": ds.x[t], "y": ds.y[t], "index": t}
             return
+        if getattr(ds, "kind", "") == "tokens" and self.config.num_workers == 0 and hasattr(ds, "padded"):
+            dense = ds.padded(self.convention)  # built once per dataset, within the cache budget
+            if dense is not None:
+                for idx in batches:
+                    yield dense.batch(idx, ds.y)
+                return
         loader = torch.utils.data.DataLoader(ds, batch_sampler=[list(b) for b in batches],
                                              collate_fn=self._collate(ds),
                                              num_workers=self.config.num_workers)
@@ -241,11 +247,14 @@ class Trainer:
         if cfg.noise_p <= 0 or cfg.noise_sigma <= 0:
             return batch
         x = batch["x"]
-        b = x.shape[0]
-        pick = torch.rand(b, generator=self._noise_gen) < cfg.noise_p
-        noise = torch.randn(x.shape, generator=self._noise_gen) * cfg.noise_sigma
-        noise = noise * pick.view(b, *([1] * (x.ndim - 1))).to(noise.dtype)
-        return {**batch, "x": x + noise.to(x.device)}
+        pick = torch.nonzero(torch.rand(x.shape[0], generator=self._noise_gen) < cfg.noise_p).flatten()
+        if len(pick) == 0:
+            return batch
+        # noise is drawn for the picked samples only (token sets: ~half the cost of a full draw)
+        noise = torch.randn((len(pick), *x.shape[1:]), generator=self._noise_gen) * cfg.noise_sigma
+        x = x.clone()  # never modify the dataset's (or the padded cache's) tensor
+        x[pick.to(x.device)] += noise.to(x.device, x.dtype)
+        return {**batch, "x": x}
 
     # ------------------------------------------------------------------ training
     def _optimizer(self) -> torch.optim.Optimizer:
