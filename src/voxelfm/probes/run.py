@@ -15,6 +15,7 @@ import os
 import random
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -647,9 +648,53 @@ def _read_label_map(path: Path, record: dict[str, Any]) -> np.ndarray:
     return np.rint(vol.array).astype(np.int64)
 
 
+_GEOMETRY_KEYS = ("orientation", "input_shape", "crop_box", "final_shape", "to_source")
+_LABEL_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_LABEL_CACHE_BYTES = 256 * 2**20
+_label_cache_used = 0
+
+
+def _label_map_on_grid(path: Path, record: dict[str, Any], space: str, cap: int | None) -> torch.Tensor:
+    """The label map of one scan on the decoder's output grid ``[D', H', W']`` (int16).
+
+    Reading a NIfTI label map and resampling it dominated short segmentation runs, and a suite
+    reads the same maps for every backbone: results are cached in memory (LRU, 256 MiB) keyed by
+    the file (path, size, mtime), the store record's geometry, ``label_space`` and ``seg_size``.
+    """
+    import torch.nn.functional as F
+
+    global _label_cache_used
+    st = path.stat()
+    geometry = json.dumps({k: record.get(k) for k in _GEOMETRY_KEYS}, sort_keys=True, default=str)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, geometry, space, cap)
+    hit = _LABEL_CACHE.get(key)
+    if hit is not None:
+        _LABEL_CACHE.move_to_end(key)
+        return hit
+    lab = _read_label_map(path, record)
+    if space == "source":
+        from voxelfm.preprocess import apply_geometry_to_labels
+
+        lab = apply_geometry_to_labels(lab, record)
+    lab = np.asarray(lab)
+    if lab.size and (lab.min() < 0 or lab.max() > np.iinfo(np.int16).max):
+        raise ValueError(f"label map {path} holds labels outside [0, 32767]")
+    out = torch.as_tensor(lab.astype(np.int16))
+    size = _capped_shape(out.shape, cap)
+    if tuple(out.shape) != size:
+        out = F.interpolate(out[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(torch.int16)
+    nbytes = out.numel() * out.element_size()
+    if nbytes <= _LABEL_CACHE_BYTES:
+        _LABEL_CACHE[key] = out
+        _label_cache_used += nbytes
+        while _label_cache_used > _LABEL_CACHE_BYTES:
+            _, old = _LABEL_CACHE.popitem(last=False)
+            _label_cache_used -= old.numel() * old.element_size()
+    return out
+
+
 def _run_segmentation(store: Any, frame: pd.DataFrame, columns: list[str], hp: dict[str, Any],
                       config: dict[str, Any], seed: int, base_dir: Path | None, progress: bool) -> ProbeRun:
-    import torch.nn.functional as F
 
     from voxelfm.stats import dice_scores
 
@@ -667,16 +712,7 @@ def _run_segmentation(store: Any, frame: pd.DataFrame, columns: list[str], hp: d
         if not p.exists():
             raise FileNotFoundError(f"label map {p} for id {item!r} does not exist")
         record = _meta(store, item)["record"]
-        lab = _read_label_map(p, record)
-        if space == "source":
-            from voxelfm.preprocess import apply_geometry_to_labels
-
-            lab = apply_geometry_to_labels(lab, record)
-        lab = torch.as_tensor(np.asarray(lab, dtype=np.int64))
-        size = _capped_shape(lab.shape, cap)
-        if tuple(lab.shape) != size:
-            lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
-        return lab
+        return _label_map_on_grid(p, record, space, cap)
 
     ids = list(frame.index)
     split = frame["split"].to_numpy()
