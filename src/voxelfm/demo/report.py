@@ -188,9 +188,10 @@ def findings_paragraph(cmp: pd.DataFrame) -> str:
     if cats:
         parts.append("By category (better / tasks): " + ", ".join(cats) + ".")
     if n and n_better <= n / 2:
-        parts.append("Pre-training did not help on most tasks in this run; a longer pre-training budget "
-                     "(--pretrain-minutes) or more scans (--cases) usually changes that, but the numbers above "
-                     "are what this run measured.")
+        parts.append("Pre-training did not help on most tasks in this run: with this budget the tiny model's "
+                     "features are not (yet) better than random ones for these targets. More pre-training "
+                     "(--pretrain-minutes) or more scans (--cases) may change that; the numbers above are what "
+                     "this run measured.")
     parts.append("Test sets are small (tens of scans), so confidence intervals are wide and a non-significant "
                  "difference is not evidence of no difference.")
     return " ".join(parts)

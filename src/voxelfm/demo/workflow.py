@@ -153,8 +153,8 @@ def _stage_phantoms(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
 def _stage_prepare(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
     from voxelfm.data.volume_store import VolumeStore, prepare_volumes
 
-    prepare_volumes([paths.cohort], paths.prepared, preset="default", crop_background=bool(s.crop_background),
-                    workers=s.n_workers, min_side=MIN_SIDE)
+    result = prepare_volumes([paths.cohort], paths.prepared, preset="default",
+                             crop_background=bool(s.crop_background), workers=s.n_workers, min_side=MIN_SIDE)
     store = VolumeStore(paths.prepared)
     n = len(store)
     if n == 0:
@@ -166,8 +166,11 @@ def _stage_prepare(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - a summary only
             continue
     mean_shape = [round(sum(sh[i] for sh in shapes) / len(shapes)) for i in range(3)] if shapes else None
-    return {"volumes": n, "mean_shape": mean_shape,
-            "_line": f"{n} volumes" + (f", typically {'×'.join(map(str, mean_shape))} voxels" if mean_shape else "")}
+    problems = f" ({result.skipped} skipped, {result.failed} failed: see prepared/index.csv)" \
+        if (result.skipped or result.failed) else ""
+    return {"volumes": n, "mean_shape": mean_shape, "skipped": int(result.skipped), "failed": int(result.failed),
+            "_line": f"{n} volumes" + (f", typically {'×'.join(map(str, mean_shape))} voxels" if mean_shape else "")
+                     + problems}
 
 
 def _pretrain_elapsed(run_dir: Path) -> float:
