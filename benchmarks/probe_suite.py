@@ -2,9 +2,12 @@
 with two random-init ViT-tiny backbones; prints JSON and writes benchmarks/results/probe_suite.json.
 
     .venv/bin/python benchmarks/probe_suite.py [--n 200] [--depth 12] [--workdir DIR] [--threads 1]
+        [--workers 1] [--suite phantom]
 
-Times: phantom generation, extraction (two stores), the suite (all tasks x 2 backbones), and the
-per-run training seconds summed per task (from results.csv). Numbers on a shared machine are noisy.
+Times: phantom generation, extraction (two stores), the suite (all tasks x 2 backbones; wall
+seconds and the CPU seconds of this process and its workers — the CPU time is much less disturbed
+by other load than the wall time), and the per-run training seconds summed per task and per head
+(from results.csv). Numbers on a shared machine are noisy.
 """
 
 from __future__ import annotations
@@ -17,11 +20,19 @@ import time
 from pathlib import Path
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (suite workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--depth", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="run_suite workers (processes)")
+    ap.add_argument("--suite", default="phantom", help="packaged suite name or YAML path")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     os.environ.setdefault("VOXELFM_NO_PROGRESS", "1")
@@ -35,7 +46,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="probe_bench_"))
-    out: dict = {"n": args.n, "depth": args.depth, "threads": args.threads, "workdir": str(work)}
+    out: dict = {"n": args.n, "depth": args.depth, "threads": args.threads, "workers": args.workers,
+                 "suite": args.suite, "workdir": str(work), "load_average": list(os.getloadavg())}
     t = time.perf_counter()
     if not (work / "ph" / "cohort.csv").exists():
         generate_cohort(work / "ph", args.n, seed=0, workers=2, progress=False)
@@ -52,10 +64,13 @@ def main() -> None:
         store.write_index()
         out[f"extract_{name}_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    res = run_suite("phantom", work / "suite", stores={"pretrained": work / "pretrained",
-                                                        "random_init": work / "random_init"},
-                    labels=work / "ph" / "cohort.csv", resume=False, show_progress=False)
+    cpu = _cpu_seconds()
+    res = run_suite(args.suite, work / "suite", stores={"pretrained": work / "pretrained",
+                                                         "random_init": work / "random_init"},
+                    labels=work / "ph" / "cohort.csv", resume=False, show_progress=False, workers=args.workers)
     out["suite_s"] = round(time.perf_counter() - t, 2)
+    out["suite_cpu_s"] = round(_cpu_seconds() - cpu, 2)
+    out["load_average_after"] = list(os.getloadavg())
     out["failures"] = [f"{'/'.join(map(str, k))}: {e}" for k, e in res.failures]
     per = res.results.drop_duplicates(["task_name", "head", "feature", "fraction", "backbone"])
     out["train_seconds_by_task"] = {k: round(float(v), 2) for k, v in per.groupby("task_name")["seconds"].sum().items()}

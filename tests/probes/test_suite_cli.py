@@ -108,7 +108,7 @@ def test_cli_train_and_run(two_backbones, tmp_path, capsys):
     suite["figures"] = {"roc": False}
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
-    code = main(["probe", "run", str(path), "-o", str(tmp_path / "suite_out")])
+    code = main(["probe", "run", str(path), "-o", str(tmp_path / "suite_out"), "--workers", "2"])
     assert code == 0 and (tmp_path / "suite_out" / "results.md").exists()
 
 
@@ -125,3 +125,25 @@ def test_cli_errors_are_one_line(two_backbones, tmp_path, capsys, args, message)
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and message in err and err.startswith("voxelfm probe: error:")
+
+
+def test_suite_workers_give_identical_results(two_backbones, tmp_path):
+    """Runs in two worker processes: the same numbers as one process; failures still reported."""
+    root, _, _, labels_path = two_backbones
+    suite = {"name": "par", "labels": str(labels_path), "n_resamples": 100,
+             "stores": {"good": str(root / "good"), "bad": str(root / "bad")},
+             "tasks": [{"name": "finding", "task": "binary", "target": "y",
+                        "probes": ["logistic", {"head": "attentive", "feature": "patch", "epochs": 3}]},
+                       {"task": "survival", "target": ["time", "event"], "probes": ["cox"],
+                        "hparams": {"epochs": 30}},
+                       {"name": "broken", "task": "binary", "target": "value", "probes": ["logistic"]}],
+             "figures": {"roc": False, "fractions": False, "cls_vs_patch": False}}
+    one = run_suite(suite, tmp_path / "one", show_progress=False)
+    two = run_suite(suite, tmp_path / "two", show_progress=False, workers=2)
+    cols = ["task_name", "head", "feature", "backbone", "fraction", "metric", "value", "ci_low", "ci_high", "status"]
+    pd.testing.assert_frame_equal(one.results[cols], two.results[cols])
+    pd.testing.assert_frame_equal(one.comparisons, two.comparisons)
+    assert [k for k, _ in two.failures] == [("broken", "logistic", "cls", "good", 1.0),
+                                            ("broken", "logistic", "cls", "bad", 1.0)]
+    assert "0/1 labels" in two.failures[0][1]
+    assert (tmp_path / "two" / "runs" / "broken" / "logistic-cls" / "good" / "frac-1" / "error.txt").exists()

@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--labels", default=None, help="override the suite's default label table")
     r.add_argument("--no-resume", action="store_true", help="re-run finished runs")
     r.add_argument("--no-figures", action="store_true")
+    r.add_argument("--workers", type=int, default=1,
+                   help="probe runs trained at the same time, one process each (default 1; use the number "
+                        "of free cores — each run is single-threaded)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         merged.update(stores)
         stores = merged
     res = run_suite(args.suite, args.output, stores=stores, labels=args.labels, resume=not args.no_resume,
-                    figures=not args.no_figures)
+                    figures=not args.no_figures, workers=args.workers)
     print(res.paths["markdown"].read_text())
     if res.failures:
         print(f"{len(res.failures)} run(s) failed (see error.txt in their folders):")

@@ -362,9 +362,41 @@ def _signature(store: Any, t: TaskSpec, p: ProbeSpec, hp: dict[str, Any], seed: 
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
+def _execute(store: Any, t: TaskSpec, p: ProbeSpec, hp: dict[str, Any], seed: int, rdir: Path,
+             sig: str) -> str | None:
+    """Train one run of a suite into ``rdir``; ``None`` on success, else a one-line error (the
+    traceback goes to ``rdir/error.txt``). Runs in the suite's process or in a worker."""
+    try:
+        with warnings.catch_warnings(), _quiet_progress():
+            warnings.simplefilter("ignore")
+            train_probe(store, t.labels, t.target, task=t.task, head=p.head, feature=p.feature,
+                        id_col=t.id_col, split_col=t.split_col, seed=seed, output_dir=rdir,
+                        progress=False, **hp)
+        atomic_write_text(rdir / "signature.txt", sig + "\n")
+        return None
+    except Exception as exc:  # noqa: BLE001 - keep going; failures are reported at the end
+        rdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(rdir / "error.txt", traceback.format_exc())
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+#: rough relative cost of a head, to start the longest runs first when runs go to several workers
+_HEAD_COST = {"segmentation": 5, "localisation": 4, "attentive": 3, "mlp": 1, "linear": 1, "cox": 1}
+
+
+def _pool(workers: int):
+    """A process pool of ``workers`` (fork where the platform has it: no re-import of ``__main__``,
+    the stores and label tables are inherited; each run limits its own threads)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
+
+
 def run_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, output_dir: str | os.PathLike[str], *,
               stores: Mapping[str, Any] | None = None, labels: Any = None, resume: bool = True,
-              show_progress: bool = True, figures: bool = True) -> SuiteResult:
+              show_progress: bool = True, figures: bool = True, workers: int = 1) -> SuiteResult:
     """Run every (task, probe, fraction, backbone) of a suite and write tables and figures.
 
     Args:
@@ -374,51 +406,76 @@ def run_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, output_
         resume: skip runs whose folder already holds results for the same settings.
         show_progress: a progress bar over runs (with ETA).
         figures: draw the figures.
+        workers: runs trained at the same time, each in its own process on ``threads`` threads
+            (default 1). Probe heads are too small to use several threads well, so on a machine
+            with N free cores ``workers=N`` is the way to use them. Results are identical to
+            ``workers=1`` (every run is seeded on its own).
 
     Returns:
         :class:`SuiteResult`.
     """
     s = load_suite(suite, stores=stores, labels=labels)
+    if int(workers) < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = [(t, p, f, b) for t in s.tasks for p in t.probes for f in t.fractions for b in s.stores]
-    runs: dict[tuple, ProbeRun] = {}
-    failures: list[tuple[tuple, str]] = []
+    done: dict[tuple, ProbeRun | str] = {}  # run key -> finished run, or the error of a failed one
     from voxelfm.probes.run import _as_store
 
     store_objs = {b: _as_store(v) for b, v in s.stores.items()}
     bar = progress(total=len(plan), desc=f"probe suite {s.name}", unit="run",
                    disable=None if show_progress else True)
     n_skipped = 0
+    todo = []
     for t, p, f, b in plan:
         key = (t.name, p.head, p.feature, b, f)
         rdir = _run_dir(out, key)
         hp = _hparams_for(s, t, p, f)
         sig = _signature(store_objs[b], t, p, hp, s.seed)
-        bar.set_postfix_str(f"{t.name} {p.label} {b} f={f:g}")
         if resume and (rdir / "results.json").exists() and (rdir / "signature.txt").exists() \
                 and (rdir / "signature.txt").read_text().strip() == sig:
             try:
-                runs[key] = ProbeRun.load(rdir)
+                done[key] = ProbeRun.load(rdir)
                 n_skipped += 1
                 bar.update(1)
                 continue
             except Exception as exc:  # noqa: BLE001 - an unreadable old run is simply run again
                 warnings.warn(f"re-running {rdir}: could not read its results ({exc})", stacklevel=2)
-        try:
-            with warnings.catch_warnings(), _quiet_progress():
-                warnings.simplefilter("ignore")
-                run = train_probe(store_objs[b], t.labels, t.target, task=t.task, head=p.head, feature=p.feature,
-                                  id_col=t.id_col, split_col=t.split_col, seed=s.seed, output_dir=rdir,
-                                  progress=False, **hp)
-            atomic_write_text(rdir / "signature.txt", sig + "\n")
-            runs[key] = run
-        except Exception as exc:  # noqa: BLE001 - keep going; failures are reported at the end
-            msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            failures.append((key, msg))
-            rdir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(rdir / "error.txt", traceback.format_exc())
+        (rdir / "results.json").unlink(missing_ok=True)  # a stale result must not be read back
+        todo.append((key, (store_objs[b], t, p, hp, s.seed, rdir, sig)))
+
+    def finish(key: tuple, error: str | None, rdir: Path) -> None:
+        if error is None:
+            try:
+                done[key] = ProbeRun.load(rdir)
+            except Exception as exc:  # noqa: BLE001
+                done[key] = f"{type(exc).__name__}: could not read the finished run ({exc})"
+        else:
+            done[key] = error
         bar.update(1)
+
+    if int(workers) == 1 or len(todo) <= 1:
+        for key, args in todo:
+            bar.set_postfix_str(f"{key[0]} {key[1]}/{key[2]} {key[3]} f={key[4]:g}")
+            finish(key, _execute(*args), args[5])
+    else:
+        from concurrent.futures import as_completed
+
+        order = sorted(todo, key=lambda kv: -_HEAD_COST.get(kv[0][1], 1))  # longest first
+        with _pool(min(int(workers), len(todo))) as pool:
+            futures = {pool.submit(_execute, *args): (key, args[5]) for key, args in order}
+            for fut in as_completed(futures):
+                key, rdir = futures[fut]
+                bar.set_postfix_str(f"{key[0]} {key[1]}/{key[2]} {key[3]} f={key[4]:g}")
+                try:
+                    error = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a worker died (e.g. out of memory)
+                    error = f"{type(exc).__name__}: worker failed ({exc})"
+                finish(key, error, rdir)
+    plan_keys = [(t.name, p.head, p.feature, b, f) for t, p, f, b in plan]
+    runs = {k: done[k] for k in plan_keys if isinstance(done.get(k), ProbeRun)}
+    failures = [(k, done[k]) for k in plan_keys if isinstance(done.get(k), str)]
     bar.close()
     results = _long_results(s, runs, failures)
     from voxelfm.probes.trainer import limit_threads
