@@ -328,3 +328,26 @@ def test_extraction_budget_is_one_global_crop(tmp_path):
     assert extraction_budget(tmp_path, None) == 4 * 4 * 6
     assert extraction_budget(tmp_path, 216) == 216
     assert [compute_threads(n) for n in (1, 2, 3, 8)] == [1, 1, 1, 4]
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from voxelfm.cli.main import main
+
+    assert main(["demo", "--cases", "10", "-o", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["voxelfm demo: error: --cases must be at least 24 (train/val/test splits with both classes), got 10"]
+    (tmp_path / "x.txt").write_text("x")
+    assert main(["demo", "--quick", "-o", str(tmp_path)]) == 2
+    assert "holds no demo" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--with-reports", "--no-reports"])
+
+
+def test_cli_help_lists_the_flags():
+    from voxelfm.cli.main import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
+    for flag in ("--quick", "--cases", "--pretrain-minutes", "--with-reports", "--no-reports", "--workers",
+                 "--seed", "--fresh", "voxelfm-demo"):
+        assert flag in text
