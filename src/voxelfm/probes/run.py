@@ -60,22 +60,26 @@ HEADS: dict[str, str] = {
     "cosine": "vector",
 }
 
-#: per-head defaults, sized so a phantom-cohort suite runs in minutes on 2 CPU cores
+#: per-head defaults, sized so a phantom-cohort suite runs in minutes on 2 CPU cores. ``patience``:
+#: training stops after that many epochs without a better validation score (the best epoch is
+#: restored either way); generous, because small validation sets give noisy scores.
 HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"epochs": 100, "batch_size": 32, "lr": 1e-2, "weight_decay": 1e-4, "schedule": "cosine",
-               "noise_p": 0.0, "standardize": True},
+               "noise_p": 0.0, "standardize": True, "patience": 25},
     "mlp": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
-            "noise_p": 0.5, "noise_sigma": 0.1, "hidden_dim": 1024, "dropout": 0.5, "standardize": True},
+            "noise_p": 0.5, "noise_sigma": 0.1, "hidden_dim": 1024, "dropout": 0.5, "standardize": True,
+            "patience": 15},
     "attentive": {"epochs": 40, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
                   "warmup_epochs": 2, "noise_p": 0.5, "noise_sigma": 0.1, "hidden_dim": 256, "num_queries": 1,
-                  "num_heads": 4, "dropout": 0.1, "attn_dropout": 0.1},
+                  "num_heads": 4, "dropout": 0.1, "attn_dropout": 0.1, "patience": 10},
     "cox": {"epochs": 300, "batch_size": None, "lr": 1e-2, "weight_decay": 1e-2, "schedule": "cosine",
             "noise_p": 0.0, "standardize": True},
     "localisation": {"epochs": 40, "batch_size": 8, "lr": 1e-3, "weight_decay": 1e-2, "schedule": "cosine",
-                     "warmup_epochs": 2, "noise_p": 0.5, "noise_sigma": 0.1, "hidden_dim": 128, "n_heads": 4},
+                     "warmup_epochs": 2, "noise_p": 0.5, "noise_sigma": 0.1, "hidden_dim": 128, "n_heads": 4,
+                     "patience": 10},
     "segmentation": {"epochs": 20, "batch_size": 2, "lr": 5e-3, "weight_decay": 1e-2, "schedule": "cosine",
                      "warmup_epochs": 1, "noise_p": 0.2, "noise_sigma": 0.1, "hidden_dim": 32, "min_channels": 16,
-                     "num_steps": 3, "final_norm": "identity", "seg_size": 32},
+                     "num_steps": 3, "final_norm": "identity", "seg_size": 32, "patience": 5},
     "knn": {"variant": "dino", "k": None, "temperature": 0.07, "metric": "euclidean", "k_grid": None},
     "logistic": {"grid": None, "max_iter": 2000},
     "ridge": {"grid": None},
