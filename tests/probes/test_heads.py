@@ -159,3 +159,26 @@ def test_multiclass_multilabel_regression(strong_store):
     assert reg.metrics["mae"].value == pytest.approx(mean_absolute_error(test["target"], test["pred"]))
     assert reg.metrics["mae"].value < 0.4 * labels["value"].std()
     assert reg.config["targets"]["std"][0] > 1.0
+
+
+def test_localisation_eval_avoids_the_slow_fused_attention(monkeypatch):
+    """Eval on the CPU goes through SDPA, not torch._native_multi_head_attention (2.4x slower for
+    long padded token sets); the outputs are those of the fused path."""
+    torch.manual_seed(0)
+    head = PositionalAttentionRegressor3D(8, n_heads=2, hidden_dim=8).eval()
+    x, coords = torch.randn(3, 20, 8), torch.rand(3, 20, 3)
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[1, 12:] = False
+    with torch.no_grad():
+        fused = head.attn(x, x, x, key_padding_mask=~mask, need_weights=False)[0]
+        monkeypatch.setattr(torch, "_native_multi_head_attention",
+                            lambda *a, **k: (_ for _ in ()).throw(AssertionError("fused path used")))
+        w = head.token_weights(x, coords, mask)  # would raise on the fused path
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            plain = head.attn(x, x, x, key_padding_mask=~mask, need_weights=False)[0]
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+    assert torch.allclose(plain[mask], fused[mask], atol=1e-5)
+    assert torch.allclose(w.sum(1), torch.ones(3)) and float(w[1, 12:].abs().max()) == 0.0
