@@ -53,6 +53,10 @@ _LAZY: dict[str, str] = {
     "train_probe": "voxelfm.probes",
     "run_suite": "voxelfm.probes",
     "ProbeRun": "voxelfm.probes",
+    # report generation
+    "label_report": "voxelfm.reportgen",
+    "run_report_experiment": "voxelfm.reportgen",
+    "ReportModel": "voxelfm.reportgen",
     # inference
     "Features": "voxelfm.inference",
     "EmbeddingStore": "voxelfm.inference",
