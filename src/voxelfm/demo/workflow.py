@@ -367,7 +367,7 @@ def run_demo(output_dir: str | os.PathLike[str] = DEFAULT_OUTPUT, *, quick: bool
         quick: the ≈ 2-minute version (48 cases, 45 s of pre-training, lighter probes).
         cases: phantom scans (default 200; quick 48).
         pretrain_minutes: pre-training budget (default 7; quick 0.75).
-        with_reports: also train and evaluate report generation (adds ≈ 8 minutes; quick ≈ 2).
+        with_reports: also train and evaluate report generation (adds ≈ 7 minutes; quick ≈ 1.5).
         workers: processes for generation / preparation / reading (default: CPU count).
         seed: cohort, random-init and probe seed.
         fresh: delete the folder's earlier results first.
