@@ -12,7 +12,8 @@ from pathlib import Path
 def _digest(module) -> str:
     h = hashlib.sha256()
     for p in module.parameters():
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        t = p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2 shards: gather (collective)
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -88,6 +88,7 @@ def test_kill_and_resume_gives_identical_losses(store, straight_run, tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_cli_pretrain_and_user_errors(tmp_path, capsys):
     vs = pytest.importorskip("voxelfm.data.volume_store")
     from voxelfm.cli.main import main

@@ -33,6 +33,7 @@ class DataAugmentationDINO:
         range_lower, range_upper: HU clip applied before normalising (``pixel_range``).
         window_p: probability of the HU-window perturbation on global crop 1.
         flip_p: per-axis flip probability of the global crops.
+        permute_axes: give every crop a random axis order (the reference always does).
 
     Call: ``aug(volume, rng) -> {"global_crops": [2 × [*global size]], "local_crops":
     [n × [*local size]], "global_crops_size": ..., "local_crops_size": ...}`` (float32 tensors).
@@ -42,23 +43,30 @@ class DataAugmentationDINO:
                  local_crops_scale: Sequence[float], global_crops_size: int | Sequence[int],
                  global_crops_scale: Sequence[float], mean: float, std: float,
                  range_lower: float, range_upper: float, *, window_p: float = 0.5,
-                 flip_p: float = 0.5) -> None:
+                 flip_p: float = 0.5, permute_axes: bool = True) -> None:
         if int(local_crops_number) < 0:
             raise ValueError(f"local_crops_number must be >= 0, got {local_crops_number}")
         self.local_crops_number = int(local_crops_number)
         self.norm = Norm(mean=mean, std=std, vmin=range_lower, vmax=range_upper)
-        self.global1 = Compose([RandomCrop3D(global_crops_size, global_crops_scale), Flip(flip_p),
-                                Window(p=window_p, hist_range=(range_lower, range_upper)), self.norm])
-        self.global2 = Compose([RandomCrop3D(global_crops_size, global_crops_scale), Flip(flip_p),
+        perm = bool(permute_axes)
+        self.global1 = Compose([RandomCrop3D(global_crops_size, global_crops_scale, permute_axes=perm),
+                                Flip(flip_p), Window(p=window_p, hist_range=(range_lower, range_upper)),
                                 self.norm])
-        self.local = Compose([RandomCrop3D(local_crops_size, local_crops_scale), self.norm])
+        self.global2 = Compose([RandomCrop3D(global_crops_size, global_crops_scale, permute_axes=perm),
+                                Flip(flip_p), self.norm])
+        self.local = Compose([RandomCrop3D(local_crops_size, local_crops_scale, permute_axes=perm), self.norm])
         self.global_crops_size = self.global1.transforms[0].crop_size
         self.local_crops_size = self.local.transforms[0].crop_size
 
     @classmethod
     def from_config(cls, cfg: Any, *, dataset_index: int = 0) -> "DataAugmentationDINO":
-        """Build from a pre-training config (``crops.*`` and ``datasets[i].norm/pixel_range``)."""
+        """Build from a pre-training config (``crops.*`` and ``datasets[i].norm/pixel_range``).
+
+        voxelfm keys (reference behaviour when absent): ``crops.permute_axes`` (true),
+        ``crops.flip_p`` (0.5), ``crops.window_p`` (0.5).
+        """
         ds = cfg.datasets[dataset_index]
+        crops = cfg.crops
         return cls(
             local_crops_number=cfg.crops.local_crops_number,
             local_crops_size=cfg.crops.local_crops_size,
@@ -67,6 +75,8 @@ class DataAugmentationDINO:
             global_crops_scale=cfg.crops.global_crops_scale,
             mean=ds.norm.mean, std=ds.norm.std,
             range_lower=ds.pixel_range.lower, range_upper=ds.pixel_range.upper,
+            window_p=float(crops.get("window_p", 0.5)), flip_p=float(crops.get("flip_p", 0.5)),
+            permute_axes=bool(crops.get("permute_axes", True)),
         )
 
     def __repr__(self) -> str:

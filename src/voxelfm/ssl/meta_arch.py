@@ -275,9 +275,15 @@ class SSLMetaArch(nn.Module):
         """θ_t ← m·θ_t + (1 − m)·θ_s over backbone and heads; then flush the centre updates."""
         student_params: list[torch.Tensor] = []
         teacher_params: list[torch.Tensor] = []
+        for module in list(self.student.values()) + list(self.teacher.values()):
+            if hasattr(module, "reshard"):  # FSDP2 roots may still hold unsharded parameters
+                module.reshard()
         for k in self.student.keys():
             student_params += list(unwrap(self.student[k]).parameters())
             teacher_params += list(unwrap(self.teacher[k]).parameters())
+        # FSDP2 shards student and teacher identically: update the local shards
+        student_params = [p.to_local() if hasattr(p, "to_local") else p for p in student_params]
+        teacher_params = [p.to_local() if hasattr(p, "to_local") else p for p in teacher_params]
         torch._foreach_mul_(teacher_params, m)
         torch._foreach_add_(teacher_params, student_params, alpha=1 - m)
         self.dino_loss.flush_center_update()

@@ -1,6 +1,6 @@
 """The pre-training loop: :func:`pretrain` (Python API) behind ``voxelfm pretrain``.
 
-One process or many (``torchrun``: DDP on NCCL/gloo, optional FSDP), gradient accumulation with
+One process or many (``torchrun``: DDP on NCCL/gloo, optional FSDP2 ``fully_shard``), gradient accumulation with
 ``no_sync`` on the micro-steps that do not end a window, bf16 autocast where supported, exact
 resume from the newest checkpoint of the output folder, per-step metrics (JSONL + TensorBoard),
 optional periodic kNN check, and at the end the teacher exported as a voxelfm backbone and in the
@@ -226,18 +226,23 @@ class Trainer:
         # identical initialisation on every rank; per-rank randomness (drop path) afterwards
         torch.manual_seed(seed)
         self.model = SSLMetaArch(cfg).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.get_params_groups(),
-                                           betas=(float(cfg.optim.adamw_beta1), float(cfg.optim.adamw_beta2)))
+        self.fsdp = self.world > 1 and str(cfg.train.get("distributed", "ddp")) == "fsdp"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        _seed_everything(seed + rank)
 
         self.start_step = 0
+        self.elapsed_before = 0.0
         latest = find_latest_checkpoint(self.output) if self.resume else None
+        state: dict[str, Any] | None = None
         if latest is not None:
             state = load_checkpoint(latest)
             self._check_compatible(state, latest)
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+        self._wrap_distributed()  # FSDP replaces parameters: the optimizer is built afterwards
+        self.optimizer = torch.optim.AdamW(self.model.get_params_groups(),
+                                           betas=(float(cfg.optim.adamw_beta1), float(cfg.optim.adamw_beta2)))
+        _seed_everything(seed + rank)
+        if state is not None:
+            self._load_optimizer_state(state)
             if self.scaler is not None and "grad_scaler" in state:
                 self.scaler.load_state_dict(state["grad_scaler"])
             self.start_step = int(state["iteration"])
@@ -253,9 +258,17 @@ class Trainer:
             self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
             if self.info.is_main:
                 logger.info("resumed from %s (step %d)", latest, self.start_step)
+
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if state.get("optimizer_format") == "fqn":  # written under FSDP (parameter names as keys)
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+        elif self.fsdp:
+            raise ConfigError("this checkpoint was written without FSDP; resume it with train.distributed=ddp")
         else:
-            self.elapsed_before = 0.0
-        self._wrap_distributed()
+            self.optimizer.load_state_dict(state["optimizer"])
 
     def _check_compatible(self, state: dict[str, Any], path: Path) -> None:
         import yaml
@@ -270,30 +283,42 @@ class Trainer:
                                       f"{self.cfg[section][k]!r}; use a new --output folder for a different model")
 
     def _wrap_distributed(self) -> None:
+        """DDP around each student module, or FSDP2 (``fully_shard``) on student *and* teacher
+        (identical sharding, so the EMA works shard by shard)."""
         self.ddp_modules: list[Any] = []
         if self.world <= 1:
             return
-        # broadcast the teacher once (students are synchronised by DDP/FSDP at wrap time)
-        for p in self.model.teacher.parameters():
+        # identical start on every rank (same seed, or the same checkpoint) — make it certain
+        for p in list(self.model.student.parameters()) + list(self.model.teacher.parameters()):
             dist.broadcast(p.data, src=0)
-        mode = str(self.cfg.train.get("distributed", "ddp"))
+        if self.fsdp:
+            import warnings
+
+            from torch.distributed.fsdp import fully_shard
+
+            # the backbone returns views (x_norm[:, 0]); nothing modifies them in place
+            warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
+
+            for tree in (self.model.student, self.model.teacher):
+                for k in tree.keys():
+                    module = tree[k]
+                    for blk in getattr(module, "blocks", []):
+                        fully_shard(blk)
+                    fully_shard(module)
+                    if tree is self.model.student:
+                        self.ddp_modules.append(module)
+            return
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # buffers (RoPE periods) are constants: no per-forward buffer sync
+        sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in \
+            inspect.signature(DDP.__init__).parameters else {"broadcast_buffers": False}
         for k in list(self.model.student.keys()):
-            module = self.model.student[k]
-            if mode == "fsdp":
-                from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-                wrapped = FSDP(module, device_id=self.device if self.device.type == "cuda" else None,
-                               use_orig_params=True, sync_module_states=True)
-            else:
-                import inspect
-
-                from torch.nn.parallel import DistributedDataParallel as DDP
-
-                # buffers (RoPE periods) are constants: no per-forward buffer sync
-                sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in \
-                    inspect.signature(DDP.__init__).parameters else {"broadcast_buffers": False}
-                wrapped = DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                              find_unused_parameters=False, **sync)
+            wrapped = DDP(self.model.student[k],
+                          device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                          find_unused_parameters=False, **sync)
             self.model.student[k] = wrapped
             self.ddp_modules.append(wrapped)
 
@@ -344,8 +369,10 @@ class Trainer:
                 self.last_volume_indices += [int(i) for i in batch["volume_indices"].tolist()]
             last = micro == self.accum - 1
             with contextlib.ExitStack() as stack:
-                if not last:
-                    for m in self.ddp_modules:
+                for m in self.ddp_modules:
+                    if self.fsdp:  # FSDP2: reduce-scatter only on the last micro-step
+                        m.set_requires_gradient_sync(last)
+                    elif not last:
                         stack.enter_context(m.no_sync())
                 with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
@@ -390,12 +417,9 @@ class Trainer:
         return out
 
     def _clip_grad(self, clip: float) -> torch.Tensor:
-        mods = [self.model.student[k] for k in self.model.student.keys()]
-        if any(type(m).__name__ == "FullyShardedDataParallel" for m in mods):
-            norms = [m.clip_grad_norm_(clip) for m in mods]  # per FSDP unit (global over ranks)
-            return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
-        params = [p for m in mods for p in m.parameters()]
-        return torch.nn.utils.clip_grad_norm_(params, clip)
+        params = [p for k in self.model.student.keys() for p in self.model.student[k].parameters()]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: DTensor
 
     # ------------------------------------------------------------------ state
     def _state(self, step: int, elapsed: float) -> dict[str, Any]:
@@ -413,15 +437,16 @@ class Trainer:
         else:
             rngs = [rng]
         model_sd = self._model_state_dict()
-        optim_sd = self._optimizer_state_dict()
+        optim_sd, optim_format = self._optimizer_state_dict()
         state = {
             "format": "voxelfm-ssl", "version": 1, "iteration": int(step),
-            "model": model_sd, "optimizer": optim_sd, "rng": rngs,
+            "model": model_sd, "optimizer": optim_sd, "optimizer_format": optim_format, "rng": rngs,
             "sampler": {"position": int(step) * self.accum * self.batch_size * self.world,
                         "seed": int(self.cfg.train.seed), "dataset_size": len(self.dataset)},
             "schedules": {"total_steps": self.schedules.total_steps, **self.schedules.at(step)},
             "config": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
             "world_size": self.world, "effective_batch_size": self.effective_batch,
+            "distributed": "fsdp" if self.fsdp else ("ddp" if self.world > 1 else "none"),
             "elapsed_seconds": float(elapsed),
         }
         if self.scaler is not None:
@@ -429,24 +454,22 @@ class Trainer:
         return state
 
     def _model_state_dict(self) -> dict[str, torch.Tensor]:
-        if any(type(m).__name__ == "FullyShardedDataParallel" for m in self.ddp_modules):
-            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        """Full (unsharded, CPU) state dict with bare keys; a collective under FSDP."""
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=False)
-            with FSDP.state_dict_type(self.model, StateDictType.FULL_STATE_DICT, cfg):
-                sd = self.model.state_dict()
+            sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         else:
             sd = self.model.state_dict()
-        return {k.replace("_fsdp_wrapped_module.", "").replace("module.", ""): v.detach().cpu()
-                for k, v in sd.items()}
+        return {k.replace("module.", ""): v.detach().cpu() for k, v in sd.items()}
 
-    def _optimizer_state_dict(self) -> dict[str, Any]:
-        if any(type(m).__name__ == "FullyShardedDataParallel" for m in self.ddp_modules):
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    def _optimizer_state_dict(self) -> tuple[dict[str, Any], str]:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-            return FSDP.optim_state_dict(self.model, self.optimizer)
-        return self.optimizer.state_dict()
+            return get_optimizer_state_dict(self.model, self.optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True)), "fqn"
+        return self.optimizer.state_dict(), "index"
 
     def _save(self, step: int, elapsed: float) -> None:
         from voxelfm.ssl.checkpoint import save_checkpoint
@@ -459,15 +482,21 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
 
-    def _teacher_dump(self, step: int) -> None:
-        if not self.info.is_main:
-            return
-        from voxelfm.ssl.export import teacher_backbone, write_reference_teacher
-        from voxelfm.ssl.meta_arch import unwrap
+    def _teacher_state(self, step: int) -> dict[str, Any]:
+        """Checkpoint-like dict of the teacher (``model``, ``config``, ``iteration``); collective."""
+        import yaml
 
-        backbone = teacher_backbone(self.model)
-        write_reference_teacher(self.output / "eval" / f"training_{step}", backbone,
-                                unwrap(self.model.teacher.dino_head), self.cfg)
+        sd = self._model_state_dict()
+        return {"model": {k: v for k, v in sd.items() if k.startswith("teacher.")},
+                "config": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), "iteration": int(step)}
+
+    def _teacher_dump(self, step: int) -> None:
+        from voxelfm.ssl.export import _teacher_head_state, teacher_backbone, write_reference_teacher
+
+        state = self._teacher_state(step)
+        if self.info.is_main:
+            write_reference_teacher(self.output / "eval" / f"training_{step}", teacher_backbone(state),
+                                    _teacher_head_state(state), self.cfg)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> Path:
@@ -536,8 +565,10 @@ class Trainer:
                         last_saved = step
                     if eval_period and step % eval_period == 0 and not stopping:
                         self._teacher_dump(step)
-                    if knn is not None and knn_period and step % knn_period == 0 and not stopping:
-                        self._knn(knn, step)
+                    if knn_period and self.knn_labels and step % knn_period == 0 and not stopping:
+                        teacher = self._teacher_state(step)  # collective under FSDP
+                        if knn is not None:
+                            self._knn(knn, step, teacher)
                     if knn_period:
                         barrier()
                     if stopping:
@@ -548,15 +579,18 @@ class Trainer:
         if step > last_saved:  # pragma: no cover - loop always saves when stopping
             self._save(step, self.elapsed_before + time.monotonic() - t_start)
         result = self.output / "backbone"
+        final_teacher = self._teacher_state(step) if (self.export or knn is not None or self.knn_labels) else None
         if main:
             if self.export:
-                from voxelfm.ssl.export import export_teacher
+                from voxelfm.ssl.export import (_teacher_head_state, export_teacher, teacher_backbone,
+                                                write_reference_teacher)
 
-                self._teacher_dump(step)
-                export_teacher(self.model, result, reference=False,
+                write_reference_teacher(self.output / "eval" / f"training_{step}", teacher_backbone(final_teacher),
+                                        _teacher_head_state(final_teacher), self.cfg)
+                export_teacher(final_teacher, result, reference=False,
                                provenance={"iteration": step, "run": str(self.output)})
             if knn is not None:
-                self._knn(knn, step)
+                self._knn(knn, step, final_teacher)
             minutes = (time.monotonic() - t_start) / 60.0
             done = step - self.start_step
             summary = {"steps_done": step, "steps_this_run": done, "max_steps": self.max_steps,
@@ -582,10 +616,10 @@ class Trainer:
         return KnnMonitor(self.store, self.knn_labels, self.knn_target, k=int(self.cfg.evaluation.get("knn_k", 20)),
                           patch_size=int(self.cfg.student.patch_size))
 
-    def _knn(self, knn: Any, step: int) -> None:
+    def _knn(self, knn: Any, step: int, teacher_state: dict[str, Any]) -> None:
         from voxelfm.ssl.export import teacher_backbone
 
-        result = knn.evaluate(teacher_backbone(self.model).to(self.device))
+        result = knn.evaluate(teacher_backbone(teacher_state).to(self.device))
         result["step"] = step
         with open(self.output / "knn.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(result) + "\n")
