@@ -473,7 +473,7 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
         prev = ph.get("prevalence", {})
         L.append(f"- **Phantom cohort:** {ph.get('cases')} chest CT phantoms of {ph.get('patients')} patients "
                  f"(patient-grouped splits: train {sp.get('train', 0)}, val {sp.get('val', 0)}, test "
-                 f"{sp.get('test', 0)}), ≈ 112×112×80–136 voxels at 2.5–4 mm; organ label maps, 12 findings, "
+                 f"{sp.get('test', 0)}), ≈ 112×112×80–136 voxels at 2.5–4 mm; organ label maps, {len(prev)} findings, "
                  f"simulated lung function and survival. Prevalence: "
                  + ", ".join(f"{k} {100 * v:.0f}%" for k, v in prev.items()) + ".")
     prep = _summary(state, "prepare")
