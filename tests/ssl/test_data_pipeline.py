@@ -74,3 +74,14 @@ def test_small_volumes_excluded(tmp_path):
     store.ids = sorted(store.ids + ["tiny"])
     ds = PretrainDataset(store, _aug(), min_side=8)
     assert "tiny" not in ds.ids and ds.excluded_ids == ["tiny"] and len(ds) == 2
+
+
+def test_knn_scores_leave_one_out_by_hand():
+    from voxelfm.ssl.knn_monitor import knn_scores
+
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    y = np.array([1.0, 1.0, 0.0, 0.0])
+    # each point's nearest other point has its label
+    np.testing.assert_allclose(knn_scores(x, y, x, k=1, leave_one_out=True), [1, 1, 0, 0])
+    # k=3 leave-one-out: the other 3 points, 1 or 2 positives
+    np.testing.assert_allclose(knn_scores(x, y, x, k=3, leave_one_out=True), [1 / 3, 1 / 3, 2 / 3, 2 / 3])

@@ -33,7 +33,12 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def straight_run(store, tmp_path_factory):
     run = tmp_path_factory.mktemp("straight")
-    path = pretrain(None, store, run, max_steps=4, overrides=MICRO, show_progress=False)
+    labels = run / "labels.csv"
+    labels.write_text("id,y,split\n" + "".join(f"vol{i:02d},{i % 2},{'train' if i < 3 else 'test'}\n"
+                                                for i in range(5)))
+    path = pretrain(None, store, run, max_steps=4, overrides=MICRO + ["evaluation.knn_period_iterations=2",
+                                                                      "evaluation.knn_k=2"],
+                    knn_labels=labels, knn_target="y", show_progress=False)
     return run, path
 
 
@@ -50,6 +55,9 @@ def test_metrics_checkpoints_and_exports(straight_run):
     assert state["iteration"] == 4 and state["sampler"]["position"] == 4 * 2
     assert "dino_loss.center" in state["model"] and "ibot_patch_loss.center" in state["model"]
     assert torch.count_nonzero(state["model"]["dino_loss.center"]) > 0
+    knn = [json.loads(line) for line in (run / "knn.jsonl").read_text().splitlines()]
+    assert [k["step"] for k in knn] == [2, 4] and knn[0]["protocol"] == "train→val/test"
+    assert 0.0 <= knn[-1]["knn_auroc/y"] <= 1.0 and knn[-1]["n"] == 5
     summary = json.loads((run / "run.json").read_text())
     assert summary["effective_batch_size"] == 2 and summary["steps_done"] == 4
 
@@ -75,11 +83,12 @@ def test_exports_load_with_load_backbone(straight_run):
 def test_kill_and_resume_gives_identical_losses(store, straight_run, tmp_path):
     run_straight, _ = straight_run
     run = tmp_path / "resumed"
-    pretrain(None, store, run, max_steps=2, overrides=MICRO, show_progress=False, export=False)
+    ov = MICRO + ["evaluation.knn_period_iterations=2", "evaluation.knn_k=2"]  # same config as straight
+    pretrain(None, store, run, max_steps=2, overrides=ov, show_progress=False, export=False)
     # simulate a kill after step 2's checkpoint: a stale line beyond the checkpoint is dropped on resume
     with open(run / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps({"step": 2, "total": 123.0}) + "\n")
-    pretrain(None, store, run, max_steps=4, overrides=MICRO, show_progress=False)
+    pretrain(None, store, run, max_steps=4, overrides=ov, show_progress=False)
     a = [(r["step"], r["total"], r["ibot"], r["koleo"]) for r in _metrics(run_straight)]
     b = [(r["step"], r["total"], r["ibot"], r["koleo"]) for r in _metrics(run)]
     assert a == b  # bit-identical loss sequences

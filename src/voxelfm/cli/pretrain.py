@@ -32,16 +32,20 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import os
 
+    from voxelfm.ssl.distributed import destroy_distributed
     from voxelfm.ssl.trainer import pretrain
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:
         logging.getLogger("voxelfm").setLevel(logging.WARNING)
-    path = pretrain(args.config, args.data, args.output, max_steps=args.max_steps,
-                    max_minutes=args.max_minutes, overrides=args.overrides, resume=not args.no_resume,
-                    knn_labels=args.knn_labels, knn_target=args.knn_target, device=args.device,
-                    num_workers=args.num_workers)
+    try:
+        path = pretrain(args.config, args.data, args.output, max_steps=args.max_steps,
+                        max_minutes=args.max_minutes, overrides=args.overrides, resume=not args.no_resume,
+                        knn_labels=args.knn_labels, knn_target=args.knn_target, device=args.device,
+                        num_workers=args.num_workers)
+    finally:
+        destroy_distributed()  # torchrun: leave the process group cleanly
     if rank == 0:
         print(f"teacher backbone: {path}")
     return 0

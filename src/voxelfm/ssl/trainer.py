@@ -232,6 +232,13 @@ class Trainer:
         self.start_step = 0
         self.elapsed_before = 0.0
         latest = find_latest_checkpoint(self.output) if self.resume else None
+        if not self.resume and self.info.is_main and find_latest_checkpoint(self.output) is not None:
+            # starting over: keep the old checkpoints, but out of the way of a later resume
+            old = self.output / f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            (self.output / "checkpoints").rename(old)
+            logger.warning("--no-resume: previous checkpoints moved to %s", old)
+        if self.world > 1:
+            dist.barrier()
         state: dict[str, Any] | None = None
         if latest is not None:
             state = load_checkpoint(latest)
@@ -490,13 +497,19 @@ class Trainer:
         return {"model": {k: v for k, v in sd.items() if k.startswith("teacher.")},
                 "config": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), "iteration": int(step)}
 
+    def _rng_preserved(self) -> Any:
+        """Building export models draws random init weights: keep the training RNG stream intact."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=devices)
+
     def _teacher_dump(self, step: int) -> None:
         from voxelfm.ssl.export import _teacher_head_state, teacher_backbone, write_reference_teacher
 
         state = self._teacher_state(step)
         if self.info.is_main:
-            write_reference_teacher(self.output / "eval" / f"training_{step}", teacher_backbone(state),
-                                    _teacher_head_state(state), self.cfg)
+            with self._rng_preserved():
+                write_reference_teacher(self.output / "eval" / f"training_{step}", teacher_backbone(state),
+                                        _teacher_head_state(state), self.cfg)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> Path:
@@ -619,7 +632,8 @@ class Trainer:
     def _knn(self, knn: Any, step: int, teacher_state: dict[str, Any]) -> None:
         from voxelfm.ssl.export import teacher_backbone
 
-        result = knn.evaluate(teacher_backbone(teacher_state).to(self.device))
+        with self._rng_preserved():
+            result = knn.evaluate(teacher_backbone(teacher_state).to(self.device))
         result["step"] = step
         with open(self.output / "knn.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(result) + "\n")
