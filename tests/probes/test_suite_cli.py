@@ -147,3 +147,19 @@ def test_suite_workers_give_identical_results(two_backbones, tmp_path):
                                             ("broken", "logistic", "cls", "bad", 1.0)]
     assert "0/1 labels" in two.failures[0][1]
     assert (tmp_path / "two" / "runs" / "broken" / "logistic-cls" / "good" / "frac-1" / "error.txt").exists()
+
+
+def test_resume_reruns_when_head_defaults_change(two_backbones, tmp_path, monkeypatch):
+    """A finished run is reused only under the same *resolved* options (package defaults included)."""
+    from voxelfm.probes.run import HEAD_DEFAULTS
+
+    root, _, _, labels_path = two_backbones
+    suite = {"name": "sig", "labels": str(labels_path), "n_resamples": 50, "stores": {"good": str(root / "good")},
+             "tasks": [{"task": "regression", "target": "value", "probes": ["ridge"]}], "figures": {}}
+    run_suite(suite, tmp_path / "o", show_progress=False, figures=False)
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["resumed"] == 0
+    run_suite(suite, tmp_path / "o", show_progress=False, figures=False)
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["resumed"] == 1
+    monkeypatch.setitem(HEAD_DEFAULTS, "ridge", {"grid": [1.0, 10.0]})
+    run_suite(suite, tmp_path / "o", show_progress=False, figures=False)
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["resumed"] == 0

@@ -352,6 +352,11 @@ def _run_dir(out: Path, key: tuple) -> Path:
 
 
 def _signature(store: Any, t: TaskSpec, p: ProbeSpec, hp: dict[str, Any], seed: int) -> str:
+    """Settings of a run: a finished run is reused only when this matches. The options are the
+    *resolved* ones (head defaults included), so a run made under other defaults is re-run."""
+    from voxelfm.probes.run import resolve_hparams
+
+    hp = resolve_hparams(p.head, hp)
     labels = t.labels
     lab = f"df:{pd.util.hash_pandas_object(labels, index=True).sum()}" if isinstance(labels, pd.DataFrame) \
         else str(Path(labels).resolve())
