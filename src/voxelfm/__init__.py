@@ -57,6 +57,8 @@ _LAZY: dict[str, str] = {
     "label_report": "voxelfm.reportgen",
     "run_report_experiment": "voxelfm.reportgen",
     "ReportModel": "voxelfm.reportgen",
+    # demo
+    "run_demo": "voxelfm.demo",
     # inference
     "Features": "voxelfm.inference",
     "EmbeddingStore": "voxelfm.inference",
