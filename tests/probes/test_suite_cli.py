@@ -163,3 +163,32 @@ def test_resume_reruns_when_head_defaults_change(two_backbones, tmp_path, monkey
     monkeypatch.setitem(HEAD_DEFAULTS, "ridge", {"grid": [1.0, 10.0]})
     run_suite(suite, tmp_path / "o", show_progress=False, figures=False)
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["resumed"] == 0
+
+
+def test_cls_vs_patch_picks_heads_on_validation(monkeypatch, tmp_path):
+    """The class-token and patch-token bars show the head chosen on the validation metric, not the
+    best test value (test-set selection would favour the kind with more heads)."""
+    import voxelfm.probes.figures as F
+    from voxelfm.probes import suite as S
+    from voxelfm.probes.run import ProbeRun
+    from voxelfm.stats import Estimate
+
+    def run(head, feature, val, test):
+        return ProbeRun(task="regression", head=head, feature=feature, target=["v"], predictions=pd.DataFrame(),
+                        metrics={"mae": Estimate(test, test - 1, test + 1, "b", 10)},
+                        val_metrics={"mae": Estimate(val, np.nan, np.nan, "point", 5)})
+    runs = {("t", "ridge", "cls", "a", 1.0): run("ridge", "cls", val=5.0, test=9.0),
+            ("t", "mlp", "cls", "a", 1.0): run("mlp", "cls", val=7.0, test=3.0),   # best test, worse val
+            ("t", "attentive", "patch", "a", 1.0): run("attentive", "patch", val=6.0, test=6.0)}
+    rows = [{"task_name": k[0], "task": "regression", "head": k[1], "feature": k[2], "backbone": k[3],
+             "fraction": k[4], "metric": "mae", "primary": True, "status": "ok", "value": r.metrics["mae"].value,
+             "ci_low": r.metrics["mae"].ci_low, "ci_high": r.metrics["mae"].ci_high} for k, r in runs.items()]
+    suite = S.Suite(name="x", stores={"a": None},
+                    tasks=[S.TaskSpec("t", "regression", "v", [S.ProbeSpec("ridge", "cls")], [1.0])],
+                    figures={"roc": False, "fractions": False, "cls_vs_patch": True})
+    seen = {}
+    monkeypatch.setattr(F, "cls_vs_patch_figure", lambda df, path, title="": seen.setdefault("df", df))
+    S._figures(suite, runs, pd.DataFrame(rows), tmp_path, {})
+    df = seen["df"].set_index("kind")
+    assert df.loc["class token", "head"] == "ridge/cls" and df.loc["class token", "value"] == 9.0
+    assert df.loc["patch tokens", "value"] == 6.0 and df.loc["class token", "metric"] == "mae ↓"

@@ -85,11 +85,14 @@ def fraction_figure(rows: pd.DataFrame, path: str | os.PathLike[str], *, title: 
     fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols, 3.2 * nrows), squeeze=False)
     for ax, panel in zip(axes.ravel(), panels):
         sub = rows[rows["panel"] == panel]
-        for name, g in sub.groupby("backbone", sort=False):
+        groups = list(sub.groupby("backbone", sort=False))
+        for k, (name, g) in enumerate(groups):
             g = g.sort_values("fraction")
             lo = (g["value"] - g["ci_low"]).clip(lower=0).fillna(0)
             hi = (g["ci_high"] - g["value"]).clip(lower=0).fillna(0)
-            ax.errorbar(g["fraction"], g["value"], yerr=[lo, hi], marker="o", ms=4, capsize=3, label=str(name))
+            dodge = 1.0 + 0.04 * (k - (len(groups) - 1) / 2)  # side by side on the log axis
+            ax.errorbar(g["fraction"] * dodge, g["value"], yerr=[lo, hi], marker="o", ms=4, capsize=3,
+                        label=str(name))
         ax.set_xscale("log")
         fr = sorted(sub["fraction"].unique())
         ax.set_xticks(fr)
@@ -114,7 +117,7 @@ def cls_vs_patch_figure(rows: pd.DataFrame, path: str | os.PathLike[str], *, tit
     """
     plt = _plt()
     tasks = list(dict.fromkeys(rows["task_name"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.6), squeeze=False)
     for ax, t in zip(axes.ravel(), tasks):
         sub = rows[rows["task_name"] == t]
         backbones = list(dict.fromkeys(sub["backbone"]))
@@ -129,14 +132,16 @@ def cls_vs_patch_figure(rows: pd.DataFrame, path: str | os.PathLike[str], *, tit
                 lo.append(max(0.0, v - float(r["ci_low"].iloc[0])) if len(r) and np.isfinite(r["ci_low"].iloc[0]) else 0)
                 hi.append(max(0.0, float(r["ci_high"].iloc[0]) - v) if len(r) and np.isfinite(r["ci_high"].iloc[0]) else 0)
             x = np.arange(len(backbones)) + (k - (len(kinds) - 1) / 2) * width
-            ax.bar(x, vals, width, yerr=[lo, hi], capsize=3, label=kind)
+            ax.bar(x, vals, width, yerr=[lo, hi], capsize=3, label=kind, color=f"C{k}")
         ax.set_xticks(np.arange(len(backbones)))
         ax.set_xticklabels(backbones, rotation=20, fontsize=8)
         ax.set(title=t, ylabel=str(sub["metric"].iloc[0]))
-        ax.legend(fontsize=7, frameon=False)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.93 if title else 1.0))  # one legend, above the panels
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, y=1.0)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
     return _save(fig, path)
 
 

@@ -707,6 +707,18 @@ def _write_tables(out: Path, results: pd.DataFrame, comparisons: pd.DataFrame, t
 
 
 # ------------------------------------------------------------------------------------------- figures
+def _with_direction(metric: str, task: str) -> str:
+    """``"auroc ↑"`` / ``"mae ↓"``: axis labels say which way is better."""
+    return f"{metric} {'↑' if get_task(task).higher_is_better else '↓'}"
+
+
+def _val_score(run: ProbeRun | None, task_obj: Any) -> float:
+    """The run's validation primary metric, oriented so that higher is better (NaN if unknown)."""
+    est = None if run is None else run.val_metrics.get(task_obj.primary)
+    v = math.nan if est is None else float(est.value)
+    return v if task_obj.higher_is_better else -v
+
+
 def _figures(s: Suite, runs: dict[tuple, ProbeRun], results: pd.DataFrame, fig_dir: Path,
              stores: dict[str, Any]) -> dict[str, Path]:
     from voxelfm.probes import figures as F
@@ -738,6 +750,7 @@ def _figures(s: Suite, runs: dict[tuple, ProbeRun], results: pd.DataFrame, fig_d
             rows = prim[prim["task_name"].isin([t.name for t in multi])].copy()
             if len(rows):
                 rows["panel"] = rows["task_name"] + " · " + rows["head"] + "/" + rows["feature"]
+                rows["metric"] = [_with_direction(m, tk) for m, tk in zip(rows["metric"], rows["task"])]
                 paths["fractions"] = F.fraction_figure(rows, fig_dir / "fractions.png",
                                                        title="Primary metric vs training fraction")
     if cfg.get("cls_vs_patch"):
@@ -750,12 +763,19 @@ def _figures(s: Suite, runs: dict[tuple, ProbeRun], results: pd.DataFrame, fig_d
                 continue
             for kind, g in kinds.items():
                 for b, gb in g.groupby("backbone", sort=False):
-                    best = gb.sort_values("value", ascending=not task_obj.higher_is_better).iloc[0]
+                    # the head of each kind is chosen on the *validation* metric (choosing on the
+                    # test value would bias the comparison towards the kind with more heads)
+                    val = [_val_score(runs.get((t.name, h, ft, b, fr)), task_obj)
+                           for h, ft, fr in zip(gb["head"], gb["feature"], gb["fraction"])]
+                    best = gb.iloc[int(np.nanargmax(val)) if np.isfinite(val).any() else 0]
                     rows.append({"task_name": t.name, "backbone": b, "kind": kind, "value": best["value"],
-                                 "ci_low": best["ci_low"], "ci_high": best["ci_high"], "metric": best["metric"]})
+                                 "ci_low": best["ci_low"], "ci_high": best["ci_high"],
+                                 "metric": _with_direction(best["metric"], t.task),
+                                 "head": f"{best['head']}/{best['feature']}"})
         if rows:
-            paths["cls_vs_patch"] = F.cls_vs_patch_figure(pd.DataFrame(rows), fig_dir / "cls_vs_patch.png",
-                                                          title="Class token vs patch tokens (best head of each)")
+            paths["cls_vs_patch"] = F.cls_vs_patch_figure(
+                pd.DataFrame(rows), fig_dir / "cls_vs_patch.png",
+                title="Class token vs patch tokens (test metric of the head chosen on validation)")
     pca = cfg.get("pca")
     if pca:
         pca = dict(pca) if isinstance(pca, Mapping) else {}
