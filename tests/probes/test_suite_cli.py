@@ -192,3 +192,17 @@ def test_cls_vs_patch_picks_heads_on_validation(monkeypatch, tmp_path):
     df = seen["df"].set_index("kind")
     assert df.loc["class token", "head"] == "ridge/cls" and df.loc["class token", "value"] == 9.0
     assert df.loc["patch tokens", "value"] == 6.0 and df.loc["class token", "metric"] == "mae ↓"
+
+
+def test_cli_train_prints_warnings_as_one_line(two_backbones, tmp_path, capsys):
+    root, _, _, labels_path = two_backbones
+    labels = pd.read_csv(labels_path)
+    labels.loc[:2, "value"] = np.nan  # three scans without a target: skipped with a warning
+    path = tmp_path / "l.csv"
+    labels.to_csv(path, index=False)
+    code = main(["probe", "train", "--store", str(root / "good"), "--labels", str(path), "--target", "value",
+                 "--task", "regression", "--head", "ridge", "-o", str(tmp_path / "r"), "--set", "n_resamples=20"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "warning: 3 id(s) have no label in ['value'] and are skipped" in err
+    assert "UserWarning" not in err and "join_labels(" not in err

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 from pathlib import Path
 
 HELP = "train probes on cached embeddings: one probe (train) or a suite of tasks x backbones (run)"
@@ -83,9 +85,14 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, key) is not None:
                 hp[key] = getattr(args, key)
         target = args.target[0] if len(args.target) == 1 else args.target
-        probe = train_probe(args.store, args.labels, target, task=args.task, head=args.head, feature=args.feature,
-                            id_col=args.id_col, split_col=args.split_col, seed=args.seed,
-                            output_dir=args.output, **hp)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            probe = train_probe(args.store, args.labels, target, task=args.task, head=args.head,
+                                feature=args.feature, id_col=args.id_col, split_col=args.split_col,
+                                seed=args.seed, output_dir=args.output, **hp)
+        for message in dict.fromkeys(str(w.message).splitlines()[0] for w in caught
+                                     if issubclass(w.category, UserWarning)):
+            print(f"warning: {message}", file=sys.stderr)  # one line each, no source location
         print(probe.summary())
         if probe.best_epoch is not None:
             print(f"  best epoch: {probe.best_epoch}")

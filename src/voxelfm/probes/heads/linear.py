@@ -117,6 +117,7 @@ class SklearnLinearProbe:
         """
         import warnings
 
+        from scipy.linalg import LinAlgWarning
         from sklearn.exceptions import ConvergenceWarning
 
         self._mode = mode
@@ -125,6 +126,7 @@ class SklearnLinearProbe:
         for value in order:  # from strongest to weakest regularisation
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
+                warnings.simplefilter("ignore", LinAlgWarning)  # weak penalties with N < C: expected
                 models = self._fit_one(float(value), x_train, y_train, mode)
             self._models = models
             s = float(score(y_val, self.predict(x_val)))
