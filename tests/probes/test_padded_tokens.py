@@ -28,6 +28,11 @@ def test_padded_batches_equal_item_collation_and_respect_budget(tmp_path):
         ref = pad_collate([ds[i] for i in idx])  # pads to the longest item of the batch too
         for key in ("x", "mask", "coords", "grid", "y", "index"):
             assert torch.equal(got[key], ref[key]), key
+    # the dense copy counts against the budget of the source's LRU cache (one bound for both)
+    nbytes = ds.source.dense_bytes
+    ds.source.cache_bytes = nbytes + 10
+    ds.source.get(ids[0])
+    assert len(ds.source._cache) == 0 and ds.source._used == 0
     # a budget too small for the dense copy: None, and training falls back to the lazy path
     small = TokenDataset(TokenSource(store, "patch", cache_mb=1e-4), ids, y)
     assert small.padded("centre") is None

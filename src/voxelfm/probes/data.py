@@ -194,10 +194,11 @@ class TokenSource:
             return hit
         t, grid = self.read(item_id)
         size = t.numel() * t.element_size()
-        if 0 < size <= self.cache_bytes:
+        budget = self.cache_bytes - self.dense_bytes  # padded copies share the budget
+        if 0 < size <= budget:
             self._cache[item_id] = (t, grid)
             self._used += size
-            while self._used > self.cache_bytes:
+            while self._used > budget:
                 _, (old, _) = self._cache.popitem(last=False)
                 self._used -= old.numel() * old.element_size()
         return t, grid
@@ -344,9 +345,10 @@ class TokenDataset(torch.utils.data.Dataset):
         """Dense padded tensors of every item (built once), or ``None`` over the memory budget."""
         if convention not in self._padded:
             need = PaddedTokens.nbytes(self.source, self.ids) if self.ids else 0
-            if self.ids and self.source.dense_bytes + need <= self.source.cache_bytes:
-                self._padded[convention] = PaddedTokens(self.source, self.ids, convention)
-                self.source.dense_bytes += need
+            src = self.source
+            if self.ids and src.dense_bytes + src._used + need <= src.cache_bytes:
+                self._padded[convention] = PaddedTokens(src, self.ids, convention)
+                src.dense_bytes += need
             else:
                 self._padded[convention] = None
         return self._padded[convention]
