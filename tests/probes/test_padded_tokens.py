@@ -29,8 +29,9 @@ def test_padded_batches_equal_item_collation_and_respect_budget(tmp_path):
         for key in ("x", "mask", "coords", "grid", "y", "index"):
             assert torch.equal(got[key], ref[key]), key
     # the dense copy counts against the budget of the source's LRU cache (one bound for both)
-    nbytes = ds.source.dense_bytes
-    ds.source.cache_bytes = nbytes + 10
+    ds.source._cache.clear()  # (filled by the item-by-item comparison above)
+    ds.source._used = 0
+    ds.source.cache_bytes = ds.source.dense_bytes + 10
     ds.source.get(ids[0])
     assert len(ds.source._cache) == 0 and ds.source._used == 0
     # a budget too small for the dense copy: None, and training falls back to the lazy path
