@@ -206,3 +206,20 @@ def test_cli_train_prints_warnings_as_one_line(two_backbones, tmp_path, capsys):
     assert code == 0
     assert "warning: 3 id(s) have no label in ['value'] and are skipped" in err
     assert "UserWarning" not in err and "join_labels(" not in err
+
+
+def test_store_overrides_are_relative_to_the_current_directory(two_backbones, tmp_path, monkeypatch):
+    """--store NAME=FOLDER (and run_suite(stores=...)) paths are relative to where the user is, not
+    to the suite file (a packaged suite lives inside the installed package)."""
+    root, _, _, labels_path = two_backbones
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    suite = {"name": "rel", "labels": str(labels_path), "n_resamples": 20,
+             "tasks": [{"task": "regression", "target": "value", "probes": ["ridge"]}], "figures": {}}
+    (conf / "suite.yaml").write_text(yaml.safe_dump(suite))
+    monkeypatch.chdir(root)
+    code = main(["probe", "run", str(conf / "suite.yaml"), "-o", str(tmp_path / "o"), "--store", "good=good",
+                 "--no-figures"])
+    assert code == 0 and (tmp_path / "o" / "runs" / "value" / "ridge-cls" / "good").is_dir()
+    res = run_suite(suite, tmp_path / "o2", stores={"bad": "bad"}, show_progress=False, figures=False)
+    assert not res.failures

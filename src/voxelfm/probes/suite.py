@@ -198,11 +198,12 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
     unknown = sorted(set(data) - _SUITE_KEYS)
     if unknown:
         raise ConfigError(f"unknown suite key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_SUITE_KEYS))}")
-    st = dict(stores) if stores is not None else dict(data.get("stores") or {})
+    # folders in the YAML are relative to the YAML; folders passed here to the current directory
+    st = ({str(k): _resolve_path(v, Path(".")) for k, v in stores.items()} if stores is not None
+          else {str(k): _resolve_path(v, base) for k, v in (data.get("stores") or {}).items()})
     if not st:
         raise ConfigError("the suite lists no embedding stores: add 'stores: {name: folder}' or pass "
                           "--store NAME=FOLDER (stores={...} in Python)")
-    st = {str(k): _resolve_path(v, base) for k, v in st.items()}
     default_labels = labels if labels is not None else _resolve_path(data.get("labels"), base)
     fr_default = [float(f) for f in (data.get("fractions") or [1.0])]
     tasks: list[TaskSpec] = []
