@@ -223,3 +223,19 @@ def test_store_overrides_are_relative_to_the_current_directory(two_backbones, tm
     assert code == 0 and (tmp_path / "o" / "runs" / "value" / "ridge-cls" / "good").is_dir()
     res = run_suite(suite, tmp_path / "o2", stores={"bad": "bad"}, show_progress=False, figures=False)
     assert not res.failures
+
+
+def test_table_bolds_ties_sensibly():
+    from voxelfm.probes.suite import format_markdown, results_table
+
+    def row(b, v, task="lung", tk="binary", metric="auroc"):
+        return {"task_name": task, "task": tk, "head": "logistic", "feature": "cls", "fraction": 1.0, "backbone": b,
+                "metric": metric, "primary": True, "value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "status": "ok"}
+    res = pd.DataFrame([row("a", 0.8), row("b", 0.8), row("a", 5.0, "reg", "regression", "mae"),
+                        row("b", 4.0, "reg", "regression", "mae"), row("c", 4.0, "reg", "regression", "mae")])
+    comp = pd.DataFrame(columns=["task_name", "head", "feature", "fraction", "backbone_a", "backbone_b", "p_holm",
+                                 "method"])
+    table = results_table(res, comp)
+    assert list(table["_best"]) == [(), ("b", "c")]  # all tied: no bold; lower MAE wins, ties both bold
+    md = format_markdown(table)
+    assert "**0.800" not in md and md.count("**4.000") == 2

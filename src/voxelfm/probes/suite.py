@@ -595,7 +595,8 @@ def results_table(results: pd.DataFrame, comparisons: pd.DataFrame, suite: Suite
     """Wide table of the primary metric: one row per (task, probe, fraction); one column per
     backbone (``value [CI]``) and one per compared pair (Holm-adjusted p, raw p in ``comparisons``).
 
-    Extra columns ``_best`` (the best backbone of the row) support bold formatting.
+    The extra column ``_best`` (the best backbones of the row: several when tied, none when all are
+    tied) supports bold formatting.
     """
     prim = results[results["primary"]]
     backbones = list(dict.fromkeys(prim["backbone"])) if suite is None else list(suite.stores)
@@ -605,7 +606,7 @@ def results_table(results: pd.DataFrame, comparisons: pd.DataFrame, suite: Suite
         task_obj = get_task(g["task"].iloc[0])
         row: dict[str, Any] = {"task": tn, "probe": f"{head}/{feat}", "fraction": frac,
                                "metric": f"{task_obj.primary} {'↑' if task_obj.higher_is_better else '↓'}"}
-        best, best_v = None, None
+        values: dict[str, float] = {}
         for b in backbones:
             r = g[g["backbone"] == b]
             if len(r) == 0:
@@ -613,9 +614,14 @@ def results_table(results: pd.DataFrame, comparisons: pd.DataFrame, suite: Suite
                 continue
             r = r.iloc[0]
             row[b] = _fmt_est(r["value"], r["ci_low"], r["ci_high"]) if r["status"] == "ok" else "failed"
-            v = r["value"]
-            if math.isfinite(v) and (best_v is None or (v > best_v if task_obj.higher_is_better else v < best_v)):
-                best, best_v = b, v
+            if math.isfinite(r["value"]):
+                values[b] = float(r["value"])
+        best: tuple[str, ...] = ()
+        if values:
+            top = max(values.values()) if task_obj.higher_is_better else min(values.values())
+            best = tuple(b for b, v in values.items() if v == top)
+            if len(best) == len(values) and len(values) > 1:
+                best = ()  # all tied: nothing to highlight
         c = comparisons[(comparisons["task_name"] == tn) & (comparisons["head"] == head)
                         & (comparisons["feature"] == feat) & (comparisons["fraction"] == frac)]
         for col in pair_cols:
@@ -644,7 +650,7 @@ def format_markdown(table: pd.DataFrame, *, title: str = "", note: str = "") -> 
             v = r[c]
             v = f"{v:g}" if isinstance(v, float) and c == "fraction" else v
             cell = _esc_md(v)
-            if c == r.get("_best"):
+            if c in (r.get("_best") or ()):
                 cell = f"**{cell}**"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
@@ -674,7 +680,7 @@ def format_latex(table: pd.DataFrame, *, caption: str = "", label: str = "tab:pr
             v = r[c]
             v = f"{v:g}" if isinstance(v, float) and c == "fraction" else v
             cell = _esc_tex(v)
-            if c == r.get("_best"):
+            if c in (r.get("_best") or ()):
                 cell = r"\textbf{" + cell + "}"
             cells.append(cell)
         out.append(" & ".join(cells) + r" \\")
