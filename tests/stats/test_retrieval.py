@@ -124,6 +124,10 @@ def test_max_pairs_and_skipped_labels():
     with pytest.warns(RuntimeWarning, match="skipped 1 label"):
         res2 = retrieval_recall(emb, labels2, ks=(1,), method="expected")
     assert res2.labels == ["label_0"] and "label_1" in res2.skipped_labels
+    small = np.zeros((40, 1), bool)
+    small[:5] = True  # 35 negatives < 99: the error says which n_negatives would work
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="pass n_negatives <= 35"):
+        retrieval_recall(emb[:40], small, ks=(1,))
 
 
 def test_recall_at_k_generic():

@@ -240,8 +240,11 @@ def retrieval_recall(embeddings, labels, *, ks: Sequence[int] = (1, 5, 10), n_ne
         warnings.warn(f"retrieval_recall skipped {len(skipped)} label(s): "
                       + "; ".join(f"{k}: {v}" for k, v in skipped.items()), RuntimeWarning, stacklevel=2)
     if not evaluated:
+        most_neg = int((~lab).sum(axis=0).max()) if lab.size else 0
+        hint = (f"; the most negatives any label has here is {most_neg}: pass n_negatives <= {most_neg} "
+                "(the reference protocol uses 99)") if 0 < most_neg < n_negatives else ""
         raise ValueError("no label could be evaluated (each needs >= 2 positives and "
-                         f">= {n_negatives} negatives)")
+                         f">= {n_negatives} negatives){hint}")
     macro: dict[int, Estimate] = {}
     mrng = np.random.default_rng(_TRIAL_SEED)
     for k in ks:
