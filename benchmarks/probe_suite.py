@@ -65,9 +65,10 @@ def main() -> None:
         out[f"extract_{name}_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     cpu = _cpu_seconds()
+    extra = {"workers": args.workers} if args.workers != 1 else {}  # (runs against older versions too)
     res = run_suite(args.suite, work / "suite", stores={"pretrained": work / "pretrained",
                                                          "random_init": work / "random_init"},
-                    labels=work / "ph" / "cohort.csv", resume=False, show_progress=False, workers=args.workers)
+                    labels=work / "ph" / "cohort.csv", resume=False, show_progress=False, **extra)
     out["suite_s"] = round(time.perf_counter() - t, 2)
     out["suite_cpu_s"] = round(_cpu_seconds() - cpu, 2)
     out["load_average_after"] = list(os.getloadavg())
