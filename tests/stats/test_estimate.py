@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -30,7 +31,7 @@ def test_point_estimate_prints_without_interval_and_numpy_scalars_normalised():
     assert str(e) == "0.500"
     assert not e.has_ci
     assert type(e.value) is float and type(e.n) is int
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         e.value = 1.0  # frozen
     same = Estimate(0.5, float("nan"), np.nan, "point", 7)
     assert e == same and hash(e) == hash(same) and e != Estimate(0.5, 0.1, 0.9, "x", 7)

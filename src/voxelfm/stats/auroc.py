@@ -8,7 +8,13 @@ from typing import Literal
 import numpy as np
 from scipy.stats import rankdata
 
-from voxelfm.stats._validate import DegenerateDataError, as_1d, check_alpha, same_length, z_crit
+from voxelfm.stats._validate import (
+    DegenerateDataError,
+    as_1d,
+    check_alpha,
+    same_length,
+    z_crit,
+)
 from voxelfm.stats.estimate import Estimate
 
 __all__ = ["auroc", "hanley_mcneil_se"]
@@ -57,7 +63,7 @@ def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
     return math.sqrt(max(var, 0.0))
 
 
-def auroc(y_true, y_score, *, ci: Literal["hanley", "delong", "bootstrap", None] = "hanley",
+def auroc(y_true, y_score, *, ci: Literal["hanley", "delong", "bootstrap"] | None = "hanley",
           alpha: float = 0.05, n_resamples: int = 10_000, seed: int = 0,
           stratify: bool = False) -> Estimate:
     """AUROC of scores ``y_score [N]`` against binary labels ``y_true [N]`` (0/1 or bool).

@@ -25,7 +25,7 @@ import numpy as np
 from voxelfm.stats._validate import DegenerateDataError, check_alpha
 from voxelfm.stats.estimate import BootstrapEstimate, Estimate
 
-__all__ = ["bootstrap_ci", "paired_bootstrap_test", "PairedTest"]
+__all__ = ["PairedTest", "bootstrap_ci", "paired_bootstrap_test"]
 
 _CHUNK_ELEMENTS = 2_000_000  # resample-matrix elements per chunk (bounds peak memory to ~100 MB)
 _UNDEFINED = (ValueError, ZeroDivisionError, FloatingPointError)
@@ -80,7 +80,7 @@ def _b_auroc(arrays, idx, observed: np.ndarray | None = None, **_):
     code = 2 * grp.astype(np.int64) + y  # (score group, class) per original row
     if observed is not None:
         code = np.where(observed, code, 2 * (g - 1))
-    b, n = idx.shape
+    b = idx.shape[0]
     flat = code[idx] + (np.arange(b, dtype=np.int64) * (2 * g))[:, None]
     cnt = np.bincount(flat.ravel(), minlength=b * 2 * g).reshape(b, g, 2)[:, :-1]
     neg, pos = cnt[..., 0], cnt[..., 1]

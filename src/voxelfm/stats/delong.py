@@ -12,10 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm, rankdata
 
-from voxelfm.stats._validate import DegenerateDataError, as_1d, check_alpha, same_length, z_crit
+from voxelfm.stats._validate import (
+    DegenerateDataError,
+    as_1d,
+    check_alpha,
+    same_length,
+    z_crit,
+)
 from voxelfm.stats.estimate import Estimate
 
-__all__ = ["delong_ci", "delong_test", "DeLongResult", "delong_covariance"]
+__all__ = ["DeLongResult", "delong_ci", "delong_covariance", "delong_test"]
 
 
 def _check(y_true, *scores: tuple[str, object]):

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Estimate", "BootstrapEstimate"]
+__all__ = ["BootstrapEstimate", "Estimate"]
 
 
 def _fmt(x: float, spec: str) -> str:

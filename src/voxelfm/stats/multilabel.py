@@ -14,7 +14,7 @@ from voxelfm.stats._validate import DegenerateDataError, check_alpha
 from voxelfm.stats.auroc import auroc
 from voxelfm.stats.estimate import Estimate
 
-__all__ = ["auroc_multilabel", "auroc_ovr", "macro_auroc", "micro_auroc", "MultiLabelAUROC"]
+__all__ = ["MultiLabelAUROC", "auroc_multilabel", "auroc_ovr", "macro_auroc", "micro_auroc"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,7 +106,7 @@ def micro_auroc(y_true, y_score) -> Estimate:
 
 
 def auroc_multilabel(y_true, y_score, *, label_names: Sequence[str] | None = None,
-                     ci: Literal["hanley", "delong", None] = "hanley",
+                     ci: Literal["hanley", "delong"] | None = "hanley",
                      alpha: float = 0.05) -> MultiLabelAUROC:
     """Per-label, macro and micro AUROC of ``[N, L]`` multi-label scores.
 
@@ -142,7 +142,7 @@ def auroc_multilabel(y_true, y_score, *, label_names: Sequence[str] | None = Non
 
 
 def auroc_ovr(y_true, y_prob, *, class_names: Sequence[str] | None = None,
-              ci: Literal["hanley", "delong", None] = "hanley", alpha: float = 0.05) -> MultiLabelAUROC:
+              ci: Literal["hanley", "delong"] | None = "hanley", alpha: float = 0.05) -> MultiLabelAUROC:
     """One-vs-rest AUROC of multi-class scores: class k against all others, for each k.
 
     Args:

@@ -9,7 +9,7 @@ import numpy as np
 from voxelfm.stats._validate import DegenerateDataError, as_1d, same_length
 from voxelfm.stats.estimate import Estimate
 
-__all__ = ["mae", "mse", "rmse", "r2", "mean_euclidean_error"]
+__all__ = ["mae", "mean_euclidean_error", "mse", "r2", "rmse"]
 
 
 def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from scipy.stats import hypergeom
 from voxelfm.stats._validate import check_alpha
 from voxelfm.stats.estimate import Estimate
 
-__all__ = ["retrieval_recall", "RetrievalResult", "recall_at_k"]
+__all__ = ["RetrievalResult", "recall_at_k", "retrieval_recall"]
 
 _TRIAL_SEED = 42  # the reference's bootstrap seeds (per label over trials, macro over labels)
 _TRIAL_RESAMPLES = 1000

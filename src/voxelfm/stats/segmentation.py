@@ -13,7 +13,7 @@ import numpy as np
 from voxelfm.stats._validate import check_alpha
 from voxelfm.stats.estimate import Estimate
 
-__all__ = ["dice_scores", "DiceResult"]
+__all__ = ["DiceResult", "dice_scores"]
 
 _SMOOTH = 1e-6
 
@@ -81,7 +81,7 @@ def _aggregate(d: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 
 
 def dice_scores(pred, target, num_classes: int, *, ignore_background: bool = True,
-                ci: Literal["bootstrap", None] = None, n_resamples: int = 10_000, seed: int = 4,
+                ci: Literal["bootstrap"] | None = None, n_resamples: int = 10_000, seed: int = 4,
                 alpha: float = 0.05) -> DiceResult:
     """Dice per scan and class with macro and micro averages, exactly as the reference evaluates.
 

@@ -14,11 +14,23 @@ from typing import Literal
 
 import numpy as np
 
-from voxelfm.stats._validate import DegenerateDataError, as_1d, check_alpha, same_length, z_crit
+from voxelfm.stats._validate import (
+    DegenerateDataError,
+    as_1d,
+    check_alpha,
+    same_length,
+    z_crit,
+)
 from voxelfm.stats.estimate import Estimate
 
-__all__ = ["c_index", "concordance_counts", "Concordance", "kaplan_meier", "KaplanMeier",
-           "time_dependent_auroc"]
+__all__ = [
+    "Concordance",
+    "KaplanMeier",
+    "c_index",
+    "concordance_counts",
+    "kaplan_meier",
+    "time_dependent_auroc",
+]
 
 
 def _survival_inputs(time, event, *others: tuple[str, object]):

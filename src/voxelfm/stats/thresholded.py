@@ -9,7 +9,7 @@ import numpy as np
 from voxelfm.stats._validate import as_1d, same_length
 from voxelfm.stats.estimate import Estimate
 
-__all__ = ["f1_at", "precision_at", "recall_at", "accuracy_at", "confusion_at"]
+__all__ = ["accuracy_at", "confusion_at", "f1_at", "precision_at", "recall_at"]
 
 
 def confusion_at(y_true, y_prob, threshold: float = 0.5) -> tuple[int, int, int, int]:
