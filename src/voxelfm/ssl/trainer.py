@@ -626,8 +626,13 @@ class Trainer:
 
         if not self.knn_target:
             raise ValueError("--knn-labels needs --knn-target (a 0/1 column of the labels CSV)")
+        g = self.cfg.crops.global_crops_size
+        g = [g] * 3 if isinstance(g, int) else list(g)
+        ps = int(self.cfg.student.patch_size)
+        # embed whole volumes at the scale of a global crop (what the teacher is trained on)
+        budget = int(np.prod([s // ps for s in g]))
         return KnnMonitor(self.store, self.knn_labels, self.knn_target, k=int(self.cfg.evaluation.get("knn_k", 20)),
-                          patch_size=int(self.cfg.student.patch_size))
+                          patch_size=ps, max_patches=budget)
 
     def _knn(self, knn: Any, step: int, teacher_state: dict[str, Any]) -> None:
         from voxelfm.ssl.export import teacher_backbone
