@@ -130,3 +130,53 @@ def test_injector_needs_exactly_one_placeholder():
     assert out.inputs_embeds.shape == (1, 3, 6)
     with pytest.raises(ValueError, match="hidden size"):
         inject_image_tokens(torch.tensor([[IMAGE_TOKEN_INDEX]]), torch.ones(1, 1), torch.randn(1, 2, 5), emb)
+
+
+def test_input_standardisation_uses_stored_statistics():
+    """Tokens are standardised per channel with the stored statistics before the key/value projections."""
+    p = _proj(dropout=0.0)
+    torch.manual_seed(2)
+    toks = [torch.randn(n, 12) * 0.01 + 5.0 for n in (1, 3, 4)]   # tiny variation around a big offset
+    mean, std = PerceiverResampler.token_statistics(toks)
+    allt = torch.cat(toks).double()
+    torch.testing.assert_close(mean, allt.mean(0))
+    torch.testing.assert_close(std, allt.std(0, unbiased=False))
+    p.set_input_statistics(mean, std)
+    x = toks[1][None]
+    # oracle: a projector without normalisation fed the standardised tokens
+    q = PerceiverResampler(ProjectorConfig(**{**p.config.to_dict(), "input_norm": "none"})).eval()
+    q.load_state_dict({k: v for k, v in p.state_dict().items() if not k.startswith("input_")})
+    torch.testing.assert_close(p(x), q(((x.double() - mean) / std).float()), atol=1e-4, rtol=1e-4)
+    # the statistics are part of the state dict (saved with the projector, used by generation)
+    sd = p.state_dict()
+    assert torch.equal(sd["input_mean"], mean.float()) and torch.equal(sd["input_std"], std.float())
+    # constant channels are not blown up
+    p.set_input_statistics(torch.zeros(12), torch.zeros(12))
+    assert torch.equal(p.input_std, torch.ones(12))
+    with pytest.raises(ValueError, match="12 channels"):
+        p.set_input_statistics(torch.zeros(3), torch.ones(3))
+
+
+def test_standardisation_separates_nearly_identical_inputs():
+    """Two inputs that differ by 1e-4 on a large common offset give clearly different outputs only
+    with standardisation (the failure mode of a random-init CLS token)."""
+    torch.manual_seed(3)
+    base = torch.randn(12) * 3
+    toks = [(base + 1e-4 * torch.randn(12))[None] for _ in range(20)]
+    raw = _proj(input_norm="none", dropout=0.0)
+    std = _proj(dropout=0.0)
+    std.set_input_statistics(*PerceiverResampler.token_statistics(toks))
+    a, b = toks[0][None], toks[1][None]
+    spread_raw = (raw(a) - raw(b)).norm() / raw(a).norm()
+    spread_std = (std(a) - std(b)).norm() / std(a).norm()
+    assert spread_raw < 1e-3 and spread_std > 0.1
+
+
+def test_config_without_input_norm_loads_as_none():
+    d = ProjectorConfig(in_dim=12, out_dim=10).to_dict()
+    assert d["input_norm"] == "standardize"
+    d.pop("input_norm")
+    assert ProjectorConfig.from_dict(d).input_norm == "none"
+    assert not hasattr(PerceiverResampler(ProjectorConfig.from_dict(d)), "input_mean")
+    with pytest.raises(ValueError, match="input_norm"):
+        ProjectorConfig(in_dim=12, out_dim=10, input_norm="layernorm")

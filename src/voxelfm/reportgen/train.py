@@ -62,6 +62,11 @@ class TrainConfig:
         weight_decay: AdamW weight decay (not applied to biases and norms).
         max_grad_norm: gradient clipping (``None`` = off).
         max_minutes: stop after this wall time (then checkpoint, validate, save).
+        lr_clock: what the warm-up and cosine decay follow: ``"steps"`` (the step count of
+            ``epochs`` full epochs, the reference) or ``"time"`` (with ``max_minutes``: the further
+            along of the step count and the elapsed share of the time budget, so a run stopped by
+            its budget still warms up, decays and ends at ``min_lr`` — with a step-clocked schedule
+            sized for 20 epochs a 10-minute CPU run never leaves the warm-up).
         seed: seed of initialisation and data order (reference 4).
         feature, max_patch_tokens: which embedding tokens feed the projector.
         num_queries, width, num_heads, dropout: projector shape (reference 128 / 2048 / 8 / 0.1).
@@ -91,6 +96,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     max_minutes: float | None = None
+    lr_clock: Literal["steps", "time"] = "steps"
     seed: int = 4
     feature: Literal["cls", "patch", "cls+patch"] = "cls"
     max_patch_tokens: int | None = 512
@@ -123,6 +129,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.report_style not in ("original", "abnormal"):
             raise ConfigError(f"report_style must be 'original' or 'abnormal', got {self.report_style!r}")
+        if self.lr_clock not in ("steps", "time"):
+            raise ConfigError(f"lr_clock must be 'steps' or 'time', got {self.lr_clock!r}")
         if self.select not in ("best", "last"):
             raise ConfigError(f"select must be 'best' or 'last', got {self.select!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
@@ -190,6 +198,16 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _cosine_lr(progress: float, peak: float, floor: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` of training, then cosine from ``peak`` to ``floor``
+    (``progress`` in [0, 1]; the shape of transformers' ``cosine_with_min_lr`` schedule)."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return peak * progress / warmup
+    t = (progress - warmup) / max(1.0 - warmup, 1e-12)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -358,6 +376,11 @@ def train_report_model(store: Any, table: Any, out_dir: str | os.PathLike[str], 
         raise ConfigError("no training examples: the table needs rows with split 'train', a report, and an "
                           "embedding in the store")
     val_ds = ReportDataset(store, table, tok, split="val", **ds_kw)
+    if init_from is None and model.projector.config.input_norm == "standardize":
+        # training-set statistics of the projector's input, stored with the projector (stage 2 and
+        # generation reuse them; see voxelfm.reportgen.projector)
+        mean, std = model.projector.token_statistics([train_ds.tokens(i) for i in range(len(train_ds))])
+        model.projector.set_input_statistics(mean, std)
     # the end-of-turn token (last target of an answer) also stops generation
     last_targets = {lab[-1] for lab in (e[1] for e in train_ds._encoded) if lab and lab[-1] != -100}
     model.config.stop_token_ids = sorted(int(t) for t in last_targets if t != tok.eos_token_id)[:4]
@@ -426,6 +449,8 @@ def train_report_model(store: Any, table: Any, out_dir: str | os.PathLike[str], 
     c0 = time.process_time()
     prior_seconds = float(state["seconds"])
     deadline = None if cfg.max_minutes is None else t0 + 60.0 * cfg.max_minutes
+    time_clock = cfg.lr_clock == "time" and cfg.max_minutes is not None
+    budget_seconds = 60.0 * float(cfg.max_minutes or 0.0)
     stopped_by_time = False
     last_loss = math.nan
     model.train()
@@ -456,6 +481,12 @@ def train_report_model(store: Any, table: Any, out_dir: str | os.PathLike[str], 
                     if cfg.max_grad_norm:
                         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                        cfg.max_grad_norm)
+                    if time_clock:
+                        elapsed = prior_seconds + time.perf_counter() - t0
+                        frac = max(state["step"] / total_steps, elapsed / (prior_seconds + budget_seconds))
+                        for g in optimizer.param_groups:
+                            g["lr"] = _cosine_lr(frac, cfg.peak_lr, cfg.min_lr, cfg.warmup_ratio)
+                    used_lr = optimizer.param_groups[0]["lr"]
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -467,7 +498,7 @@ def train_report_model(store: Any, table: Any, out_dir: str | os.PathLike[str], 
                     bar.set_postfix(loss=f"{last_loss:.3f}")
                     if state["step"] % cfg.log_every == 0:
                         log({"step": state["step"], "epoch": state["epoch"], "loss": last_loss,
-                             "lr": scheduler.get_last_lr()[0],
+                             "lr": used_lr,
                              "elapsed": round(prior_seconds + time.perf_counter() - t0, 2)})
                     if state["step"] % cfg.checkpoint_every == 0 and not end_of_epoch:
                         checkpoint()
@@ -514,8 +545,10 @@ def _read_trainable(ckpt: Path, model: Any) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
+    params = dict(model.named_parameters())
     for k, v in load_file(str(ckpt / "projector.safetensors")).items():
-        state[f"projector.{k}"] = v
+        if f"projector.{k}" in params:  # buffers (input statistics) are recomputed from the same split
+            state[f"projector.{k}"] = v
     if model.config.lora is not None:
         lora_file = ckpt / "lora" / "adapter_model.safetensors"
         if not lora_file.is_file():
