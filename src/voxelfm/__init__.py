@@ -13,8 +13,7 @@ The public names below are imported lazily so ``import voxelfm`` stays fast and 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from voxelfm.utils.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -69,14 +68,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'voxelfm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -14,8 +14,7 @@ See ``docs/probes.md`` for tasks, heads, defaults, metrics and the suite YAML fo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from voxelfm.utils.lazy_exports import lazy_exports
 
 _LAZY: dict[str, str] = {
     "train_probe": "voxelfm.probes.run",
@@ -44,14 +43,4 @@ __all__ = [  # noqa: RUF022 (grouped like _LAZY)
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'voxelfm.probes' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
