@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from voxelfm.errors import VoxelFMError
-from voxelfm.utils import atomic_write, atomic_write_text, safe_id
+from voxelfm.utils import append_jsonl, atomic_write, atomic_write_text, read_jsonl_folder, safe_id
 
 __all__ = ["VolumeStore", "prepare_volumes", "PrepareSummary", "INDEX_COLUMNS"]
 
@@ -145,24 +145,13 @@ class VolumeStore:
 
 
 def _read_log(root: Path) -> dict[str, dict[str, Any]]:
-    """Last record per id from the append-only log(s); an unfinished last line is ignored."""
+    """Last record per id from the append-only log(s), ordered by each id's latest record; a line
+    cut by a crash is ignored."""
     out: dict[str, dict[str, Any]] = {}
-    folder = root / "index"
-    if not folder.is_dir():
-        return out
-    for log in sorted(folder.glob("*.jsonl")):
-        with open(log, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash
-                if isinstance(rec, dict) and "id" in rec:
-                    out.pop(rec["id"], None)  # keep processing order of the latest record
-                    out[rec["id"]] = rec
+    for rec in read_jsonl_folder(root / "index"):
+        if "id" in rec:
+            out.pop(rec["id"], None)  # keep processing order of the latest record
+            out[rec["id"]] = rec
     return out
 
 
@@ -266,13 +255,6 @@ def _worker_init() -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-def _append(log: Path, rec: dict[str, Any]) -> None:
-    with open(log, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(rec, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _write_index_csv(root: Path, records: Iterable[dict[str, Any]]) -> None:
@@ -393,7 +375,7 @@ def prepare_volumes(
     try:
 
         def handle(rec: dict[str, Any]) -> None:
-            _append(log, rec)
+            append_jsonl(log, rec, sort_keys=True)
             setattr(summary, rec["status"], getattr(summary, rec["status"]) + 1)
             bar.update(1)
 

@@ -33,6 +33,7 @@ import torch
 from voxelfm.inference.features import Features
 from voxelfm.utils.atomic import atomic_write, atomic_write_text
 from voxelfm.utils.ids import safe_id
+from voxelfm.utils.jsonl import append_jsonl, read_jsonl_folder
 
 __all__ = ["EmbeddingStore"]
 
@@ -105,13 +106,8 @@ class EmbeddingStore:
                    "error": " ".join(str(error).split()), "grid": "", "embed_dim": "", "seconds": ""})
 
     def _log(self, record: dict[str, Any]) -> None:
-        log = self.root / "index" / f"{self.writer}.jsonl"
-        log.parent.mkdir(parents=True, exist_ok=True)
         record = {**record, "time": time.time()}
-        with open(log, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_jsonl(self.root / "index" / f"{self.writer}.jsonl", record)
         if self._records is not None:
             self._records[record["id"]] = record
 
@@ -134,18 +130,7 @@ class EmbeddingStore:
         """All status records, last one per id wins, in first-seen order."""
         if self._records is None or refresh:
             recs: dict[str, dict[str, Any]] = {}
-            logs = sorted((self.root / "index").glob("*.jsonl")) if (self.root / "index").is_dir() else []
-            entries: list[dict[str, Any]] = []
-            for log in logs:
-                with open(log, encoding="utf-8") as fh:
-                    for line in fh:
-                        line = line.strip()
-                        if not line:
-                            continue
-                        try:
-                            entries.append(json.loads(line))
-                        except json.JSONDecodeError:  # a torn last line after a crash
-                            continue
+            entries = [r for r in read_jsonl_folder(self.root / "index") if "id" in r]
             entries.sort(key=lambda r: r.get("time", 0.0))
             for rec in entries:
                 recs[rec["id"]] = rec

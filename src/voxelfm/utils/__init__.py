@@ -1,7 +1,12 @@
-"""Small helpers shared by all stages: atomic file writes, safe ids, progress bars, threads."""
+"""Small helpers shared by all stages: atomic file writes, safe ids, progress bars, JSON-lines logs, lazy package exports."""
 
 from voxelfm.utils.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from voxelfm.utils.ids import safe_id
+from voxelfm.utils.jsonl import append_jsonl, read_jsonl, read_jsonl_folder
+from voxelfm.utils.lazy_exports import lazy_exports
 from voxelfm.utils.progress import progress
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "safe_id", "progress"]
+__all__ = [
+    "append_jsonl", "atomic_write", "atomic_write_bytes", "atomic_write_text", "lazy_exports",
+    "progress", "read_jsonl", "read_jsonl_folder", "safe_id",
+]
