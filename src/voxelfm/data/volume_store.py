@@ -38,6 +38,7 @@ import numpy as np
 
 from voxelfm.errors import VoxelFMError
 from voxelfm.utils import append_jsonl, atomic_write, atomic_write_text, read_jsonl_folder, safe_id
+from voxelfm.utils.pool import process_pool
 
 __all__ = ["VolumeStore", "prepare_volumes", "PrepareSummary", "INDEX_COLUMNS"]
 
@@ -302,7 +303,9 @@ def prepare_volumes(
         preset: ``"default"``, ``"paper"`` or a :class:`~voxelfm.preprocess.Preset`: HU window,
             orientation and isotropic-spacing rule.
         crop_background: crop each volume to its body box (reference ``crop_volume``) before resampling.
-        workers: processes (default: CPU count; 1 = in this process).
+        workers: processes (default: CPU count; 1 = in this process). Worker processes import the
+            calling script again (forkserver/spawn start), so a script that calls this with
+            ``workers > 1`` must keep its top-level code under ``if __name__ == "__main__":``.
         min_side: volumes whose prepared shape has a side smaller than this many voxels are recorded
             as ``skipped`` (the reference drops volumes smaller than the local crop, 56).
         retry_failed: process ids recorded as ``failed`` by an earlier run again.
@@ -312,7 +315,9 @@ def prepare_volumes(
         :class:`PrepareSummary` of this run. Open the result with :class:`VolumeStore`.
 
     Raises:
-        VoxelFMError: the store was made with a different preset / options (resume would mix them).
+        VoxelFMError: the store was made with a different preset / options (resume would mix them);
+            or a worker process died — most often the missing ``__main__`` guard above (the message
+            says so), else a killed worker (out of memory). Volumes finished before are kept.
     """
     from voxelfm.io import collect_inputs
     from voxelfm.preprocess import get_preset
@@ -383,14 +388,7 @@ def prepare_volumes(
             for job in jobs:
                 handle(_process(job))
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(
-                max_workers=min(workers, len(jobs)),
-                mp_context=mp.get_context("forkserver" if os.name == "posix" else "spawn"),
-                initializer=_worker_init,
-            ) as ex:
+            with process_pool(min(workers, len(jobs)), initializer=_worker_init, what="prepare_volumes") as ex:
                 for rec in ex.map(_process, jobs, chunksize=1):
                     handle(rec)
     finally:

@@ -10,8 +10,10 @@ a generated *Findings* paragraph. Re-running on the same folder reuses finished 
 Example::
 
     from voxelfm.demo import run_demo
-    report = run_demo("voxelfm-demo", quick=True)    # ≈ 2 minutes on 2 CPU cores
-    print(report.read_text())
+
+    if __name__ == "__main__":  # in a script: worker processes import it again
+        report = run_demo("voxelfm-demo", quick=True)    # ≈ 2 minutes on 2 CPU cores
+        print(report.read_text())
 
 Modules: ``settings`` (what runs, the default and quick presets), ``stages`` (headers, timings,
 reuse), ``suite`` (the phantom probe suite), ``workflow`` (the stages), ``report`` (report.md/html).

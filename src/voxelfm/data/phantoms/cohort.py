@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from voxelfm.data.phantoms.findings import (
     render_findings,
 )
 from voxelfm.data.phantoms.reports import write_report
+from voxelfm.utils.pool import process_pool
 
 __all__ = ["PhantomCase", "case_plan", "generate_case", "generate_cohort", "COHORT_COLUMNS"]
 
@@ -508,11 +508,17 @@ def generate_cohort(
         seed: cohort seed; the same seed gives byte-identical files whatever ``workers`` is.
         format: ``"nifti"`` or ``"dicom"``.
         size: ``"demo"``, ``"small"`` or ``"full"``.
-        workers: processes (default: CPU count; 1 = in this process).
+        workers: processes (default: CPU count; 1 = in this process). Worker processes import the
+            calling script again (forkserver/spawn start), so a script that calls this with
+            ``workers > 1`` must keep its top-level code under ``if __name__ == "__main__":``.
         progress: show a progress bar (tqdm, with ETA; silenced by ``VOXELFM_NO_PROGRESS=1``).
 
     Returns:
         pandas.DataFrame, the rows of ``cohort.csv``.
+
+    Raises:
+        VoxelFMError: a worker process died — most often the missing ``__main__`` guard above
+            (the message says so), else a killed worker (out of memory).
     """
     import pandas as pd
 
@@ -540,10 +546,7 @@ def generate_cohort(
                 rows.append(_write_case(j))
                 bar.update(1)
         else:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn") if os.name != "posix" else mp.get_context("forkserver")
-            with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=ctx, initializer=_worker_init) as ex:
+            with process_pool(min(workers, n), initializer=_worker_init, what="generate_cohort") as ex:
                 for row in ex.map(_write_case, jobs, chunksize=1):
                     rows.append(row)
                     bar.update(1)
