@@ -56,25 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else 1 mm with a warning); other formats store their own")
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    text = " ".join(str(message).split())
-    return f"voxelfm extract: warning: {text}\n"
-
-
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
-    # Reader warnings (oblique image, assumed spacing, several series...) as one line each, also in
-    # the reading workers (forked during the run); the full text is in each embedding's record.
-    previous = warnings.formatwarning
-    warnings.formatwarning = _one_line_warning
-    try:
-        return _run(args)
-    finally:
-        warnings.formatwarning = previous
-
-
-def _run(args: argparse.Namespace) -> int:
+    # Reader warnings (oblique image, assumed spacing, several series...) print as one line each
+    # (voxelfm.cli.main), also in the reading workers; the full text is in each embedding's record.
     if args.max_patches is not None and args.max_patches < 1:
         raise ValueError(f"--max-patches must be >= 1, got {args.max_patches}")
     if not 0 <= args.overlap < 1:

@@ -9,7 +9,8 @@ Each subcommand lives in its own module ``voxelfm.cli.<name>`` exposing::
 Subcommand modules import heavy libraries (torch, SimpleITK, transformers) inside ``run`` so that
 ``voxelfm --help`` stays fast. Errors a user can cause (:class:`voxelfm.errors.VoxelFMError`,
 ValueError, FileNotFoundError, ...) are printed as one line and give exit code 2; set
-``VOXELFM_DEBUG=1`` to see the traceback instead.
+``VOXELFM_DEBUG=1`` to see the traceback instead. Warnings print as one line each
+(``voxelfm <cmd>: warning: ...``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 __all__ = ["main", "build_parser"]
 
@@ -59,6 +60,23 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
             PermissionError, KeyError)
 
 
+@contextlib.contextmanager
+def _one_line_warnings(prefix: str) -> Iterator[None]:
+    """Print warnings as ``<prefix>: warning: <text>`` on one line (no source file and code line);
+    also in worker processes forked meanwhile."""
+    import warnings
+
+    def fmt(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings API
+        return f"{prefix}: warning: {' '.join(str(message).split())}\n"
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = fmt
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``voxelfm`` command line; returns the exit code."""
     parser = build_parser()
@@ -67,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args._run(args) or 0)
+        with _one_line_warnings(f"voxelfm {args.command}"):
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("voxelfm: interrupted", file=sys.stderr)
         return 130
