@@ -95,14 +95,23 @@ def main(argv: list[str] | None = None) -> int:
     del backbone
 
     s1 = TrainConfig.cpu(1, lr=args.stage1_lr, batch_size=args.batch_size, num_queries=args.queries,
-                         epochs=args.epochs, checkpoint_every=20)
+                         epochs=args.epochs, checkpoint_every=20, lr_clock="time")
     s2 = TrainConfig.cpu(2, lr=args.stage2_lr, batch_size=args.batch_size, num_queries=args.queries,
-                         epochs=args.epochs, checkpoint_every=20)
+                         epochs=args.epochs, checkpoint_every=20, lr_clock="time")
     exp_dir = work / f"experiment_{cohort_dir.name}_{args.feature}"  # a rerun with more --minutes continues training
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     summary = run_report_experiment(store, table, exp_dir, minutes=args.minutes, lm=args.lm, feature=args.feature,
                                     stage1=s1, stage2=s2, stage1_fraction=args.stage1_fraction)
     timings["experiment"] = time.perf_counter() - t0
+    load_after = os.getloadavg()
+    gen = pd.read_csv(exp_dir / "generated" / "generated.csv", dtype={"id": str}, keep_default_na=False)
+    texts = [" ".join(str(t).split()) for t in gen["generated"]]
+    top_text, top_count = max(((t, texts.count(t)) for t in set(texts)), key=lambda kv: kv[1])
+    diversity = {"n_reports": len(texts), "n_distinct": len(set(texts)),
+                 "most_frequent_share": round(top_count / max(len(texts), 1), 3),
+                 "examples": [{"id": i, "generated": g, "truth": t} for i, g, t in
+                              list(zip(gen["id"], gen["generated"], gen.get("ground_truth", [""] * len(gen))))[:3]]}
 
     per_label = pd.read_csv(exp_dir / "evaluation" / "per_label.csv")
     keep = [c for c in ("abnormality", "support", "report_f1", "report_precision", "report_recall", "probe_f1",
@@ -124,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         "training": summary["training"],
         "seconds": {**{k: round(v, 1) for k, v in timings.items()}, **summary["seconds"]},
         "n_test": summary["n_test"],
+        "generated_reports": diversity,
+        "load_average_1_5_15": {"before_training": [round(x, 2) for x in load_before],
+                                "after_generation": [round(x, 2) for x in load_after]},
         "workdir": str(work),
         "evaluation_dir": str(exp_dir / "evaluation"),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),

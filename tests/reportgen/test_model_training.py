@@ -134,6 +134,11 @@ def test_two_stages_stage2_starts_from_stage1_projector(lm_dir, store_and_table,
     p2 = load_file(str(tmp_path / "run/stage2/projector.safetensors"))
     for k in p1:
         torch.testing.assert_close(p1[k], p2[k], atol=1e-6, rtol=0)
+    # the projector's input statistics are those of the training split's tokens, and stage 2 keeps them
+    ds = ReportDataset(store, table, _model(lm_dir, lora=False).tokenizer, split="train")
+    train_tokens = torch.cat([ds.tokens(i) for i in range(len(ds))]).double()
+    torch.testing.assert_close(p1["input_mean"].double(), train_tokens.mean(0), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(p1["input_std"].double(), train_tokens.std(0, unbiased=False), atol=1e-6, rtol=1e-5)
     c1 = json.loads((tmp_path / "run/stage1/report_model.json").read_text())
     c2 = json.loads((tmp_path / "run/stage2/report_model.json").read_text())
     assert c1["lora"] is None and c1["system_prompt"] == "" and c2["lora"]["r"] == 4
@@ -185,3 +190,26 @@ def test_generate_reports_writes_and_resumes(lm_dir, store_and_table, tmp_path):
                            out_dir=tmp_path / "gen")
     assert df2.set_index("id").loc["case010", "generated"] == "kept"
     assert json.loads((tmp_path / "gen/generation.json").read_text())["n_generated_now"] == 1
+
+
+def test_time_clocked_schedule_matches_the_step_schedule_shape_and_follows_the_budget(lm_dir, store_and_table, tmp_path):
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    from voxelfm.reportgen.train import _cosine_lr
+
+    # the shape: transformers' cosine_with_min_lr schedule evaluated at step / total
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    sch = get_cosine_with_min_lr_schedule_with_warmup(opt, num_warmup_steps=10, num_training_steps=100, min_lr=1e-5)
+    for step in range(100):
+        assert _cosine_lr(step / 100, 2e-3, 1e-5, 0.1) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-12)
+        opt.step()
+        sch.step()
+    assert _cosine_lr(1.0, 2e-3, 1e-5, 0.1) == pytest.approx(1e-5)
+    # a run whose time budget is already used up trains its only step at the floor learning rate
+    store, table = store_and_table
+    cfg = TrainConfig.cpu(1, epochs=3, lr=5e-3, min_lr=1e-5, max_minutes=1e-9, lr_clock="time", **SMALL)
+    r = train_report_model(store, table, tmp_path / "t", lm=str(lm_dir), config=cfg)
+    lrs = [h["lr"] for h in r.history if "lr" in h]
+    assert r.stopped_by_time and lrs == [pytest.approx(1e-5)]
+    with pytest.raises(Exception, match="lr_clock"):
+        TrainConfig.cpu(1, lr_clock="epochs")

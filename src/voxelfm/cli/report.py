@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--grad-accum", type=int, default=None)
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (both stages unless --stage 1/2)")
     t.add_argument("--max-minutes", type=float, default=None, help="training time budget (split 40/60 for --stage both)")
+    t.add_argument("--lr-clock", default=None, choices=["steps", "time"],
+                   help="what warm-up + cosine decay follow: the step count of --epochs, or the share of "
+                        "--max-minutes used (default: time with --max-minutes, else steps)")
     t.add_argument("--queries", type=int, default=None, help="projector queries = image tokens")
     t.add_argument("--width", type=int, default=None, help="projector width")
     t.add_argument("--lora-r", type=int, default=None)
@@ -147,6 +150,7 @@ def _train(args: argparse.Namespace) -> int:
         over = {k: v for k, v in over.items() if v is not None}
         return replace(cfg, feature=args.feature, max_patch_tokens=args.max_patch_tokens, device=args.device,
                        report_style=args.report_style,
+                       lr_clock=args.lr_clock or ("time" if args.max_minutes else "steps"),
                        seed=args.seed, max_minutes=args.max_minutes if args.stage != "both" else None, **over)
 
     resume = not args.no_resume

@@ -30,10 +30,12 @@ __all__ = ["run_report_experiment", "auto_max_new_tokens", "budget_configs"]
 def budget_configs() -> tuple[Any, Any]:
     """Stage-1 and stage-2 :class:`~voxelfm.reportgen.train.TrainConfig` for a time-budgeted CPU run
     (the settings of ``benchmarks/reportgen_evidence.py``): 8 image tokens, batch 4, lr 2e-3
-    (projector) / 1e-3 (projector + LoRA), up to 20 epochs, checkpoints every 20 steps."""
+    (projector) / 1e-3 (projector + LoRA), up to 20 epochs, checkpoints every 20 steps, and a
+    learning-rate schedule clocked by the time budget (``lr_clock="time"``: warm-up, cosine decay
+    and the final low learning rate happen within the budget, however many steps it allows)."""
     from voxelfm.reportgen.train import TrainConfig
 
-    common = {"num_queries": 8, "batch_size": 4, "epochs": 20, "checkpoint_every": 20}
+    common = {"num_queries": 8, "batch_size": 4, "epochs": 20, "checkpoint_every": 20, "lr_clock": "time"}
     return TrainConfig.cpu(1, lr=2e-3, **common), TrainConfig.cpu(2, lr=1e-3, **common)
 
 
