@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=8, help="projector queries (image tokens)")
     ap.add_argument("--epochs", type=int, default=20, help="upper bound; the time budget usually stops first")
     ap.add_argument("--stage1-fraction", type=float, default=0.25, help="share of the budget for stage 1")
+    ap.add_argument("--max-val", type=int, default=16, help="validation cases per evaluation (default 16)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None,
                     help="work folder (default: $TMPDIR/voxelfm_reportgen_evidence)")
@@ -95,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     del backbone
 
     s1 = TrainConfig.cpu(1, lr=args.stage1_lr, batch_size=args.batch_size, num_queries=args.queries,
-                         epochs=args.epochs, checkpoint_every=20, lr_clock="time")
+                         epochs=args.epochs, checkpoint_every=20, lr_clock="time",
+                         max_val_examples=args.max_val)
     s2 = TrainConfig.cpu(2, lr=args.stage2_lr, batch_size=args.batch_size, num_queries=args.queries,
-                         epochs=args.epochs, checkpoint_every=20, lr_clock="time")
+                         epochs=args.epochs, checkpoint_every=20, lr_clock="time",
+                         max_val_examples=args.max_val)
     exp_dir = work / f"experiment_{cohort_dir.name}_{args.feature}"  # a rerun with more --minutes continues training
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -123,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                      "max_patches": args.max_patches, "feature": args.feature, "minutes": args.minutes,
                      "lm": args.lm or "SmolLM2-135M-Instruct (offline GGUF)", "stage1_lr": args.stage1_lr,
                      "stage2_lr": args.stage2_lr, "batch_size": args.batch_size, "queries": args.queries,
-                     "stage1_fraction": args.stage1_fraction,
+                     "stage1_fraction": args.stage1_fraction, "max_val_examples": args.max_val,
+                     "lr_clock": "time", "report_style": "abnormal", "decoding": "greedy",
                      "threads": args.threads},
         "macro_f1": {"generated": summary["generated"]["macro_f1"],
                      "baseline_most_common_report": summary["baselines"]["most_common"]["macro_f1"],

@@ -207,9 +207,11 @@ def test_time_clocked_schedule_matches_the_step_schedule_shape_and_follows_the_b
     assert _cosine_lr(1.0, 2e-3, 1e-5, 0.1) == pytest.approx(1e-5)
     # a run whose time budget is already used up trains its only step at the floor learning rate
     store, table = store_and_table
-    cfg = TrainConfig.cpu(1, epochs=3, lr=5e-3, min_lr=1e-5, max_minutes=1e-9, lr_clock="time", **SMALL)
+    cfg = TrainConfig.cpu(1, epochs=3, lr=5e-3, min_lr=1e-5, max_minutes=1e-9, lr_clock="time", max_val_examples=1,
+                          **SMALL)
     r = train_report_model(store, table, tmp_path / "t", lm=str(lm_dir), config=cfg)
     lrs = [h["lr"] for h in r.history if "lr" in h]
     assert r.stopped_by_time and lrs == [pytest.approx(1e-5)]
+    assert r.n_val == 1 and r.val_loss is not None  # validation on the first val case only (2 in the table)
     with pytest.raises(Exception, match="lr_clock"):
         TrainConfig.cpu(1, lr_clock="epochs")

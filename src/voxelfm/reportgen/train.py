@@ -81,6 +81,8 @@ class TrainConfig:
             reference used 0.1 and, by mistake, also at evaluation; default 0 = off).
         checkpoint_every: optimizer steps between checkpoints (also at each epoch end).
         select: ``"best"`` (lowest validation loss) or ``"last"``.
+        max_val_examples: validate on the first this many ``val`` rows only (``None`` = all); a
+            time-budgeted CPU run otherwise spends a large share of its budget validating.
         gradient_checkpointing: trade compute for memory in the LM (large LMs on a GPU).
         device: ``"cpu"``, ``"cuda"``, ...
         log_every: optimizer steps between history lines.
@@ -115,6 +117,7 @@ class TrainConfig:
     feature_noise: float = 0.0
     checkpoint_every: int = 50
     select: Literal["best", "last"] = "best"
+    max_val_examples: int | None = None
     gradient_checkpointing: bool = False
     device: str = "cpu"
     log_every: int = 1
@@ -133,6 +136,8 @@ class TrainConfig:
             raise ConfigError(f"lr_clock must be 'steps' or 'time', got {self.lr_clock!r}")
         if self.select not in ("best", "last"):
             raise ConfigError(f"select must be 'best' or 'last', got {self.select!r}")
+        if self.max_val_examples is not None and int(self.max_val_examples) < 1:
+            raise ConfigError(f"max_val_examples must be at least 1 or None, got {self.max_val_examples}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}")
 
@@ -391,8 +396,13 @@ def train_report_model(store: Any, table: Any, out_dir: str | os.PathLike[str], 
         return collate_reports(b, pad_token_id=pad_id)
 
     # no gradients to keep: larger batches validate faster (the loss is a per-token mean either way)
-    val_loader = (DataLoader(val_ds, batch_size=max(cfg.batch_size, 16), shuffle=False, collate_fn=collate)
-                  if len(val_ds) else None)
+    val_set = val_ds
+    if cfg.max_val_examples is not None and len(val_ds) > cfg.max_val_examples:
+        from torch.utils.data import Subset
+
+        val_set = Subset(val_ds, range(int(cfg.max_val_examples)))
+    val_loader = (DataLoader(val_set, batch_size=max(cfg.batch_size, 16), shuffle=False, collate_fn=collate)
+                  if len(val_set) else None)
     n_batches = math.ceil(len(train_ds) / cfg.batch_size)
     steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
@@ -534,7 +544,7 @@ def train_report_model(store: Any, table: Any, out_dir: str | os.PathLike[str], 
                          train_loss=last_loss, val_loss=state["best_val"], best_step=state["best_step"],
                          seconds=round(prior_seconds + time.perf_counter() - t0, 2), stopped_by_time=stopped_by_time,
                          cpu_seconds=round(time.process_time() - c0, 2),
-                         n_train=len(train_ds), n_val=len(val_ds), history=history)
+                         n_train=len(train_ds), n_val=len(val_set), history=history)
     atomic_write_text(out / "train_summary.json",
                       json.dumps({**result.to_dict(), "config": cfg.to_dict(), "init_from": str(init_from or ""),
                                   "skipped_ids": train_ds.skipped[:50]}, indent=2, default=str))
