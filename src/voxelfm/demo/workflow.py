@@ -34,6 +34,7 @@ import numpy as np
 from voxelfm.demo.settings import DEFAULT_OUTPUT, DemoSettings
 from voxelfm.demo.stages import DemoState, StageRunner, format_seconds, signature
 from voxelfm.errors import VoxelFMError
+from voxelfm.utils.jsonl import read_jsonl
 
 __all__ = ["run_demo", "DemoPaths", "extraction_budget", "compute_threads"]
 
@@ -186,18 +187,6 @@ def _pretrain_elapsed(run_dir: Path) -> float:
         return 0.0
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool, base_signature: str) -> dict[str, Any]:
     from voxelfm.ssl import pretrain
 
@@ -223,7 +212,7 @@ def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool, base_sign
             and float(run.get("minutes_this_run", 0.0)) < kwargs["max_minutes"] - 0.05:
         # the trainer stops early (with a checkpoint) on SIGINT/SIGTERM: stop the demo too
         raise KeyboardInterrupt("pre-training interrupted (checkpoint kept; re-run to resume)")
-    metrics = _read_jsonl(paths.pretrain / "metrics.jsonl")
+    metrics = read_jsonl(paths.pretrain / "metrics.jsonl", missing_ok=True)
     losses = [float(m["total"]) for m in metrics if "total" in m and math.isfinite(float(m["total"]))]
     k = max(1, min(20, len(losses) // 5))
     first = sum(losses[:k]) / k if losses else math.nan
