@@ -74,7 +74,7 @@ def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *
                           strategy: str = "greedy", max_new_tokens: int | None = None, batch_size: int = 8,
                           with_probes: bool = True, probe_head: str = "linear", probe_feature: str | None = None,
                           n_resamples: int = 1000, seed: int = 4, device: str = "cpu", resume: bool = True,
-                          stage1_fraction: float = 0.25, lm_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
+                          stage1_fraction: float = 0.2, lm_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Train, generate for the ``test`` split, and score against the truth, baselines and probes.
 
     Args:
