@@ -111,7 +111,7 @@ def test_tiny_config_loads_and_is_small():
 def test_tiny_small_data_recipe_and_reference_untouched():
     """The small-data recipe (docs/pretraining.md): whole-volume global views like the evaluation,
     no local crops, no axis permutation / HU-window perturbation, a sharp constant teacher
-    temperature, LayerScale off; vit_base keeps the reference values of every one of these keys."""
+    temperature, LayerScale and KoLeo off; vit_base keeps the reference values of every one of these keys."""
     tiny, ref = load_config("tiny"), load_config("vit_base")
     assert tiny.crops.global_crops_scale == [0.9, 1.0] and tiny.crops.local_crops_number == 0
     assert tiny.crops.permute_axes is False and tiny.crops.window_p == 0.0 and tiny.crops.flip_p == 0.5
@@ -119,13 +119,14 @@ def test_tiny_small_data_recipe_and_reference_untouched():
     assert t.start == t.peak == t.end == 0.02
     assert tiny.student.layerscale is None and tiny.dino.head_n_prototypes == tiny.ibot.head_n_prototypes == 256
     assert tiny.optim.epochs * tiny.train.official_epoch_length == 3500
-    assert tiny.train.centering == "centering" and tiny.dino.koleo_loss_weight == 0.1
+    assert tiny.train.centering == "centering" and tiny.dino.koleo_loss_weight == 0.0
     # reference defaults unchanged
     assert ref.crops.global_crops_scale == [0.32, 1.0] and ref.crops.local_crops_number == 8
     assert ref.crops.permute_axes is True and ref.crops.window_p == 0.5 and ref.crops.flip_p == 0.5
     r = ref.schedules.teacher_temp
     assert (r.start, r.peak, r.end, r.warmup_epochs) == (0.04, 0.07, 0.07, 30)
     assert ref.student.layerscale == 1e-5 and ref.dino.head_n_prototypes == 65536
+    assert ref.dino.koleo_loss_weight == 0.1
 
 
 def test_overrides_and_errors(tmp_path):
