@@ -15,8 +15,7 @@ Heavy imports are lazy.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from voxelfm.utils.lazy_exports import lazy_exports
 
 _LAZY: dict[str, str] = {
     "pretrain": "voxelfm.ssl.trainer",
@@ -40,14 +39,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'voxelfm.ssl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -636,12 +636,12 @@ class Trainer:
 
     def _knn(self, knn: Any, step: int, teacher_state: dict[str, Any]) -> None:
         from voxelfm.ssl.export import teacher_backbone
+        from voxelfm.utils.jsonl import append_jsonl
 
         with self._rng_preserved():
             result = knn.evaluate(teacher_backbone(teacher_state).to(self.device))
         result["step"] = step
-        with open(self.output / "knn.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(result) + "\n")
+        append_jsonl(self.output / "knn.jsonl", result)
         logger.info("kNN check at step %d: %s", step, {k: v for k, v in result.items() if k != "step"})
 
 
