@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pre-training wall-time budget in minutes (default 7; --quick 0.75)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--with-reports", dest="with_reports", action="store_true", default=None,
-                       help="also train and evaluate report generation (≈ 7 more minutes; --quick ≈ 1.5)")
+                       help="also train and evaluate report generation (≈ 12 more minutes; --quick ≈ 1.5)")
     group.add_argument("--no-reports", dest="with_reports", action="store_false",
                        help="skip report generation (the default)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",

@@ -465,7 +465,7 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
         if comp.exists():
             L += [f"![report generation vs probe]({_rel(comp, root)})", ""]
     elif not settings.with_reports:
-        L += ["## Report generation", "", "Not run (it needs ≈ 7 more minutes on 2 CPU cores): "
+        L += ["## Report generation", "", "Not run (it needs ≈ 12 more minutes on 2 CPU cores): "
               "`voxelfm demo --with-reports` adds it.", ""]
     L += ["## Cohort and models", ""]
     if ph:

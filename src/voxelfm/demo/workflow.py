@@ -42,7 +42,7 @@ __all__ = ["run_demo", "DemoPaths", "extraction_budget", "compute_threads"]
 MIN_SIDE = 32
 
 #: minutes of report-generation training with --with-reports (default demo / quick)
-REPORT_MINUTES = {False: 6.0, True: 1.0}
+REPORT_MINUTES = {False: 10.0, True: 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +187,23 @@ def _pretrain_elapsed(run_dir: Path) -> float:
         return 0.0
 
 
+#: optimizer steps per second of the ``tiny`` recipe on 2 quiet CPU cores (benchmarks/pretrain_evidence.py)
+TINY_STEPS_PER_SECOND = 5.5
+
+
+def _schedule_overrides(s: DemoSettings) -> list[str]:
+    """Fit the ``tiny`` schedule (warm-up + cosine decays) to the wall-time budget.
+
+    The packaged ``tiny`` schedule is 3,500 steps (≈ 10 quiet minutes); a shorter demo budget would
+    stop it mid-decay. Other configs, or a user's own ``optim.epochs``, are left alone.
+    """
+    if s.pretrain_config != "tiny" or any(o.split("=", 1)[0].strip() == "optim.epochs" for o in s.pretrain_overrides):
+        return []
+    epoch_length = 50  # train.official_epoch_length of tiny.yaml
+    epochs = max(2, int(60.0 * float(s.pretrain_minutes) * TINY_STEPS_PER_SECOND // epoch_length))
+    return [f"optim.epochs={epochs}"]
+
+
 def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool, base_signature: str) -> dict[str, Any]:
     from voxelfm.ssl import pretrain
 
@@ -194,7 +211,7 @@ def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool, base_sign
     done = _pretrain_elapsed(paths.pretrain) if resuming else 0.0
     if not resuming and paths.pretrain.exists():
         shutil.rmtree(paths.pretrain)
-    overrides = [f"train.seed={int(s.seed)}", *s.pretrain_overrides]
+    overrides = [f"train.seed={int(s.seed)}", *_schedule_overrides(s), *s.pretrain_overrides]
     remaining = max(budget - done, 0.0)
     kwargs: dict[str, Any] = {"max_minutes": remaining / 60.0} if remaining > 1.0 else {"max_steps": 0}
     if "max_steps" in kwargs:
@@ -356,7 +373,7 @@ def run_demo(output_dir: str | os.PathLike[str] = DEFAULT_OUTPUT, *, quick: bool
         quick: the ≈ 2-minute version (48 cases, 45 s of pre-training, lighter probes).
         cases: phantom scans (default 200; quick 48).
         pretrain_minutes: pre-training budget (default 7; quick 0.75).
-        with_reports: also train and evaluate report generation (adds ≈ 7 minutes; quick ≈ 1.5).
+        with_reports: also train and evaluate report generation (adds ≈ 12 minutes; quick ≈ 1.5).
         workers: processes for generation / preparation / reading (default: CPU count).
         seed: cohort, random-init and probe seed.
         fresh: delete the folder's earlier results first.
