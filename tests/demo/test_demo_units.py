@@ -351,3 +351,17 @@ def test_cli_help_lists_the_flags():
     for flag in ("--quick", "--cases", "--pretrain-minutes", "--with-reports", "--no-reports", "--workers",
                  "--seed", "--fresh", "voxelfm-demo"):
         assert flag in text
+
+
+def test_tiny_schedule_is_fitted_to_the_pretraining_budget():
+    from voxelfm.demo.settings import DemoSettings
+    from voxelfm.demo.workflow import TINY_STEPS_PER_SECOND, _schedule_overrides
+
+    # 7 minutes at 5.5 steps/s = 2,310 steps -> 46 epochs of 50 steps (the schedule ends inside the budget)
+    assert _schedule_overrides(DemoSettings.create()) == ["optim.epochs=46"]
+    assert int(7 * 60 * TINY_STEPS_PER_SECOND) // 50 == 46
+    assert _schedule_overrides(DemoSettings.create(quick=True)) == ["optim.epochs=4"]
+    assert _schedule_overrides(DemoSettings.create(pretrain_minutes=0.01)) == ["optim.epochs=2"]  # floor
+    # a user's own schedule or another config is left alone
+    assert _schedule_overrides(DemoSettings.create(pretrain_overrides=("optim.epochs = 3",))) == []
+    assert _schedule_overrides(DemoSettings.create(pretrain_config="vit_small")) == []
