@@ -199,7 +199,9 @@ def _schedule_overrides(s: DemoSettings) -> list[str]:
     """
     if s.pretrain_config != "tiny" or any(o.split("=", 1)[0].strip() == "optim.epochs" for o in s.pretrain_overrides):
         return []
-    epoch_length = 50  # train.official_epoch_length of tiny.yaml
+    from voxelfm.ssl.config import load_config
+
+    epoch_length = int(load_config("tiny").train.official_epoch_length)
     epochs = max(2, int(60.0 * float(s.pretrain_minutes) * TINY_STEPS_PER_SECOND // epoch_length))
     return [f"optim.epochs={epochs}"]
 

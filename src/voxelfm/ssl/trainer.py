@@ -502,10 +502,12 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         return torch.random.fork_rng(devices=devices)
 
-    def _teacher_dump(self, step: int) -> None:
+    def _teacher_dump(self, step: int, state: dict[str, Any] | None = None) -> None:
+        """Reference teacher dump ``eval/training_<step>/``; a collective unless ``state`` (from
+        :meth:`_teacher_state`) is given."""
         from voxelfm.ssl.export import _teacher_head_state, teacher_backbone, write_reference_teacher
 
-        state = self._teacher_state(step)
+        state = self._teacher_state(step) if state is None else state
         if self.info.is_main:
             with self._rng_preserved():
                 write_reference_teacher(self.output / "eval" / f"training_{step}", teacher_backbone(state),
@@ -595,11 +597,9 @@ class Trainer:
         final_teacher = self._teacher_state(step) if (self.export or knn is not None or self.knn_labels) else None
         if main:
             if self.export:
-                from voxelfm.ssl.export import (_teacher_head_state, export_teacher, teacher_backbone,
-                                                write_reference_teacher)
+                from voxelfm.ssl.export import export_teacher
 
-                write_reference_teacher(self.output / "eval" / f"training_{step}", teacher_backbone(final_teacher),
-                                        _teacher_head_state(final_teacher), self.cfg)
+                self._teacher_dump(step, final_teacher)
                 export_teacher(final_teacher, result, reference=False,
                                provenance={"iteration": step, "run": str(self.output)})
             if knn is not None:
