@@ -4,12 +4,14 @@ Pipeline: phantom cohort (``generate_cohort``) → ``prepare_volumes`` (isotropi
 ``voxelfm.ssl.pretrain`` with ``configs/pretrain/tiny.yaml`` for M minutes (or N steps) → teacher CLS
 for every volume with ``extract_features`` (pre-trained teacher and the same architecture with random
 weights) → per finding, kNN (cosine) and logistic-regression AUROC on the cohort's held-out split
-(fit on train + val, scored on test; also train → val + test) → JSON.
+(fit on train + val, scored on test; also train → val + test) and by 2 × 5-fold cross-validation over
+the whole cohort (folds grouped by patient; far less variance than one 75-scan split) → JSON.
 
 Usage::
 
     .venv/bin/python benchmarks/pretrain_evidence.py --cases 200 --minutes 8
     .venv/bin/python benchmarks/pretrain_evidence.py --workdir /tmp/ev --steps 600   # reuse cohort/store
+    .venv/bin/python benchmarks/pretrain_evidence.py summarise results/a.json results/b.json   # across seeds
 
 Prints JSON and writes ``benchmarks/results/pretrain_evidence.json``. Timing-dependent: on a shared
 machine fewer steps fit in M minutes (the JSON records steps and throughput).
@@ -50,27 +52,55 @@ def _embed(model, store, ids, max_patches: int) -> np.ndarray:
     return np.stack(feats)
 
 
-def _probe_aurocs(X: np.ndarray, df, findings, train_splits, test_splits, k: int, seed: int = 0) -> dict:
+def _fit_score(X: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, k: int, seed: int) -> dict:
+    """kNN (cosine) and logistic-regression AUROC, fit on rows ``tr``, scored on rows ``te``."""
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.metrics import roc_auc_score
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    tr = df["split"].isin(train_splits).to_numpy()
-    te = df["split"].isin(test_splits).to_numpy()
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(tr)), metric="cosine").fit(X[tr], y[tr])
+    lr = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 1, 8), cv=4, scoring="roc_auc",
+                                                              max_iter=5000, random_state=seed))
+    lr.fit(X[tr], y[tr])
+    return {"knn": float(roc_auc_score(y[te], knn.predict_proba(X[te])[:, 1])),
+            "logreg": float(roc_auc_score(y[te], lr.predict_proba(X[te])[:, 1]))}
+
+
+def _probe_aurocs(X: np.ndarray, df, findings, train_splits, test_splits, k: int, seed: int = 0) -> dict:
+    """Per finding: AUROCs fit on the cohort's ``train_splits``, scored on its ``test_splits``."""
+    tr = np.flatnonzero(df["split"].isin(train_splits).to_numpy())
+    te = np.flatnonzero(df["split"].isin(test_splits).to_numpy())
     out = {}
     for f in findings:
         y = df[f].to_numpy().astype(int)
         if len(np.unique(y[te])) < 2 or y[tr].sum() < 3 or (1 - y[tr]).sum() < 3:
             continue
-        knn = KNeighborsClassifier(n_neighbors=min(k, int(tr.sum())), metric="cosine").fit(X[tr], y[tr])
-        lr = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 1, 8), cv=4, scoring="roc_auc",
-                                                                  max_iter=5000, random_state=seed))
-        lr.fit(X[tr], y[tr])
-        out[f] = {"knn": float(roc_auc_score(y[te], knn.predict_proba(X[te])[:, 1])),
-                  "logreg": float(roc_auc_score(y[te], lr.predict_proba(X[te])[:, 1])),
-                  "n_test": int(te.sum()), "n_test_pos": int(y[te].sum())}
+        out[f] = {**_fit_score(X, y, tr, te, k, seed), "n_test": int(len(te)), "n_test_pos": int(y[te].sum())}
+    return out
+
+
+def _cv_aurocs(X: np.ndarray, df, findings, k: int, folds: int = 5, repeats: int = 2) -> dict:
+    """Per finding: AUROCs averaged over ``repeats`` × ``folds``-fold cross-validation on the whole cohort.
+
+    Folds are stratified by the finding and grouped by ``patient_id`` (a patient's scans never sit on
+    both sides). Every scan is scored ``repeats`` times, so the estimate has far less variance than one
+    75-scan test split; the fold assignment is the same for every backbone (paired comparison).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = df["patient_id"].to_numpy() if "patient_id" in df.columns else np.arange(len(df))
+    out = {}
+    for f in findings:
+        y = df[f].to_numpy().astype(int)
+        if min(y.sum(), (1 - y).sum()) < 2 * folds:
+            continue
+        scores = [_fit_score(X, y, tr, te, k, seed=r)
+                  for r in range(repeats)
+                  for tr, te in StratifiedGroupKFold(folds, shuffle=True, random_state=r).split(X, y, groups)]
+        out[f] = {m: float(np.mean([s[m] for s in scores])) for m in ("knn", "logreg")}
+        out[f].update(n=int(len(y)), n_pos=int(y.sum()), n_fits=len(scores))
     return out
 
 
@@ -88,7 +118,34 @@ def _summary(pre: dict, rnd: dict) -> dict:
             "per_finding": {f: {"pretrained": pre[f], "random": rnd[f]} for f in common}}
 
 
+def summarise(paths: list[str]) -> dict:
+    """Pre-trained minus random AUROC (mean of kNN and LR) per run and across runs (e.g. seeds).
+
+    For each protocol (``test``, ``val+test``, ``cv``) and finding set (primary, all): the delta of
+    every result JSON, their mean and sample standard deviation, and the number of runs ≥ +0.10.
+    """
+    runs = [json.loads(Path(q).read_text()) for q in paths]
+    table: dict = {"runs": [{"file": str(q), "overrides": r["overrides"], "steps": r["steps"],
+                             "minutes_pretrain": r["minutes_pretrain"], "cases": r["cases"]}
+                            for q, r in zip(paths, runs)]}
+    for subset, key in (("primary", "results_primary"), ("all", "results")):
+        for proto in ("test", "val+test", "cv"):
+            d = [r[key][proto]["delta_mean"] for r in runs if proto in r.get(key, {})]
+            if d:
+                table[f"{subset}/{proto}"] = {
+                    "deltas": [round(x, 4) for x in d], "mean": float(np.mean(d)),
+                    "sd": float(np.std(d, ddof=1)) if len(d) > 1 else None,
+                    "n_runs_at_least_0.10": int(sum(x >= 0.10 for x in d))}
+    return table
+
+
 def main(argv: list[str] | None = None) -> dict:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "summarise":
+        out = summarise(argv[1:])
+        print(json.dumps(out, indent=2))
+        return out
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -178,13 +235,16 @@ def main(argv: list[str] | None = None) -> dict:
     findings = [f for f in args.findings.split(",") if f in df.columns]
     primary = [f for f in args.primary.split(",") if f in findings]
     results, results_primary = {}, {}
-    for name, (trs, tes) in {"test": (("train", "val"), ("test",)),
-                             "val+test": (("train",), ("val", "test"))}.items():
-        pre = _probe_aurocs(X_pre, df, findings, trs, tes, args.knn_k)
-        rnd = _probe_aurocs(X_rnd, df, findings, trs, tes, args.knn_k)
+    protocols = {  # name -> per-finding AUROCs of one feature matrix
+        "test": lambda X: _probe_aurocs(X, df, findings, ("train", "val"), ("test",), args.knn_k),
+        "val+test": lambda X: _probe_aurocs(X, df, findings, ("train",), ("val", "test"), args.knn_k),
+        "cv": lambda X: _cv_aurocs(X, df, findings, args.knn_k),
+    }
+    for name, score in protocols.items():
+        pre, rnd = score(X_pre), score(X_rnd)
         results[name] = _summary(pre, rnd)
         if X_rnd_ref is not None:
-            rnd_ref = _probe_aurocs(X_rnd_ref, df, findings, trs, tes, args.knn_k)
+            rnd_ref = score(X_rnd_ref)
             results[name]["random_layerscale_1e-5"] = {
                 "knn_mean": float(np.mean([rnd_ref[f]["knn"] for f in rnd_ref])),
                 "logreg_mean": float(np.mean([rnd_ref[f]["logreg"] for f in rnd_ref])),
