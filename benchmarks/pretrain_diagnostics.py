@@ -1,0 +1,138 @@
+"""Why is the pre-training gain small? Diagnostics on a ``pretrain_evidence.py`` work folder.
+
+For the primary findings (pleural effusion, emphysema, cardiomegaly), 5-fold cross-validation grouped
+by patient (same folds as ``pretrain_evidence.py --seed``-independent ``random_state=0``):
+
+* ``knn``: cosine kNN (k = 10) AUROC of the pre-trained and random-init CLS, raw and after whitening
+  (PCA to unit variance per component) — is the information there but hidden by the geometry?
+* ``pca``: share of variance of the first principal components of the standardised CLS and their
+  correlation with cohort covariates (noise level, lung volume, sex, ...) — what dominates?
+* ``input_baselines``: logistic regression on the 64-token model input itself: its HU histogram
+  (29 bins) and the mean HU of 4 × 4 × 4 blocks — what a CLS could read out at this resolution.
+
+Usage::
+
+    .venv/bin/python benchmarks/pretrain_diagnostics.py --workdir /tmp/ev --seed 1
+
+Prints JSON and writes ``benchmarks/results/pretrain_diagnostics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrain_evidence import FINDINGS_PRIMARY, _embed  # noqa: E402
+
+
+def _cv_auroc(X: np.ndarray, y: np.ndarray, groups: np.ndarray, model: str) -> float:
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    scores = []
+    for tr, te in StratifiedGroupKFold(5, shuffle=True, random_state=0).split(X, y, groups):
+        if model == "knn":
+            clf = KNeighborsClassifier(10, metric="cosine")
+        else:
+            clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 1, 6), cv=3,
+                                                                       scoring="roc_auc", max_iter=3000))
+        clf.fit(X[tr], y[tr])
+        scores.append(roc_auc_score(y[te], clf.predict_proba(X[te])[:, 1]))
+    return float(np.mean(scores))
+
+
+def _whiten(X: np.ndarray) -> np.ndarray:
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    W = PCA().fit_transform(StandardScaler().fit_transform(X))
+    return W / np.maximum(W.std(0), 1e-8)
+
+
+def _input_features(store, ids, max_patches: int, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[n, 29]`` HU histograms and ``[n, 64]`` 4×4×4 block means of the model input (HU)."""
+    import torch
+
+    from voxelfm.preprocess import preprocess_volume
+
+    hist, blocks = [], []
+    for vid in ids:
+        x = preprocess_volume(np.asarray(store.open(vid), dtype=np.float32), "default", max_patches=max_patches,
+                              patch_size=patch_size, normalise=False).array
+        t = torch.as_tensor(x).float().reshape(1, 1, *np.shape(x)[-3:])
+        hist.append(np.histogram(t.numpy(), bins=np.linspace(-1024, 400, 30))[0] / t.numel())
+        blocks.append(torch.nn.functional.adaptive_avg_pool3d(t, 4).flatten().numpy())
+    return np.array(hist), np.array(blocks)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True, help="a pretrain_evidence.py work folder (cohort/, store/, run/)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random-init backbone (as pretrain_evidence)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "pretrain_diagnostics.json"))
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("VOXELFM_NO_PROGRESS", "1")
+    import pandas as pd
+    import torch
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    torch.set_num_threads(args.threads)
+    from voxelfm.data.volume_store import VolumeStore
+    from voxelfm.models import build_backbone, load_backbone
+
+    work = Path(args.workdir)
+    df = pd.read_csv(work / "cohort" / "cohort.csv")
+    df["id"] = df["id"].astype(str)
+    store = VolumeStore(work / "store")
+    ids = [i for i in df["id"] if i in set(map(str, store.ids))]
+    df = df.set_index("id").loc[ids].reset_index()
+    groups = df["patient_id"].to_numpy()
+    pre = load_backbone(work / "run" / "backbone")
+    torch.manual_seed(args.seed)
+    rnd = build_backbone(pre.config)
+    rnd.preset = pre.preset
+    rnd.eval()
+    g = 32 // int(pre.patch_size)  # the tiny recipe's global crop (32³) in tokens per side
+    max_patches = g ** 3
+    feats = {"pretrained": _embed(pre, store, ids, max_patches), "random": _embed(rnd, store, ids, max_patches)}
+
+    out: dict = {"benchmark": "pretrain_diagnostics", "workdir": str(work), "max_patches": max_patches,
+                 "knn": {}, "pca": {}, "input_baselines": {}}
+    for name, X in feats.items():
+        out["knn"][name] = {f: {"raw": _cv_auroc(X, df[f].to_numpy().astype(int), groups, "knn"),
+                                "whitened": _cv_auroc(_whiten(X), df[f].to_numpy().astype(int), groups, "knn")}
+                            for f in FINDINGS_PRIMARY}
+        Z = StandardScaler().fit_transform(X)
+        pca = PCA(3).fit(Z)
+        P = pca.transform(Z)
+        cov = {"noise_sd": df["noise_sd"], "lung_volume_ml": df["lung_volume_ml"],
+               "male": (df["sex"] == "M").astype(float), "age": df["age"],
+               **{f: df[f].astype(float) for f in FINDINGS_PRIMARY}}
+        out["pca"][name] = {"explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
+                            "pc1_correlation": {k: float(np.corrcoef(P[:, 0], v.fillna(0).to_numpy(float))[0, 1])
+                                                for k, v in cov.items()}}
+    hist, blocks = _input_features(store, ids, max_patches, int(pre.patch_size))
+    for name, X in {"hu_histogram": hist, "block_means_4x4x4": blocks}.items():
+        out["input_baselines"][name] = {f: _cv_auroc(X, df[f].to_numpy().astype(int), groups, "logreg")
+                                        for f in FINDINGS_PRIMARY}
+    print(json.dumps(out, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
