@@ -1,7 +1,7 @@
 """Why is the pre-training gain small? Diagnostics on a ``pretrain_evidence.py`` work folder.
 
 For the primary findings (pleural effusion, emphysema, cardiomegaly), 5-fold cross-validation grouped
-by patient (same folds as ``pretrain_evidence.py --seed``-independent ``random_state=0``):
+by patient (the folds of the first repeat of ``pretrain_evidence.py``'s ``cv`` protocol):
 
 * ``knn``: cosine kNN (k = 10) AUROC of the pre-trained and random-init CLS, raw and after whitening
   (PCA to unit variance per component) — is the information there but hidden by the geometry?
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_evidence import FINDINGS_PRIMARY, _embed  # noqa: E402
+from pretrain_evidence import FINDINGS_PRIMARY, _embed, _eval_max_patches, _random_twin, _stored_rows  # noqa: E402
 
 
 def _cv_auroc(X: np.ndarray, y: np.ndarray, groups: np.ndarray, model: str) -> float:
@@ -91,22 +91,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     from voxelfm.data.volume_store import VolumeStore
-    from voxelfm.models import build_backbone, load_backbone
+    from voxelfm.models import load_backbone
+    from voxelfm.ssl import load_config
 
     work = Path(args.workdir)
-    df = pd.read_csv(work / "cohort" / "cohort.csv")
-    df["id"] = df["id"].astype(str)
+    df = pd.read_csv(work / "cohort" / "cohort.csv", dtype={"id": str})
     store = VolumeStore(work / "store")
-    ids = [i for i in df["id"] if i in set(map(str, store.ids))]
-    df = df.set_index("id").loc[ids].reset_index()
+    ids, df = _stored_rows(df, store)
     groups = df["patient_id"].to_numpy()
     pre = load_backbone(work / "run" / "backbone")
-    torch.manual_seed(args.seed)
-    rnd = build_backbone(pre.config)
-    rnd.preset = pre.preset
-    rnd.eval()
-    g = 32 // int(pre.patch_size)  # the tiny recipe's global crop (32³) in tokens per side
-    max_patches = g ** 3
+    rnd = _random_twin(pre, args.seed)
+    max_patches = _eval_max_patches(load_config(work / "run" / "config.yaml"))  # the run's global crop
     feats = {"pretrained": _embed(pre, store, ids, max_patches), "random": _embed(rnd, store, ids, max_patches)}
 
     out: dict = {"benchmark": "pretrain_diagnostics", "workdir": str(work), "max_patches": max_patches,

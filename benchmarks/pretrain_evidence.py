@@ -52,6 +52,34 @@ def _embed(model, store, ids, max_patches: int) -> np.ndarray:
     return np.stack(feats)
 
 
+def _eval_max_patches(cfg) -> int:
+    """Tokens of one global crop of pre-training config ``cfg``: the evaluation's token budget."""
+    g = cfg.crops.global_crops_size
+    g = [g] * 3 if isinstance(g, int) else list(g)
+    return int(np.prod([s // int(cfg.student.patch_size) for s in g]))
+
+
+def _random_twin(model, seed: int, **config_changes):
+    """The architecture of ``model`` with random weights (``torch.manual_seed(seed)``), same preset."""
+    import dataclasses
+
+    import torch
+
+    from voxelfm.models import build_backbone
+
+    torch.manual_seed(seed)
+    twin = build_backbone(dataclasses.replace(model.config, **config_changes))
+    twin.preset = model.preset
+    return twin.eval()
+
+
+def _stored_rows(df, store):
+    """``(ids, df)``: the cohort rows whose volume is in the prepared store, in cohort order."""
+    stored = set(map(str, store.ids))
+    ids = [i for i in df["id"] if i in stored]
+    return ids, df.set_index("id").loc[ids].reset_index()
+
+
 def _fit_score(X: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, k: int, seed: int) -> dict:
     """kNN (cosine) and logistic-regression AUROC, fit on rows ``tr``, scored on rows ``te``."""
     from sklearn.linear_model import LogisticRegressionCV
@@ -173,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     from voxelfm.data.phantoms import generate_cohort
     from voxelfm.data.volume_store import VolumeStore, prepare_volumes
-    from voxelfm.models import build_backbone, load_backbone
+    from voxelfm.models import load_backbone
     from voxelfm.ssl import load_config, pretrain
 
     work = Path(args.workdir) if args.workdir else Path(__import__("tempfile").mkdtemp(prefix="voxelfm-evidence-"))
@@ -207,29 +235,16 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     run = json.loads((run_dir / "run.json").read_text())
 
-    cfg = load_config(args.config, args.overrides)
-    g = cfg.crops.global_crops_size
-    g = [g] * 3 if isinstance(g, int) else list(g)
-    max_patches = args.max_patches or int(np.prod([s // int(cfg.student.patch_size) for s in g]))
+    max_patches = args.max_patches or _eval_max_patches(load_config(args.config, args.overrides))
     pre_model = load_backbone(backbone_dir)
-    torch.manual_seed(args.seed)
-    rnd_model = build_backbone(pre_model.config)
-    rnd_model.preset = pre_model.preset
-    rnd_model.eval()
-    ids = [i for i in df["id"] if i in set(map(str, store.ids))]
-    df = df.set_index("id").loc[ids].reset_index()
+    rnd_model = _random_twin(pre_model, args.seed)
+    ids, df = _stored_rows(df, store)
     t = time.perf_counter()
     X_pre = _embed(pre_model, store, ids, max_patches)
     X_rnd = _embed(rnd_model, store, ids, max_patches)
     X_rnd_ref = None
     if pre_model.config.layerscale != 1e-5:  # also the random init of the reference (LayerScale 1e-5)
-        import dataclasses
-
-        torch.manual_seed(args.seed)
-        ref_model = build_backbone(dataclasses.replace(pre_model.config, layerscale=1e-5))
-        ref_model.preset = pre_model.preset
-        ref_model.eval()
-        X_rnd_ref = _embed(ref_model, store, ids, max_patches)
+        X_rnd_ref = _embed(_random_twin(pre_model, args.seed, layerscale=1e-5), store, ids, max_patches)
     timings["extract_s"] = time.perf_counter() - t
 
     findings = [f for f in args.findings.split(",") if f in df.columns]
