@@ -149,3 +149,101 @@ def test_multicrop_shapes_and_range():
     again = aug(vol, np.random.default_rng(0))
     assert all(torch.equal(a, b) for a, b in zip(out["global_crops"] + out["local_crops"],
                                                  again["global_crops"] + again["local_crops"]))
+
+
+def test_gaussian_noise_level_and_probability():
+    from voxelfm.ssl.transforms import GaussianNoise
+
+    x = torch.full((24, 24, 24), -850.0)
+    rng = np.random.default_rng(0)
+    y = GaussianNoise(p=1.0, std_range=(20.0, 20.0))(x, rng)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert float((y - x).std()) == pytest.approx(20.0, rel=0.03)   # the drawn level, in HU
+    assert abs(float((y - x).mean())) < 0.5                          # zero mean: densities unchanged
+    # the level is drawn per call from std_range; p = 0 is the identity and draws nothing
+    levels = [float((GaussianNoise(1.0, (0.0, 30.0))(x, rng) - x).std()) for _ in range(200)]
+    assert 0.0 <= min(levels) < 3.0 and 27.0 < max(levels) <= 30.5
+    state = rng.bit_generator.state
+    assert GaussianNoise(p=0.0)(x, rng) is x and rng.bit_generator.state == state
+    applied = [not torch.equal(GaussianNoise(0.3, (5.0, 5.0))(x, rng), x) for _ in range(1000)]
+    assert abs(np.mean(applied) - 0.3) < 0.05
+    with pytest.raises(ValueError, match="std_range"):
+        GaussianNoise(1.0, (10.0, 5.0))
+
+
+def test_gaussian_blur_smooths_and_keeps_means():
+    from scipy.ndimage import gaussian_filter
+
+    from voxelfm.ssl.transforms import GaussianBlur
+
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.normal(0, 100, (20, 20, 20)).astype(np.float32))
+    y = GaussianBlur(p=1.0, sigma_range=(1.0, 1.0))(noise, rng)
+    # the same separable Gaussian as scipy's (truncated at 3 sigma; compare away from the edges)
+    ref = gaussian_filter(noise.numpy().astype(np.float64), 1.0, truncate=3.0, mode="nearest")
+    assert np.allclose(y.numpy()[4:-4, 4:-4, 4:-4], ref[4:-4, 4:-4, 4:-4], atol=1e-3)
+    assert float(y.std()) < 0.3 * float(noise.std())  # white noise of sd 100 → ≈ 18 HU
+    flat = torch.full((10, 12, 14), 37.0)
+    assert torch.allclose(GaussianBlur(1.0, (0.5, 1.0))(flat, rng), flat)  # replicate edges: no darkening
+    state = rng.bit_generator.state
+    assert GaussianBlur(p=0.0)(noise, rng) is noise and rng.bit_generator.state == state
+
+
+def test_acquisition_augmentations_are_drawn_per_view_and_off_by_default():
+    kwargs = dict(local_crops_number=1, local_crops_size=8, local_crops_scale=(0.5, 0.5), global_crops_size=16,
+                  global_crops_scale=(1.0, 1.0), mean=0.0, std=1.0, range_lower=-1000, range_upper=1900,
+                  flip_p=0.0, window_p=0.0)
+    vol = np.full((16, 16, 16), -500, dtype=np.int16)
+    plain = DataAugmentationDINO(**kwargs)(vol, np.random.default_rng(0))
+    assert all(torch.all(c == -500) for c in plain["global_crops"] + plain["local_crops"])  # reference: off
+    aug = DataAugmentationDINO(**kwargs, noise_p=1.0, noise_std=(5.0, 40.0), blur_p=0.0)
+    out = aug(vol, np.random.default_rng(0))
+    sds = [float(c.std()) for c in out["global_crops"] + out["local_crops"]]
+    assert all(4.0 < s < 41.0 for s in sds) and abs(sds[0] - sds[1]) > 0.5  # a level of its own per view
+    assert "GaussianNoise" in repr(aug) and "GaussianBlur" not in repr(aug)
+
+
+def test_aspect_jitter_keeps_volume_and_bounds():
+    crop = RandomCrop3D(16, scale=(0.5, 0.5), permute_axes=False, aspect=1.3)
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(300):
+        _, starts, dims = crop.sample_box((100, 100, 100), rng)
+        assert all(0 <= s <= 100 - d for s, d in zip(starts, dims))
+        assert np.prod(dims) == pytest.approx(50 ** 3, rel=0.05)         # volume of the un-jittered cube
+        ratios.append(np.array(dims) / 50.0)
+    ratios = np.array(ratios)
+    assert ratios.min() >= 1 / 1.3 ** 2 - 0.02 and ratios.max() <= 1.3 ** 2 + 0.02
+    assert ratios.std(0).min() > 0.05                                     # every axis is stretched
+    # clamped to a small volume; the output keeps the requested size
+    vol = np.zeros((20, 30, 40), dtype=np.int16)
+    assert RandomCrop3D(16, (1.0, 1.0), aspect=1.5)(vol, rng).shape == (16, 16, 16)
+    # off (None or 1) draws nothing beyond the reference crop
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert RandomCrop3D(16, (0.5, 1.0), aspect=None).sample_box((60, 60, 60), a) == \
+        RandomCrop3D(16, (0.5, 1.0), aspect=1.0).sample_box((60, 60, 60), b)
+    assert a.bit_generator.state == b.bit_generator.state
+    with pytest.raises(ValueError, match="aspect"):
+        RandomCrop3D(16, aspect=0.8)
+
+
+def test_zoom_out_pads_with_air_and_contains_the_volume():
+    vol = np.full((20, 16, 24), 40, dtype=np.int16)
+    crop = RandomCrop3D(16, scale=(1.5, 1.5), permute_axes=False, pad_value=-1000.0)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        _, starts, dims = crop.sample_box(vol.shape, rng)
+        assert dims == [24, 24, 24]                       # 1.5 × the shortest side (16), not clamped
+        for s, d, n in zip(starts, dims, vol.shape):
+            assert (n - d <= s <= 0) if d > n else (0 <= s <= n - d)
+    raw = crop._read_box(vol, [-2, -4, 0], [24, 24, 24])
+    assert raw.shape == (24, 24, 24)
+    assert torch.all(raw[2:22, 4:20, :] == 40)             # the whole volume, at its place
+    assert torch.all(raw[:2] == -1000) and torch.all(raw[22:] == -1000) and torch.all(raw[:, :4] == -1000)
+    assert int((raw == 40).sum()) == vol.size              # nothing else
+    out = crop(vol, rng)
+    assert out.shape == (16, 16, 16) and float(out.min()) == -1000.0 and float(out.max()) == 40.0
+    # a crop inside the volume reads the memmap region only, exactly as without padding
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    inside = RandomCrop3D(8, scale=(0.5, 0.5), pad_value=-1000.0)(vol, a)
+    assert torch.equal(inside, RandomCrop3D(8, scale=(0.5, 0.5))(vol, b))

@@ -11,6 +11,10 @@ processes or their timing. ``rng=None`` draws a generator from the torch global 
   from the (memory-mapped, integer) volume *before* any float conversion, trilinear resize.
 * :class:`Flip` — each axis flipped with p = 0.5.
 * :class:`Window` — the interquartile HU-window perturbation (saturates values, never rescales).
+* :class:`GaussianBlur` — voxelfm: separable Gaussian smoothing of random width (slice thickness,
+  reconstruction kernel); off in the reference recipe.
+* :class:`GaussianNoise` — voxelfm: additive white noise of random level in HU (dose, patient size);
+  off in the reference recipe.
 * :class:`Norm` — clip to the pixel range, then ``(x - mean) / std``.
 """
 
@@ -23,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["RandomCrop3D", "Flip", "Window", "Norm", "Compose", "default_rng_from_torch"]
+__all__ = ["RandomCrop3D", "Flip", "Window", "GaussianBlur", "GaussianNoise", "Norm", "Compose",
+           "default_rng_from_torch"]
 
 Rng = np.random.Generator
 
@@ -58,29 +63,56 @@ class RandomCrop3D:
        permuted with the inverse permutation (each crop sees one of the 6 axis orders), then
        trilinearly resized to ``size`` (``align_corners=False``, no antialiasing).
 
+    voxelfm option ``aspect`` (off = ``None``, the reference): after step 2 each crop side is
+    multiplied by its own log-uniform factor in ``[1/aspect, aspect]``, the three factors normalised
+    to a product of 1 (the crop keeps its volume, then is clamped to the volume), so the resize to
+    ``size`` stretches the anatomy by up to ``aspect`` along an axis — the 3D analogue of the aspect
+    ratio jitter of DINO's ``RandomResizedCrop`` (3/4–4/3). Between views it varies the apparent body
+    proportions, which otherwise identify a patient's build.
+
+    voxelfm option ``pad_value`` (off = ``None``, the reference): the crop is not clamped to the
+    volume; a side longer than the volume's is placed so that it contains the whole extent of the
+    volume along that axis, and the voxels outside the volume are ``pad_value`` (e.g. −1000 HU, air).
+    With a ``scale`` maximum above 1 this is a random zoom-out: the amount of air around the body
+    varies between views, so it stops being a cue that identifies a scan.
+
     Args:
         size: output size ``(D, H, W)`` in voxels, or one int for a cube.
-        scale: ``(min, max)`` linear fraction of the shortest volume side.
+        scale: ``(min, max)`` linear fraction of the shortest volume side (above 1 only with
+            ``pad_value``).
         permute_axes: draw a random axis order (the reference always does).
+        aspect: maximum stretch factor (> 1) of the per-axis aspect jitter, or ``None``.
+        pad_value: value of the voxels outside the volume (HU), or ``None`` to keep crops inside.
 
     Call: ``crop(img, rng) -> torch.Tensor [*size] float32``. ``img`` may be a numpy array or
     memory map of any numeric dtype (HU) or a torch tensor, shape ``[D, H, W]``.
     """
 
     def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.7, 1.0), *,
-                 permute_axes: bool = True) -> None:
+                 permute_axes: bool = True, aspect: float | None = None,
+                 pad_value: float | None = None) -> None:
         self.crop_size = _as_size3(size, "size")
         scale = tuple(float(s) for s in scale)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
             raise ValueError(f"scale must be (min, max) with 0 < min <= max, got {scale}")
         self.scale = scale
         self.permute_axes = bool(permute_axes)
+        if aspect is not None and not float(aspect) >= 1.0:
+            raise ValueError(f"aspect must be a stretch factor >= 1 (or None for none), got {aspect}")
+        self.aspect = None if aspect is None or float(aspect) == 1.0 else float(aspect)
+        self.pad_value = None if pad_value is None else float(pad_value)
 
     def __repr__(self) -> str:
-        return f"RandomCrop3D(size={self.crop_size}, scale={self.scale})"
+        extra = f", aspect={self.aspect}" if self.aspect else ""
+        extra += f", pad_value={self.pad_value}" if self.pad_value is not None else ""
+        return f"RandomCrop3D(size={self.crop_size}, scale={self.scale}{extra})"
 
     def sample_box(self, shape: Sequence[int], rng: Rng) -> tuple[list[int], list[int], list[int]]:
-        """Draw ``(perm, starts, crop_dims)`` for a volume of ``shape`` (input axis order)."""
+        """Draw ``(perm, starts, crop_dims)`` for a volume of ``shape`` (input axis order).
+
+        Without ``pad_value`` the box lies inside the volume; with it a start is negative where the
+        side exceeds the volume's (the box then contains the volume's whole extent on that axis).
+        """
         img_shape = [int(n) for n in shape]
         if len(img_shape) != 3 or min(img_shape) < 1:
             raise ValueError(f"volume must be [D, H, W] with positive sides, got {tuple(shape)}")
@@ -89,22 +121,40 @@ class RandomCrop3D:
         s = float(rng.uniform(self.scale[0], self.scale[1]))
         desired_alpha = min(img_shape) * s / min(p_perm)
         max_alpha = min(img_shape[i] / p_perm[i] for i in range(3))
-        alpha = min(desired_alpha, max_alpha)
-        dims = [min(max(1, int(round(alpha * p))), img_shape[i]) for i, p in enumerate(p_perm)]
-        starts = [int(rng.integers(0, img_shape[i] - dims[i], endpoint=True)) for i in range(3)]
+        alpha = desired_alpha if self.pad_value is not None else min(desired_alpha, max_alpha)
+        sides = [alpha * p for p in p_perm]
+        if self.aspect is not None:
+            log_r = rng.uniform(-np.log(self.aspect), np.log(self.aspect), 3)
+            sides = [side * float(np.exp(r - log_r.mean())) for side, r in zip(sides, log_r)]
+        if self.pad_value is None:
+            dims = [min(max(1, int(round(side))), img_shape[i]) for i, side in enumerate(sides)]
+        else:
+            dims = [max(1, int(round(side))) for side in sides]
+        starts = [int(rng.integers(min(0, n - d), max(0, n - d), endpoint=True)) for n, d in zip(img_shape, dims)]
         return perm, starts, dims
+
+    def _read_box(self, img: Any, starts: Sequence[int], dims: Sequence[int]) -> torch.Tensor:
+        """The ``dims`` box at ``starts`` as float32; outside the volume = ``pad_value``."""
+        lo = [max(0, s) for s in starts]
+        hi = [min(n, s + d) for n, s, d in zip(img.shape, starts, dims)]
+        region = img[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        if isinstance(region, torch.Tensor):
+            region = region.to(torch.float32)
+        else:  # numpy array / memmap: only the crop is read, then converted
+            region = torch.from_numpy(np.asarray(region, dtype=np.float32))
+        if [h - l for l, h in zip(lo, hi)] == list(dims):
+            return region
+        out = torch.full(tuple(dims), float(self.pad_value), dtype=torch.float32)
+        out[lo[0] - starts[0]:hi[0] - starts[0], lo[1] - starts[1]:hi[1] - starts[1],
+            lo[2] - starts[2]:hi[2] - starts[2]] = region
+        return out
 
     def __call__(self, img: Any, rng: Rng | None = None) -> torch.Tensor:
         rng = default_rng_from_torch() if rng is None else rng
         if img.ndim != 3:
             raise ValueError(f"input must be a 3D volume [D, H, W], got shape {tuple(img.shape)}")
         perm, starts, dims = self.sample_box(img.shape, rng)
-        region = img[starts[0]:starts[0] + dims[0], starts[1]:starts[1] + dims[1],
-                     starts[2]:starts[2] + dims[2]]
-        if isinstance(region, torch.Tensor):
-            crop = region.to(torch.float32)
-        else:  # numpy array / memmap: only the crop is read, then converted
-            crop = torch.from_numpy(np.asarray(region, dtype=np.float32))
+        crop = self._read_box(img, starts, dims)
         inv_perm = [perm.index(i) for i in range(3)]
         crop = crop.permute(inv_perm)
         if tuple(crop.shape) == self.crop_size:  # trilinear at scale 1 is the identity
@@ -193,6 +243,86 @@ class Window:
             return img
         low, high = self.sample_window(img, rng)
         return img.clamp(low, high)
+
+
+def _as_range(value: Sequence[float], name: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not 0.0 <= lo <= hi:
+        raise ValueError(f"{name} must be (min, max) with 0 <= min <= max, got {tuple(value)}")
+    return lo, hi
+
+
+def _check_p(p: float) -> float:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    return float(p)
+
+
+class GaussianBlur:
+    """Separable Gaussian smoothing with ``sigma ~ U(sigma_range)`` voxels, with probability ``p``.
+
+    The same sigma on the three axes of the (already resized) crop, kernel truncated at 3 sigma,
+    edges replicated, so the mean HU of a homogeneous region is unchanged. Between the two views of a
+    volume it varies the resolution and the noise texture (slice thickness, soft or sharp
+    reconstruction kernel), so those stop being cues that identify a scan.
+
+    Call: ``blur(img [D, H, W] float HU, rng) -> same shape``.
+    """
+
+    def __init__(self, p: float = 0.5, sigma_range: Sequence[float] = (0.5, 1.0)) -> None:
+        self.p = _check_p(p)
+        self.sigma_range = _as_range(sigma_range, "sigma_range")
+
+    def __repr__(self) -> str:
+        return f"GaussianBlur(p={self.p}, sigma={self.sigma_range})"
+
+    def __call__(self, img: torch.Tensor, rng: Rng | None = None) -> torch.Tensor:
+        rng = default_rng_from_torch() if rng is None else rng
+        if self.p == 0.0 or rng.random() >= self.p:
+            return img
+        sigma = float(rng.uniform(*self.sigma_range))
+        radius = int(np.ceil(3.0 * sigma))
+        if sigma <= 0.0 or radius == 0:
+            return img
+        t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        out = img.to(torch.float32)[None, None]
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = kernel.numel()
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+            out = F.conv3d(F.pad(out, pad, mode="replicate"), kernel.view(shape))
+        return out[0, 0]
+
+
+class GaussianNoise:
+    """Add white Gaussian noise ``N(0, s^2)`` with ``s ~ U(std_range)`` HU, with probability ``p``.
+
+    Applied before clipping and normalisation. On CT the noise level follows dose and patient size;
+    when both views of a volume keep the same noise level, the level identifies the scan (and the
+    patient's build) — drawing it per view makes the features invariant to it.
+
+    Call: ``noise(img [D, H, W] float HU, rng) -> same shape``.
+    """
+
+    def __init__(self, p: float = 0.5, std_range: Sequence[float] = (0.0, 30.0)) -> None:
+        self.p = _check_p(p)
+        self.std_range = _as_range(std_range, "std_range")
+
+    def __repr__(self) -> str:
+        return f"GaussianNoise(p={self.p}, std={self.std_range} HU)"
+
+    def __call__(self, img: torch.Tensor, rng: Rng | None = None) -> torch.Tensor:
+        rng = default_rng_from_torch() if rng is None else rng
+        if self.p == 0.0 or rng.random() >= self.p:
+            return img
+        std = float(rng.uniform(*self.std_range))
+        if std == 0.0:
+            return img
+        noise = rng.standard_normal(tuple(img.shape), dtype=np.float32) * np.float32(std)
+        return img + torch.from_numpy(noise)
 
 
 class Norm:
