@@ -113,3 +113,14 @@ def test_cli_pretrain_and_user_errors(tmp_path, capsys):
     assert len(_metrics(out)) == 1 and (out / "backbone" / "model.safetensors").is_file()
     assert main(["pretrain", "--data", str(store_dir), "--output", str(out), "optim.epoch=3"]) == 2
     assert "did you mean 'optim.epochs'" in capsys.readouterr().err
+
+
+def test_resume_with_a_different_model_is_refused_and_keeps_the_run(store, straight_run):
+    from voxelfm.errors import ConfigError
+
+    run, _ = straight_run
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"dino.head_nlayers was \d+, the config now says 1; use a new --output"):
+        pretrain(None, store, run, max_steps=6, overrides=MICRO + ["dino.head_nlayers=1"], show_progress=False)
+    assert (run / "config.yaml").read_text() == before
+    assert [s for s, _ in list_checkpoints(run)] == [2, 4]

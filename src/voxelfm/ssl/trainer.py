@@ -212,7 +212,6 @@ class Trainer:
         seed = int(cfg.train.seed)
         if self.info.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.output / "config.yaml")
         self.schedules = build_schedules(cfg)
         self.max_steps = self.schedules.total_steps if self._requested_max_steps is None \
             else int(self._requested_max_steps)
@@ -245,6 +244,8 @@ class Trainer:
             state = load_checkpoint(latest)
             self._check_compatible(state, latest)
             self.model.load_state_dict(state["model"])
+        if self.info.is_main:  # only once the checkpoint is known to match: a refused resume keeps it
+            save_config(cfg, self.output / "config.yaml")
         self._wrap_distributed()  # FSDP replaces parameters: the optimizer is built afterwards
         self.optimizer = torch.optim.AdamW(self.model.get_params_groups(),
                                            betas=(float(cfg.optim.adamw_beta1), float(cfg.optim.adamw_beta2)))
