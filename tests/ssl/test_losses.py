@@ -165,39 +165,6 @@ def test_koleo_spread_points_have_lower_loss_and_needs_two():
         k(torch.randn(1, 4))
 
 
-# ----------------------------------------------------------------------------- decorrelation
-def test_decorrelation_hand_computed():
-    from voxelfm.ssl.losses import DecorrelationLoss
-
-    # channels: a, 2a + 1 (correlation +1), and one uncorrelated with a (correlation 0)
-    x = torch.tensor([[1.0, 3.0, 1.0], [2.0, 5.0, -1.0], [3.0, 7.0, -1.0], [4.0, 9.0, 1.0]])
-    r = np.corrcoef(x.numpy().T)
-    expected = (np.sum(r ** 2) - 3) / 3           # off-diagonal squared correlations / C
-    assert expected == pytest.approx(2 / 3)       # r_01 = 1, r_02 = r_12 = 0
-    assert float(DecorrelationLoss(eps=0.0)(x)) == pytest.approx(expected, rel=1e-5)
-
-
-def test_decorrelation_is_zero_for_white_features_and_scale_free():
-    from voxelfm.ssl.losses import DecorrelationLoss
-
-    loss = DecorrelationLoss()
-    q, _ = torch.linalg.qr(torch.randn(64, 8, generator=torch.Generator().manual_seed(0)))
-    white = q - q.mean(0)                          # centred orthogonal columns: R = I
-    white, _ = torch.linalg.qr(white)
-    white = white - white.mean(0)
-    assert float(loss(white * 7.0 + 3.0)) < 0.02
-    g = torch.Generator().manual_seed(1)
-    shared = torch.randn(64, 1, generator=g)
-    clumped = shared + 0.1 * torch.randn(64, 8, generator=g)   # one dominant direction
-    assert float(loss(clumped)) > 5.0
-    assert float(loss(clumped * 100.0)) == pytest.approx(float(loss(clumped)), rel=2e-3)  # eps aside
-    # a rank-limited batch cannot be decorrelated below C / (B - 1) - 1
-    small = torch.randn(5, 16, generator=g)
-    assert float(loss(small)) >= 16 / 4 - 1 - 1e-3
-    with pytest.raises(ValueError, match="B >= 2"):
-        loss(torch.randn(1, 4))
-
-
 # ----------------------------------------------------------------------------- Sinkhorn-Knopp
 def test_sinkhorn_normalisation_and_reference_transcription():
     g = torch.Generator().manual_seed(3)

@@ -281,9 +281,6 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError("datasets[0]: norm.std must be > 0 and pixel_range.lower < upper")
         if float(cfg.dino.koleo_loss_weight) > 0 and int(cfg.train.batch_size_per_gpu) < 2:
             raise ConfigError("KoLeo needs train.batch_size_per_gpu >= 2 (or dino.koleo_loss_weight=0)")
-        if float(cfg.dino.get("decorrelation_loss_weight", 0.0)) > 0 and int(cfg.train.batch_size_per_gpu) < 2:
-            raise ConfigError("the decorrelation loss needs train.batch_size_per_gpu >= 2 "
-                              "(or dino.decorrelation_loss_weight=0)")
     except ConfigError:
         raise
     except (AttributeError, KeyError, TypeError, ValueError) as exc:

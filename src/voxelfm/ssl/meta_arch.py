@@ -11,9 +11,6 @@
 * Losses (student temperature 0.1): DINO local (nL × 2 terms) / (2 + 2·nL); DINO global × 2 /
   (2 + 2·nL); KoLeo (weight 0.1) on the pre-head global CLS of each global-crop chunk, summed;
   iBOT × 2 × 1/2; total = w_dino · (local + global) + KoLeo + w_ibot · iBOT.
-* voxelfm: ``dino.decorrelation_loss_weight`` (0 = off, the reference) adds the
-  :class:`~voxelfm.ssl.losses.DecorrelationLoss` of the pre-head global CLS of each global-crop
-  chunk, summed, like KoLeo.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from voxelfm.ssl.losses import DecorrelationLoss, DINOLoss, KoLeoLoss, iBOTPatchLoss
+from voxelfm.ssl.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from voxelfm.ssl.param_groups import fuse_params_groups, get_params_groups_with_decay
 
 __all__ = ["SSLMetaArch", "build_student_teacher_backbones", "unwrap"]
@@ -88,8 +85,6 @@ class SSLMetaArch(nn.Module):
         self.n_local_crops = int(cfg.crops.local_crops_number)
         self.do_dino = float(cfg.dino.loss_weight) > 0
         self.do_koleo = float(cfg.dino.koleo_loss_weight) > 0
-        self.decorrelation_loss_weight = float(cfg.dino.get("decorrelation_loss_weight", 0.0))
-        self.do_decorrelation = self.decorrelation_loss_weight > 0
         self.do_ibot = float(cfg.ibot.loss_weight) > 0
         self.ibot_separate_head = bool(cfg.ibot.separate_head)
         self.dino_loss_weight = float(cfg.dino.loss_weight)
@@ -108,7 +103,6 @@ class SSLMetaArch(nn.Module):
         teacher: dict[str, nn.Module] = {"backbone": teacher_backbone, "dino_head": dino_head()}
         self.dino_loss = DINOLoss(self.dino_out_dim)
         self.koleo_loss = KoLeoLoss()
-        self.decorrelation_loss = DecorrelationLoss()
         self.ibot_out_dim = int(cfg.ibot.head_n_prototypes) if self.ibot_separate_head else self.dino_out_dim
         self.ibot_patch_loss = iBOTPatchLoss(self.ibot_out_dim)
         if self.do_ibot and self.ibot_separate_head:
@@ -217,8 +211,7 @@ class SSLMetaArch(nn.Module):
 
         ``images`` is a collated batch (:func:`voxelfm.ssl.collate.collate_data_and_cast`), already
         on the model's device. ``loss_dict`` holds ``dino_local_crops_loss``,
-        ``dino_global_crops_loss``, ``koleo_loss`` (logged value = sum / 2), ``ibot_loss``,
-        ``decorrelation_loss`` (when on; logged value = sum / 2, like KoLeo) and
+        ``dino_global_crops_loss``, ``koleo_loss`` (logged value = sum / 2), ``ibot_loss`` and
         detached monitors ``teacher_entropy`` (normalised by log K) and ``teacher_cls_std``.
         """
         n_global = 2
@@ -256,11 +249,6 @@ class SSLMetaArch(nn.Module):
                                                  student["global_cls_before"].chunk(n_global))
             total = total + koleo
             loss_dict["koleo_loss"] = koleo / loss_scales
-        if self.do_decorrelation:
-            decorrelation = self.decorrelation_loss_weight * sum(
-                self.decorrelation_loss(p) for p in student["global_cls_before"].chunk(n_global))
-            total = total + decorrelation
-            loss_dict["decorrelation_loss"] = decorrelation / loss_scales
         if self.do_ibot:
             if n_masked > 0:
                 ibot = self.ibot_patch_loss.forward_masked(

@@ -42,10 +42,9 @@ __all__ = ["pretrain", "Trainer", "resolve_precision", "tokens_per_volume"]
 
 logger = logging.getLogger("voxelfm.ssl")
 
-LOSS_KEYS = ("dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss",
-             "decorrelation_loss")
+LOSS_KEYS = ("dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss")
 _METRIC_NAMES = {"dino_local_crops_loss": "dino_local", "dino_global_crops_loss": "dino_global",
-                 "koleo_loss": "koleo", "ibot_loss": "ibot", "decorrelation_loss": "decorrelation"}
+                 "koleo_loss": "koleo", "ibot_loss": "ibot"}
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
