@@ -9,6 +9,16 @@ by patient (the folds of the first repeat of ``pretrain_evidence.py``'s ``cv`` p
   correlation with cohort covariates (noise level, lung volume, sex, ...) — what dominates?
 * ``input_baselines``: logistic regression on the 64-token model input itself: its HU histogram
   (29 bins) and the mean HU of 4 × 4 × 4 blocks — what a CLS could read out at this resolution.
+* ``pc1_input_correlation``: correlation of the first principal component of the CLS with simple
+  statistics of the model input (fraction of air ≤ −980 HU, of voxels below the normalisation mean,
+  of lung-range voxels, of fat, of bone) — which input property dominates the kNN geometry?
+* ``density_sensitivity``: median cosine distance between the CLS of a scan and of the same scan
+  with every lung-range voxel (−930 to −700 HU) made 100 HU darker (a massive emphysema), against
+  the median distance between two patients' CLS — can the backbone see parenchymal density?
+* ``patch_embedding``: cosine similarity, after the first block's LayerNorm, of homogeneous patches
+  of −1000, −950, −850, −100 and +40 HU, with the norms of the patch-embedding bias and of the
+  summed kernel: ``LN(v·a + b)`` of a uniform patch of normalised intensity ``v`` keeps only the sign
+  of ``v`` when ``|b| ≪ |a|``.
 
 Usage::
 
@@ -75,6 +85,59 @@ def _input_features(store, ids, max_patches: int, patch_size: int) -> tuple[np.n
     return np.array(hist), np.array(blocks)
 
 
+def _input_statistics(store, ids, max_patches: int, patch_size: int, mean_hu: float) -> dict[str, np.ndarray]:
+    """Per scan: fractions of the model input (HU) in simple intensity classes."""
+    from voxelfm.preprocess import preprocess_volume
+
+    out: dict[str, list[float]] = {k: [] for k in ("air", "below_norm_mean", "lung_range", "fat", "bone")}
+    for vid in ids:
+        x = np.asarray(preprocess_volume(np.asarray(store.open(vid), dtype=np.float32), "default",
+                                         max_patches=max_patches, patch_size=patch_size, normalise=False).array)
+        out["air"].append(float((x <= -980).mean()))
+        out["below_norm_mean"].append(float((x < mean_hu).mean()))
+        out["lung_range"].append(float(((x > -980) & (x < -500)).mean()))
+        out["fat"].append(float(((x > -200) & (x < -50)).mean()))
+        out["bone"].append(float((x > 300).mean()))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def _density_sensitivity(model, store, ids, max_patches: int) -> dict[str, float]:
+    """CLS cosine distance for lung-range voxels −100 HU vs between two patients (medians)."""
+    from voxelfm.inference import extract_features
+
+    def cls(x):
+        return extract_features(model, x, preset="default", max_patches=max_patches, mode="full", device="cpu").cls.numpy()
+
+    base, darker = [], []
+    for vid in ids:
+        v = np.asarray(store.open(vid), dtype=np.float32)
+        shifted = v.copy()
+        shifted[(v > -930) & (v < -700)] -= 100.0
+        base.append(cls(v))
+        darker.append(cls(shifted))
+    b = np.array(base) / np.linalg.norm(base, axis=1, keepdims=True)
+    d = np.array(darker) / np.linalg.norm(darker, axis=1, keepdims=True)
+    pair = 1.0 - b @ b.T
+    between = float(np.median(pair[np.triu_indices(len(b), 1)]))
+    shift = float(np.median(1.0 - (b * d).sum(1)))
+    return {"lung_minus_100hu": shift, "between_patients": between, "ratio": shift / between}
+
+
+def _patch_embedding_similarity(model, hu=(-1000, -950, -850, -100, 40)) -> dict:
+    """Cosine similarities of homogeneous patches after the first block's LayerNorm."""
+    import torch
+
+    p = int(model.patch_size)
+    mean, std = float(model.preset.mean), float(model.preset.std)
+    x = torch.stack([torch.full((p, p, p), (v - mean) / std) for v in hu])[:, None]
+    with torch.no_grad():
+        e = model.patch_embed.proj(x).flatten(1)
+        z = torch.nn.functional.normalize(model.blocks[0].norm1(e), dim=-1)
+    proj = model.patch_embed.proj
+    return {"hu": list(hu), "cosine": np.round((z @ z.T).numpy(), 4).tolist(),
+            "bias_norm": float(proj.bias.norm()), "summed_kernel_norm": float(proj.weight.sum((1, 2, 3, 4)).norm())}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="a pretrain_evidence.py work folder (cohort/, store/, run/)")
@@ -105,7 +168,10 @@ def main(argv: list[str] | None = None) -> dict:
     feats = {"pretrained": _embed(pre, store, ids, max_patches), "random": _embed(rnd, store, ids, max_patches)}
 
     out: dict = {"benchmark": "pretrain_diagnostics", "workdir": str(work), "max_patches": max_patches,
-                 "knn": {}, "pca": {}, "input_baselines": {}}
+                 "knn": {}, "pca": {}, "input_baselines": {}, "pc1_input_correlation": {},
+                 "density_sensitivity": {}, "patch_embedding": {}}
+    stats = _input_statistics(store, ids, max_patches, int(pre.patch_size), float(pre.preset.mean))
+    models = {"pretrained": pre, "random": rnd}
     for name, X in feats.items():
         out["knn"][name] = {f: {"raw": _cv_auroc(X, df[f].to_numpy().astype(int), groups, "knn"),
                                 "whitened": _cv_auroc(_whiten(X), df[f].to_numpy().astype(int), groups, "knn")}
@@ -119,6 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
         out["pca"][name] = {"explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
                             "pc1_correlation": {k: float(np.corrcoef(P[:, 0], v.fillna(0).to_numpy(float))[0, 1])
                                                 for k, v in cov.items()}}
+        out["pc1_input_correlation"][name] = {k: float(np.corrcoef(P[:, 0], v)[0, 1]) for k, v in stats.items()}
+        out["density_sensitivity"][name] = _density_sensitivity(models[name], store, ids[:40], max_patches)
+        out["patch_embedding"][name] = _patch_embedding_similarity(models[name])
     hist, blocks = _input_features(store, ids, max_patches, int(pre.patch_size))
     for name, X in {"hu_histogram": hist, "block_means_4x4x4": blocks}.items():
         out["input_baselines"][name] = {f: _cv_auroc(X, df[f].to_numpy().astype(int), groups, "logreg")
