@@ -125,3 +125,21 @@ def test_ema_update_and_frozen_teacher(setup):
         assert torch.allclose(t_new, 0.9 * t_old + 0.1 * (s_old + 1.0), atol=1e-6)
     model.train()
     assert model.student.training and not model.teacher.training
+
+
+def test_non_cubic_global_crops_train_on_their_own_token_grid():
+    """Global crops of 16 × 12 × 16 voxels (the aspect of a chest CT after background cropping):
+    crops, masks and every loss on the 4 × 3 × 4 token grid, with the axis permutation on."""
+    torch.manual_seed(0)
+    cfg = load_config(None, MICRO + ["train.batch_size_per_gpu=2", "crops.global_crops_size=[16,12,16]"])
+    model = SSLMetaArch(cfg).train()
+    aug = DataAugmentationDINO.from_config(cfg)
+    vols = [np.random.default_rng(i).normal(-300, 300, (30, 22, 26)).astype(np.int16) for i in range(2)]
+    collate = SSLCollator(MaskingGenerator3D((4, 3, 4), max_num_patches=24), (0.1, 0.5), 1.0, seed=0)
+    batch = collate([dict(aug(v, np.random.default_rng(i)), position=i) for i, v in enumerate(vols)])
+    assert batch["collated_global_crops"].shape == (4, 16, 12, 16)
+    assert batch["collated_masks"].shape == (4, 48) and bool(batch["collated_masks"].any())
+    loss_dict, total = model(batch, teacher_temp=0.05)
+    assert torch.isfinite(total) and float(loss_dict["ibot_loss"].detach()) > 0
+    total.backward()
+    assert model.student.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
