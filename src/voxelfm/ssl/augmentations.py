@@ -6,9 +6,10 @@ Per sample, from one HU volume (``[D, H, W]``, typically an ``int16`` memory map
 * global crop 2: RandomCrop3D(global size, global scale) → Flip → Norm
 * ``local_crops_number`` local crops: RandomCrop3D(local size, local scale) → Norm
 
-voxelfm adds two per-view acquisition augmentations, off in the reference recipe (``blur_p`` =
-``noise_p`` = 0): GaussianBlur and GaussianNoise, after the flip and before the window on every
-crop, each drawn independently per crop.
+voxelfm adds, all off in the reference recipe: two per-view acquisition augmentations
+(``blur_p`` = ``noise_p`` = 0), GaussianBlur and GaussianNoise, after the flip and before the window
+on every crop, each drawn independently per crop; and two options of every RandomCrop3D, the
+per-axis aspect jitter (``aspect``) and crops larger than the volume, padded (``pad_value``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class DataAugmentationDINO:
         perm = bool(permute_axes)
         acquisition = [t for t in (GaussianBlur(blur_p, blur_sigma), GaussianNoise(noise_p, noise_std))
                        if t.p > 0]
+
         def crop(size: int | Sequence[int], scale: Sequence[float]) -> RandomCrop3D:
             return RandomCrop3D(size, scale, permute_axes=perm, aspect=aspect, pad_value=pad_value)
 

@@ -164,13 +164,24 @@ class RandomCrop3D:
         return out[0, 0]
 
 
+def _as_range(value: Sequence[float], name: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not 0.0 <= lo <= hi:
+        raise ValueError(f"{name} must be (min, max) with 0 <= min <= max, got {tuple(value)}")
+    return lo, hi
+
+
+def _check_p(p: float) -> float:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    return float(p)
+
+
 class Flip:
     """Flip each of the three axes independently with probability ``p`` (0.5 in the reference)."""
 
     def __init__(self, p: float = 0.5) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = _check_p(p)
 
     def __repr__(self) -> str:
         return f"Flip(p={self.p})"
@@ -199,13 +210,11 @@ class Window:
                  level_std_ratio: float = 0.2, width_range_ratio: tuple[float, float] = (0.5, 2.0),
                  hist_bins: int = 512, hist_range: tuple[float, float] = (-1000.0, 1900.0),
                  min_width: float = 10.0) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = _check_p(p)
         if not hist_range[0] < hist_range[1]:
             raise ValueError(f"hist_range must be (low, high) with low < high, got {hist_range}")
         if not 0 < width_range_ratio[0] <= width_range_ratio[1]:
             raise ValueError(f"width_range_ratio must be ordered positive, got {width_range_ratio}")
-        self.p = float(p)
         self.quantiles = torch.tensor([percentiles[0] / 100.0, 0.25, 0.50, 0.75,
                                        percentiles[1] / 100.0], dtype=torch.float32)
         self.level_std_ratio = float(level_std_ratio)
@@ -243,19 +252,6 @@ class Window:
             return img
         low, high = self.sample_window(img, rng)
         return img.clamp(low, high)
-
-
-def _as_range(value: Sequence[float], name: str) -> tuple[float, float]:
-    lo, hi = (float(v) for v in value)
-    if not 0.0 <= lo <= hi:
-        raise ValueError(f"{name} must be (min, max) with 0 <= min <= max, got {tuple(value)}")
-    return lo, hi
-
-
-def _check_p(p: float) -> float:
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be in [0, 1], got {p}")
-    return float(p)
 
 
 class GaussianBlur:
