@@ -73,6 +73,31 @@ def _random_twin(model, seed: int, **config_changes):
     return twin.eval()
 
 
+def _pool_store(work: Path, n: int, seed: int, crop_background: bool, workers: int) -> Path:
+    """Folder of a store holding the cohort's volumes plus ``n`` unlabelled pool phantoms (ids ``pool_*``).
+
+    The pool is another cohort seed, so its patients are not the evaluation cohort's; its labels are
+    never read. The cohort's prepared arrays are prepared again into the combined store (same rule).
+    """
+    import pandas as pd
+
+    from voxelfm.data.phantoms import generate_cohort
+    from voxelfm.data.volume_store import prepare_volumes
+
+    pool_dir = work / "pool"
+    if not (pool_dir / "cohort.csv").is_file():
+        generate_cohort(pool_dir, n, seed=seed, progress=False)
+    manifest = work / "pool_manifest.csv"
+    pool = pd.read_csv(pool_dir / "cohort.csv", dtype={"id": str})
+    pd.DataFrame({"id": "pool_" + pool["id"], "path": [str(pool_dir / q) for q in pool["path"]]}).to_csv(
+        manifest, index=False)
+    out = work / f"store_pool{n}"
+    if not out.exists():
+        prepare_volumes([str(work / "cohort" / "cohort.csv"), str(manifest)], out, preset="default",
+                        crop_background=crop_background, workers=workers)
+    return out
+
+
 def _stored_rows(df, store):
     """``(ids, df)``: the cohort rows whose volume is in the prepared store, in cohort order."""
     stored = set(map(str, store.ids))
@@ -132,6 +157,13 @@ def _cv_aurocs(X: np.ndarray, df, findings, k: int, folds: int = 5, repeats: int
     return out
 
 
+def _mean_scores(per_seed: list[dict]) -> dict:
+    """Per finding and metric, the mean AUROC over random-init seeds (findings scored for every seed)."""
+    common = [f for f in per_seed[0] if all(f in r for r in per_seed)]
+    return {f: {**per_seed[0][f], **{m: float(np.mean([r[f][m] for r in per_seed])) for m in ("knn", "logreg")},
+                "n_seeds": len(per_seed)} for f in common}
+
+
 def _summary(pre: dict, rnd: dict) -> dict:
     common = [f for f in pre if f in rnd]
     d_knn = [pre[f]["knn"] - rnd[f]["knn"] for f in common]
@@ -186,13 +218,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-patches", type=int, default=None,
                    help="token budget of the evaluation forward (default: tokens of one global crop)")
     p.add_argument("--knn-k", type=int, default=10)
+    p.add_argument("--random-seeds", type=int, default=1,
+                   help="random-init baselines (seeds --seed, --seed + 1, ...); AUROCs averaged per finding")
     p.add_argument("--findings", default=",".join(FINDINGS_DEFAULT))
     p.add_argument("--primary", default=",".join(FINDINGS_PRIMARY),
                    help="pre-declared subset summarised separately (all findings are always reported)")
     p.add_argument("--crop-background", action="store_true", help="prepare with the body crop")
+    p.add_argument("--pool-cases", type=int, default=0,
+                   help="extra unlabelled phantoms (cohort seed 1000 + --seed, other patients) added to the "
+                        "pre-training store only; evaluation stays on the --cases cohort")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "pretrain_evidence.json"))
     p.add_argument("overrides", nargs="*", help="pre-training config overrides key=value")
     args = p.parse_args(argv)
+    if args.random_seeds < 1 or args.pool_cases < 0:
+        p.error("--random-seeds must be >= 1 and --pool-cases >= 0")
 
     os.environ.setdefault("VOXELFM_NO_PROGRESS", "1")
     import pandas as pd
@@ -222,12 +261,16 @@ def main(argv: list[str] | None = None) -> dict:
         prepare_volumes([str(cohort_dir / "cohort.csv")], store_dir, preset="default",
                         crop_background=args.crop_background, workers=args.threads)
     store = VolumeStore(store_dir)
+    train_store = store
+    if args.pool_cases:
+        train_store = VolumeStore(_pool_store(work, args.pool_cases, 1000 + args.seed,
+                                              args.crop_background, args.threads))
     timings["prepare_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     load_before = os.getloadavg()[0]
     run_dir = work / "run"
-    backbone_dir = pretrain(args.config, store, run_dir, max_steps=args.steps,
+    backbone_dir = pretrain(args.config, train_store, run_dir, max_steps=args.steps,
                             max_minutes=None if args.steps else args.minutes, overrides=args.overrides,
                             num_workers=args.workers, show_progress=False)
     timings["pretrain_s"] = time.perf_counter() - t
@@ -237,11 +280,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     max_patches = args.max_patches or _eval_max_patches(load_config(args.config, args.overrides))
     pre_model = load_backbone(backbone_dir)
-    rnd_model = _random_twin(pre_model, args.seed)
     ids, df = _stored_rows(df, store)
     t = time.perf_counter()
     X_pre = _embed(pre_model, store, ids, max_patches)
-    X_rnd = _embed(rnd_model, store, ids, max_patches)
+    X_rnds = [_embed(_random_twin(pre_model, args.seed + i), store, ids, max_patches)
+              for i in range(args.random_seeds)]
     X_rnd_ref = None
     if pre_model.config.layerscale != 1e-5:  # also the random init of the reference (LayerScale 1e-5)
         X_rnd_ref = _embed(_random_twin(pre_model, args.seed, layerscale=1e-5), store, ids, max_patches)
@@ -256,8 +299,16 @@ def main(argv: list[str] | None = None) -> dict:
         "cv": lambda X: _cv_aurocs(X, df, findings, args.knn_k),
     }
     for name, score in protocols.items():
-        pre, rnd = score(X_pre), score(X_rnd)
+        pre, rnd_each = score(X_pre), [score(X) for X in X_rnds]
+        rnd = _mean_scores(rnd_each)
         results[name] = _summary(pre, rnd)
+        if len(rnd_each) > 1:
+            results[name]["random_per_seed"] = [
+                {"seed": args.seed + i, "knn_mean": float(np.mean([r[f]["knn"] for f in r])),
+                 "logreg_mean": float(np.mean([r[f]["logreg"] for f in r])),
+                 "primary_knn_mean": float(np.mean([r[f]["knn"] for f in primary if f in r] or [np.nan])),
+                 "primary_logreg_mean": float(np.mean([r[f]["logreg"] for f in primary if f in r] or [np.nan]))}
+                for i, r in enumerate(rnd_each)]
         if X_rnd_ref is not None:
             rnd_ref = score(X_rnd_ref)
             results[name]["random_layerscale_1e-5"] = {
@@ -273,9 +324,11 @@ def main(argv: list[str] | None = None) -> dict:
     first, last = metrics[0], metrics[-1]
     out = {
         "benchmark": "pretrain_evidence", "config": args.config, "overrides": args.overrides,
-        "cases": int(len(df)), "steps": int(run["steps_done"]), "minutes_pretrain": timings["pretrain_s"] / 60,
+        "cases": int(len(df)), "pool_cases": args.pool_cases, "pretrain_volumes": len(train_store.ids),
+        "steps": int(run["steps_done"]), "minutes_pretrain": timings["pretrain_s"] / 60,
         "volumes_per_s": run.get("volumes_per_s"), "effective_batch": run["effective_batch_size"],
-        "eval_max_patches": max_patches, "threads": args.threads, "timings_s": timings,
+        "eval_max_patches": max_patches, "random_seeds": args.random_seeds, "threads": args.threads,
+        "timings_s": timings,
         "loss_first": {k: first.get(k) for k in ("total", "dino_local", "dino_global", "koleo", "ibot")},
         "loss_last": {k: last.get(k) for k in ("total", "dino_local", "dino_global", "koleo", "ibot",
                                                 "teacher_entropy", "teacher_cls_std")},
