@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from voxelfm.ssl.augmentations import DataAugmentationDINO
 from voxelfm.ssl.collate import SSLCollator
 from voxelfm.ssl.config import load_config
 from voxelfm.ssl.masking import MaskingGenerator3D
-from voxelfm.ssl.meta_arch import SSLMetaArch
+from voxelfm.ssl.meta_arch import SSLMetaArch, _normalised_entropy
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,27 @@ def test_loss_weighting_matches_reference_formula(setup):
     assert torch.allclose(total, expected, atol=1e-5)
     assert nL * 2 + 2 == 6  # 2 local × 2 teacher + 2 global terms in the denominator
     assert 0 <= float(loss_dict["teacher_entropy"]) <= 1
+    assert 0 <= float(loss_dict["ibot_teacher_entropy"]) <= 1
+
+
+def test_teacher_entropy_monitors_are_normalised_entropies(setup):
+    """``teacher_entropy`` / ``ibot_teacher_entropy`` = mean row entropy of the targets / log K."""
+    cfg, model, batch = setup
+    model.eval()
+    with torch.no_grad():
+        loss_dict, _ = model(batch, teacher_temp=0.05)
+        idx, K = batch["mask_indices_list"], cfg.dino.head_n_prototypes
+        out = model.teacher.backbone(batch["collated_global_crops"])
+        cls_p = torch.softmax((model.teacher.dino_head(out["x_norm_clstoken"]) - model.dino_loss.center) / 0.05, -1)
+        patch = out["x_norm_patchtokens"].flatten(0, 1)[idx]
+        ibot_p = torch.softmax((model.teacher.dino_head(patch) - model.ibot_patch_loss.center[0]) / 0.05, -1)
+    for probs, key in ((cls_p, "teacher_entropy"), (ibot_p, "ibot_teacher_entropy")):
+        expected = float(-(probs * probs.log()).sum(-1).mean() / math.log(K))
+        assert float(loss_dict[key]) == pytest.approx(expected, abs=1e-4), key
+    uniform = torch.full((3, K), 1.0 / K)
+    one_hot = torch.nn.functional.one_hot(torch.tensor([0, 5]), K).float()
+    assert float(_normalised_entropy(uniform)) == pytest.approx(1.0, abs=1e-6)
+    assert float(_normalised_entropy(one_hot)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_loss_terms_recomputed_by_hand(setup):

@@ -15,7 +15,8 @@ from voxelfm.ssl.checkpoint import list_checkpoints, load_checkpoint
 pytestmark = pytest.mark.slow
 
 METRIC_KEYS = {"step", "total", "dino_local", "dino_global", "koleo", "ibot", "lr", "wd", "momentum",
-               "teacher_temp", "throughput", "tokens_per_s", "teacher_entropy", "teacher_cls_std"}
+               "teacher_temp", "throughput", "tokens_per_s", "teacher_entropy", "ibot_teacher_entropy",
+               "teacher_cls_std"}
 
 
 def _metrics(run):

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -60,6 +61,12 @@ def build_student_teacher_backbones(cfg: Any) -> tuple[nn.Module, nn.Module]:
                                  mean=float(mean), std=float(std))
     student.preset = teacher.preset = preset
     return student, teacher
+
+
+def _normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the rows of ``probs`` ``[N, K]`` divided by ``log K``: 1 = uniform, 0 = one-hot."""
+    p = probs.detach().float()
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean() / math.log(p.shape[-1])
 
 
 class SSLMetaArch(nn.Module):
@@ -212,7 +219,9 @@ class SSLMetaArch(nn.Module):
         ``images`` is a collated batch (:func:`voxelfm.ssl.collate.collate_data_and_cast`), already
         on the model's device. ``loss_dict`` holds ``dino_local_crops_loss``,
         ``dino_global_crops_loss``, ``koleo_loss`` (logged value = sum / 2), ``ibot_loss`` and
-        detached monitors ``teacher_entropy`` (normalised by log K) and ``teacher_cls_std``.
+        detached monitors ``teacher_entropy`` (of the CLS targets, normalised by log K),
+        ``ibot_teacher_entropy`` (of the masked-patch targets; with iBOT on), ``teacher_cls_std``
+        and ``student_cls_std``.
         """
         n_global = 2
         global_crops = images["collated_global_crops"]
@@ -261,12 +270,13 @@ class SSLMetaArch(nn.Module):
             total = total + self.ibot_loss_weight * ibot
 
         with torch.no_grad():
-            probs = monitors["teacher_cls_probs"].float()
-            entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
-            loss_dict["teacher_entropy"] = entropy / torch.log(torch.tensor(float(probs.shape[-1])))
+            loss_dict["teacher_entropy"] = _normalised_entropy(monitors["teacher_cls_probs"])
             loss_dict["teacher_cls_std"] = monitors["teacher_cls_after_head"].float().std(0).mean()
             cls_before = student["global_cls_before"].detach().float()
             loss_dict["student_cls_std"] = torch.nn.functional.normalize(cls_before, dim=-1).std(0).mean()
+            if self.do_ibot:  # same for the masked-patch targets (NaN when no patch was masked)
+                loss_dict["ibot_teacher_entropy"] = _normalised_entropy(teacher_ibot) \
+                    if teacher_ibot is not None and n_masked > 0 else total.new_full((), float("nan"))
         return loss_dict, total
 
     # ------------------------------------------------------------------ EMA, groups, modes

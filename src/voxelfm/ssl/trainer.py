@@ -560,6 +560,7 @@ class Trainer:
                                   tokens_per_s=self.effective_batch * tokens / dt,
                                   step_time=dt, data_time=rec["data_time"], grad_norm=rec["grad_norm"],
                                   teacher_entropy=rec.get("teacher_entropy", float("nan")),
+                                  ibot_teacher_entropy=rec.get("ibot_teacher_entropy", float("nan")),
                                   teacher_cls_std=rec.get("teacher_cls_std", float("nan")),
                                   student_cls_std=rec.get("student_cls_std", float("nan")))
                     metrics.write(record)
