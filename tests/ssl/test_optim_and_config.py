@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from voxelfm.errors import ConfigError
-from voxelfm.ssl.config import apply_overrides, default_config, load_config
+from voxelfm.ssl.config import apply_overrides, default_config, load_config, objective_names
 from voxelfm.ssl.param_groups import (apply_optim_scheduler, fuse_params_groups,
                                       get_params_groups_with_decay)
 from voxelfm.ssl.schedules import build_schedules, linear_warmup_cosine_decay
@@ -111,7 +111,8 @@ def test_tiny_config_loads_and_is_small():
 def test_tiny_small_data_recipe_and_reference_untouched():
     """The small-data recipe (docs/pretraining.md): whole-volume global views like the evaluation,
     no local crops, no axis permutation / HU-window perturbation, a sharp constant teacher
-    temperature, LayerScale and KoLeo off; vit_base keeps the reference values of every one of these keys."""
+    temperature, LayerScale, KoLeo and the DINO CLS loss off, every crop masked for iBOT (ratio 0.3-0.7);
+    vit_base keeps the reference values of every one of these keys."""
     tiny, ref = load_config("tiny"), load_config("vit_base")
     assert tiny.crops.global_crops_scale == [0.9, 1.0] and tiny.crops.local_crops_number == 0
     assert tiny.crops.permute_axes is False and tiny.crops.window_p == 0.0 and tiny.crops.flip_p == 0.5
@@ -120,13 +121,16 @@ def test_tiny_small_data_recipe_and_reference_untouched():
     assert tiny.student.layerscale is None and tiny.dino.head_n_prototypes == tiny.ibot.head_n_prototypes == 256
     assert tiny.optim.epochs * tiny.train.official_epoch_length == 3500
     assert tiny.train.centering == "centering" and tiny.dino.koleo_loss_weight == 0.0
+    assert tiny.dino.loss_weight == 0.0 and tiny.ibot.loss_weight == 1.0
+    assert tiny.ibot.mask_sample_probability == 1.0 and tiny.ibot.mask_ratio_min_max == [0.3, 0.7]
     # reference defaults unchanged
     assert ref.crops.global_crops_scale == [0.32, 1.0] and ref.crops.local_crops_number == 8
     assert ref.crops.permute_axes is True and ref.crops.window_p == 0.5 and ref.crops.flip_p == 0.5
     r = ref.schedules.teacher_temp
     assert (r.start, r.peak, r.end, r.warmup_epochs) == (0.04, 0.07, 0.07, 30)
     assert ref.student.layerscale == 1e-5 and ref.dino.head_n_prototypes == 65536
-    assert ref.dino.koleo_loss_weight == 0.1
+    assert ref.dino.koleo_loss_weight == 0.1 and ref.dino.loss_weight == 1.0
+    assert ref.ibot.mask_sample_probability == 0.5 and ref.ibot.mask_ratio_min_max == [0.1, 0.5]
 
 
 def test_overrides_and_errors(tmp_path):
@@ -156,3 +160,14 @@ def test_reference_run_config_merges_onto_defaults(tmp_path):
     assert cfg.student.embed_dim == 432 and cfg.student.depth == 12
     assert cfg.train.batch_size_per_gpu == 8 and cfg.train.grad_accum_steps == 16
     assert cfg.datasets[0].norm.std == 400.0 and cfg.datasets[0].pixel_range.lower == -1000.0
+
+
+def test_objective_names_follow_the_loss_weights():
+    assert objective_names(load_config("vit_base")) == "DINO + iBOT + KoLeo"
+    assert objective_names(load_config("tiny")) == "iBOT"
+    assert objective_names(load_config("tiny", ["dino.loss_weight=1", "dino.koleo_loss_weight=0.1"])) \
+        == "DINO + iBOT + KoLeo"
+    with pytest.raises(ConfigError, match="nothing to optimise"):
+        load_config("tiny", ["ibot.loss_weight=0"])
+    with pytest.raises(ConfigError, match="mask_sample_probability"):
+        load_config("tiny", ["ibot.mask_sample_probability=0"])

@@ -1,6 +1,7 @@
 """``voxelfm demo``: the whole workflow on a synthetic phantom cohort, in minutes, with a report.
 
-Phantom CT cohort → prepared volumes → short DINO + iBOT + KoLeo pre-training of a tiny 3D ViT →
+Phantom CT cohort → prepared volumes → short self-supervised pre-training (the ``tiny`` recipe:
+iBOT) of a tiny 3D ViT →
 embeddings from the pre-trained backbone and from a random-init backbone of the same architecture →
 the probe suite on every task category (classification, regression, survival, retrieval,
 localisation, segmentation; report generation on request) → ``report.md`` / ``report.html`` with

@@ -486,7 +486,8 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
                  f"resized to a budget of {ext.get('max_patches', '?')} patch tokens, the scale of one global "
                  "pre-training crop.")
     if pt:
-        L.append(f"- **Pre-training:** DINO + iBOT + KoLeo, config `{pt.get('config')}`, {pt.get('steps')} optimizer "
+        L.append(f"- **Pre-training:** {pt.get('objectives', 'DINO + iBOT + KoLeo')}, config `{pt.get('config')}`, "
+                 f"{pt.get('steps')} optimizer "
                  f"steps (effective batch {pt.get('effective_batch_size')}) in {pt.get('minutes')} min; total loss "
                  f"{_num(float(pt.get('loss_first', math.nan)))} → {_num(float(pt.get('loss_last', math.nan)))}. "
                  "Run folder `pretrain/` (resumable checkpoints, metrics.jsonl, TensorBoard), teacher backbone "

@@ -206,6 +206,13 @@ def _schedule_overrides(s: DemoSettings) -> list[str]:
     return [f"optim.epochs={epochs}"]
 
 
+def _objectives(s: DemoSettings) -> str:
+    """The losses the demo's pre-training config optimises (``"iBOT"`` for ``tiny``)."""
+    from voxelfm.ssl.config import load_config, objective_names
+
+    return objective_names(load_config(s.pretrain_config, list(s.pretrain_overrides)))
+
+
 def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool, base_signature: str) -> dict[str, Any]:
     from voxelfm.ssl import pretrain
 
@@ -238,6 +245,7 @@ def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool, base_sign
     last = sum(losses[-k:]) / k if losses else math.nan
     steps = int(run.get("steps_done", len(metrics)))
     return {"steps": steps, "max_steps": int(run.get("max_steps", 0)), "config": s.pretrain_config,
+            "objectives": _objectives(s),
             "budget_minutes": float(s.pretrain_minutes), "base_signature": base_signature,
             "effective_batch_size": run.get("effective_batch_size"), "volumes_per_s": run.get("volumes_per_s"),
             "minutes": round((done + 60.0 * float(run.get("minutes_this_run", 0.0))) / 60.0, 2),
@@ -450,7 +458,7 @@ def _run_stages(paths: DemoPaths, s: DemoSettings, runner: StageRunner) -> None:
     sigs["pretrain"] = signature(s.stage_settings("pretrain"), {"prepare": sigs["prepare"]})
     base = _pretrain_base_signature(s, sigs["prepare"])
     _extend_pretraining(runner, s, base, sigs["pretrain"])
-    runner.run("pretrain", f"DINO + iBOT + KoLeo pre-training of the {s.pretrain_config} ViT for "
+    runner.run("pretrain", f"{_objectives(s)} pre-training of the {s.pretrain_config} ViT for "
                            f"{s.pretrain_minutes:g} min",
                sigs["pretrain"], lambda r: _stage_pretrain(paths, s, r, base), folders=[paths.pretrain])
     for which, stage in (("pretrained", "extract_pretrained"), ("random_init", "extract_random")):

@@ -29,7 +29,7 @@ import yaml
 from voxelfm.errors import ConfigError
 
 __all__ = ["Config", "load_config", "default_config", "apply_overrides", "save_config",
-           "validate_config", "PRESET_CONFIGS"]
+           "validate_config", "objective_names", "PRESET_CONFIGS"]
 
 logger = logging.getLogger("voxelfm.ssl")
 
@@ -274,6 +274,11 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError("ibot.mask_ratio_min_max must be [min, max] within [0, 1]")
         if not 0 <= float(cfg.ibot.mask_sample_probability) <= 1:
             raise ConfigError("ibot.mask_sample_probability must be within [0, 1]")
+        if float(cfg.dino.loss_weight) <= 0 and float(cfg.ibot.loss_weight) <= 0:
+            raise ConfigError("nothing to optimise: set dino.loss_weight or ibot.loss_weight > 0")
+        if float(cfg.dino.loss_weight) <= 0 and float(cfg.ibot.mask_sample_probability) <= 0:
+            raise ConfigError("with dino.loss_weight=0 iBOT is the only loss: ibot.mask_sample_probability "
+                              "must be > 0")
         if not cfg.datasets:
             raise ConfigError("datasets must have at least one entry (norm, pixel_range)")
         ds = cfg.datasets[0]
@@ -285,6 +290,12 @@ def validate_config(cfg: Config) -> None:
         raise
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"invalid pre-training config: {exc}") from exc
+
+
+def objective_names(cfg: Config) -> str:
+    """The losses a config optimises, e.g. ``"DINO + iBOT + KoLeo"`` (reference) or ``"iBOT"`` (``tiny``)."""
+    weights = (("DINO", cfg.dino.loss_weight), ("iBOT", cfg.ibot.loss_weight), ("KoLeo", cfg.dino.koleo_loss_weight))
+    return " + ".join(name for name, w in weights if float(w) > 0) or "no loss"
 
 
 def save_config(cfg: Mapping[str, Any], path: str | Path) -> None:
