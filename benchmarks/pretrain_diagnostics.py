@@ -38,11 +38,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_evidence import FINDINGS_PRIMARY, _embed, _eval_max_patches, _random_twin, _stored_rows  # noqa: E402
+from pretrain_evidence import (  # noqa: E402
+    FINDINGS_PRIMARY,
+    _embed,
+    _eval_max_patches,
+    _logreg_cv,
+    _random_twin,
+    _stored_rows,
+)
 
 
 def _cv_auroc(X: np.ndarray, y: np.ndarray, groups: np.ndarray, model: str) -> float:
-    from sklearn.linear_model import LogisticRegressionCV
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.neighbors import KNeighborsClassifier
@@ -54,8 +60,8 @@ def _cv_auroc(X: np.ndarray, y: np.ndarray, groups: np.ndarray, model: str) -> f
         if model == "knn":
             clf = KNeighborsClassifier(10, metric="cosine")
         else:
-            clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 1, 6), cv=3,
-                                                                       scoring="roc_auc", max_iter=3000))
+            clf = make_pipeline(StandardScaler(), _logreg_cv(Cs=np.logspace(-4, 1, 6), cv=3, scoring="roc_auc",
+                                                             max_iter=3000))
         clf.fit(X[tr], y[tr])
         scores.append(roc_auc_score(y[te], clf.predict_proba(X[te])[:, 1]))
     return float(np.mean(scores))

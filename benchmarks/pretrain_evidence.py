@@ -105,17 +105,34 @@ def _stored_rows(df, store):
     return ids, df.set_index("id").loc[ids].reset_index()
 
 
+def _logreg_cv(**kwargs):
+    """``LogisticRegressionCV(**kwargs)`` with plain L2 stated explicitly where scikit-learn asks for it.
+
+    scikit-learn 1.8+ warns on every fit that the ``l1_ratios`` default and the fitted attributes will
+    change in 1.10; ``l1_ratios=(0.0,)`` is the same L2 model (identical predictions) and
+    ``use_legacy_attributes=False`` only changes attributes these benchmarks never read.
+    """
+    import inspect
+
+    from sklearn.linear_model import LogisticRegressionCV
+
+    params = inspect.signature(LogisticRegressionCV).parameters
+    if "use_legacy_attributes" in params:
+        kwargs.setdefault("l1_ratios", (0.0,))
+        kwargs.setdefault("use_legacy_attributes", False)
+    return LogisticRegressionCV(**kwargs)
+
+
 def _fit_score(X: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray, k: int, seed: int) -> dict:
     """kNN (cosine) and logistic-regression AUROC, fit on rows ``tr``, scored on rows ``te``."""
-    from sklearn.linear_model import LogisticRegressionCV
     from sklearn.metrics import roc_auc_score
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     knn = KNeighborsClassifier(n_neighbors=min(k, len(tr)), metric="cosine").fit(X[tr], y[tr])
-    lr = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 1, 8), cv=4, scoring="roc_auc",
-                                                              max_iter=5000, random_state=seed))
+    lr = make_pipeline(StandardScaler(), _logreg_cv(Cs=np.logspace(-4, 1, 8), cv=4, scoring="roc_auc",
+                                                    max_iter=5000, random_state=seed))
     lr.fit(X[tr], y[tr])
     return {"knn": float(roc_auc_score(y[te], knn.predict_proba(X[te])[:, 1])),
             "logreg": float(roc_auc_score(y[te], lr.predict_proba(X[te])[:, 1]))}
