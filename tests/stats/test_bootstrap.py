@@ -209,11 +209,16 @@ def test_paired_test_survival_tuple_y():
 
 
 def test_auroc_bootstrap_is_fast():
-    """10,000 AUROC resamples at n = 1,000 (the machine is shared; the quiet-machine time is ~0.1 s)."""
+    """10,000 AUROC resamples at n = 1,000 in < 2 s of this process's CPU time.
+
+    CPU time, not wall time: other processes on a shared machine (or a parallel test run) stretch
+    the wall clock (3.3 s measured under load) but not this process's work (~0.1 s quiet wall,
+    0.3-0.5 s CPU under load).
+    """
     rng = np.random.default_rng(0)
     y = rng.random(1000) < 0.3
     s = rng.normal(size=1000) + y
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     est = bootstrap_ci(auroc, y, s, n_resamples=10_000)
-    assert time.perf_counter() - t0 < 2.0
+    assert time.process_time() - t0 < 2.0
     assert est.n_resamples == 10_000 and est.ci_low < est.value < est.ci_high
