@@ -181,6 +181,15 @@ def _mean_scores(per_seed: list[dict]) -> dict:
                 "n_seeds": len(per_seed)} for f in common}
 
 
+def _probe_means(scores: dict, primary: list[str]) -> dict:
+    """Mean kNN and LR AUROC of per-finding ``scores`` over all findings and over the ``primary`` ones."""
+    def mean(metric: str, findings) -> float:
+        return float(np.mean([scores[f][metric] for f in findings if f in scores] or [np.nan]))
+
+    return {"knn_mean": mean("knn", scores), "logreg_mean": mean("logreg", scores),
+            "primary_knn_mean": mean("knn", primary), "primary_logreg_mean": mean("logreg", primary)}
+
+
 def _summary(pre: dict, rnd: dict) -> dict:
     common = [f for f in pre if f in rnd]
     d_knn = [pre[f]["knn"] - rnd[f]["knn"] for f in common]
@@ -320,21 +329,11 @@ def main(argv: list[str] | None = None) -> dict:
         rnd = _mean_scores(rnd_each)
         results[name] = _summary(pre, rnd)
         if len(rnd_each) > 1:
-            results[name]["random_per_seed"] = [
-                {"seed": args.seed + i, "knn_mean": float(np.mean([r[f]["knn"] for f in r])),
-                 "logreg_mean": float(np.mean([r[f]["logreg"] for f in r])),
-                 "primary_knn_mean": float(np.mean([r[f]["knn"] for f in primary if f in r] or [np.nan])),
-                 "primary_logreg_mean": float(np.mean([r[f]["logreg"] for f in primary if f in r] or [np.nan]))}
-                for i, r in enumerate(rnd_each)]
+            results[name]["random_per_seed"] = [{"seed": args.seed + i, **_probe_means(r, primary)}
+                                                for i, r in enumerate(rnd_each)]
         if X_rnd_ref is not None:
             rnd_ref = score(X_rnd_ref)
-            results[name]["random_layerscale_1e-5"] = {
-                "knn_mean": float(np.mean([rnd_ref[f]["knn"] for f in rnd_ref])),
-                "logreg_mean": float(np.mean([rnd_ref[f]["logreg"] for f in rnd_ref])),
-                "primary_knn_mean": float(np.mean([rnd_ref[f]["knn"] for f in primary if f in rnd_ref] or [np.nan])),
-                "primary_logreg_mean": float(np.mean([rnd_ref[f]["logreg"] for f in primary if f in rnd_ref]
-                                                     or [np.nan])),
-                "per_finding": rnd_ref}
+            results[name]["random_layerscale_1e-5"] = {**_probe_means(rnd_ref, primary), "per_finding": rnd_ref}
         if primary:
             results_primary[name] = _summary({f: pre[f] for f in primary if f in pre},
                                              {f: rnd[f] for f in primary if f in rnd})
