@@ -181,6 +181,12 @@ def _mean_scores(per_seed: list[dict]) -> dict:
                 "n_seeds": len(per_seed)} for f in common}
 
 
+def _mean_of(records: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over the metric records that hold a finite value of it (None if none do)."""
+    vals = [float(r[key]) for r in records if r.get(key) is not None and np.isfinite(r[key])]
+    return float(np.mean(vals)) if vals else None
+
+
 def _probe_means(scores: dict, primary: list[str]) -> dict:
     """Mean kNN and LR AUROC of per-finding ``scores`` over all findings and over the ``primary`` ones."""
     def mean(metric: str, findings) -> float:
@@ -204,11 +210,19 @@ def _summary(pre: dict, rnd: dict) -> dict:
             "per_finding": {f: {"pretrained": pre[f], "random": rnd[f]} for f in common}}
 
 
-def summarise(paths: list[str]) -> dict:
-    """Pre-trained minus random AUROC (mean of kNN and LR) per run and across runs (e.g. seeds).
+def _across_runs(d: list[float]) -> dict:
+    """Per-run deltas, their mean and sample sd, and how many runs reach +0.10."""
+    return {"deltas": [round(x, 4) for x in d], "mean": float(np.mean(d)),
+            "sd": float(np.std(d, ddof=1)) if len(d) > 1 else None,
+            "n_runs_at_least_0.10": int(sum(x >= 0.10 for x in d))}
 
-    For each protocol (``test``, ``val+test``, ``cv``) and finding set (primary, all): the delta of
-    every result JSON, their mean and sample standard deviation, and the number of runs ≥ +0.10.
+
+def summarise(paths: list[str]) -> dict:
+    """Pre-trained minus random AUROC per run and across runs (e.g. seeds).
+
+    For each protocol (``test``, ``val+test``, ``cv``) and finding set (primary, all), and for each
+    of ``both`` (the mean of kNN and LR), ``knn`` and ``logreg``: the delta of every result JSON,
+    their mean and sample standard deviation, and the number of runs ≥ +0.10.
     """
     runs = [json.loads(Path(q).read_text()) for q in paths]
     table: dict = {"runs": [{"file": str(q), "overrides": r["overrides"], "steps": r["steps"],
@@ -216,12 +230,12 @@ def summarise(paths: list[str]) -> dict:
                             for q, r in zip(paths, runs)]}
     for subset, key in (("primary", "results_primary"), ("all", "results")):
         for proto in ("test", "val+test", "cv"):
-            d = [r[key][proto]["delta_mean"] for r in runs if proto in r.get(key, {})]
-            if d:
+            scored = [r[key][proto] for r in runs if proto in r.get(key, {})]
+            if scored:
                 table[f"{subset}/{proto}"] = {
-                    "deltas": [round(x, 4) for x in d], "mean": float(np.mean(d)),
-                    "sd": float(np.std(d, ddof=1)) if len(d) > 1 else None,
-                    "n_runs_at_least_0.10": int(sum(x >= 0.10 for x in d))}
+                    probe: _across_runs([x[field] for x in scored])
+                    for probe, field in (("both", "delta_mean"), ("knn", "delta_knn_mean"),
+                                         ("logreg", "delta_logreg_mean"))}
     return table
 
 
@@ -347,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
         "timings_s": timings,
         "loss_first": {k: first.get(k) for k in ("total", "dino_local", "dino_global", "koleo", "ibot")},
         "loss_last": {k: last.get(k) for k in ("total", "dino_local", "dino_global", "koleo", "ibot",
-                                                "teacher_entropy", "teacher_cls_std")},
+                                                "teacher_entropy", "ibot_teacher_entropy", "teacher_cls_std")},
+        "entropy_last50": {k: _mean_of(metrics[-50:], k) for k in ("teacher_entropy", "ibot_teacher_entropy")},
         "load_average_1min": {"before_pretrain": load_before, "after_pretrain": load_after},
         "results": results,
         "primary_findings": primary,
