@@ -110,7 +110,7 @@ def test_tiny_config_loads_and_is_small():
 
 def test_tiny_small_data_recipe_and_reference_untouched():
     """The small-data recipe (docs/pretraining.md): whole-volume global views like the evaluation,
-    no local crops, no axis permutation / HU-window perturbation, a sharp constant teacher
+    no local crops, no axis permutation / HU-window perturbation, a constant teacher
     temperature (0.06), LayerScale, KoLeo and the DINO CLS loss off, every crop masked for iBOT (ratio 0.3-0.7);
     vit_base keeps the reference values of every one of these keys."""
     tiny, ref = load_config("tiny"), load_config("vit_base")
