@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from voxelfm.errors import VoxelFMError
 from voxelfm.utils import atomic_write_text
+from voxelfm.utils.cpu_time import cpu_seconds
 
 __all__ = ["StageRecord", "DemoState", "StageRunner", "signature", "format_seconds", "cpu_seconds"]
 
@@ -49,37 +50,6 @@ def format_seconds(seconds: float) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def cpu_seconds() -> float:
-    """Processor time (user + system, seconds) of this process and all its descendants.
-
-    Finished children count through ``RUSAGE_CHILDREN``; live descendants (a multiprocessing
-    forkserver, whose workers are its children rather than ours, data-loader workers) are read
-    with ``psutil`` when it is installed, including the children they already reaped. Without
-    psutil, live descendants are missed.
-    """
-    import resource
-
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        r = resource.getrusage(who)
-        total += r.ru_utime + r.ru_stime
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil is optional
-        return total
-    try:
-        kids = psutil.Process().children(recursive=True)
-    except psutil.Error:  # pragma: no cover
-        return total
-    for p in kids:
-        try:
-            t = p.cpu_times()
-        except psutil.Error:  # exited meanwhile
-            continue
-        total += t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
-    return total
 
 
 def _now() -> str:

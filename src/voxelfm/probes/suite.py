@@ -71,7 +71,9 @@ __all__ = [
     "Suite",
     "SuiteResult",
     "TaskSpec",
+    "cls_vs_patch_rows",
     "format_latex",
+    "fraction_rows",
     "format_markdown",
     "load_suite",
     "packaged_suite_path",
@@ -726,13 +728,51 @@ def _val_score(run: ProbeRun | None, task_obj: Any) -> float:
     return v if task_obj.higher_is_better else -v
 
 
+def fraction_rows(s: Suite, results: pd.DataFrame) -> pd.DataFrame:
+    """Rows of :func:`voxelfm.probes.figures.fraction_figure` for the tasks run at several
+    training fractions: the successful primary-metric rows of ``results`` plus ``panel``
+    (``"task · head/feature"``) and ``metric`` with its direction (``"auroc ↑"``)."""
+    multi = [t.name for t in s.tasks if len(t.fractions) > 1]
+    rows = results[results["primary"].astype(bool) & (results["status"] == "ok")
+                   & results["task_name"].isin(multi)].copy()
+    rows["panel"] = rows["task_name"] + " · " + rows["head"] + "/" + rows["feature"]
+    rows["metric"] = [_with_direction(m, tk) for m, tk in zip(rows["metric"], rows["task"])]
+    return rows
+
+
+def cls_vs_patch_rows(s: Suite, runs: dict[tuple, ProbeRun], results: pd.DataFrame) -> pd.DataFrame:
+    """Rows of :func:`voxelfm.probes.figures.cls_vs_patch_figure`: for every task with both
+    class-token and patch-token probes, per backbone and kind, the test metric of the head chosen
+    on the *validation* metric at the task's largest fraction (choosing on the test value would
+    bias the comparison towards the kind with more heads). Columns ``task_name``, ``backbone``,
+    ``kind``, ``value``, ``ci_low``, ``ci_high``, ``metric``, ``head``."""
+    prim = results[results["primary"].astype(bool) & (results["status"] == "ok")]
+    rows = []
+    for t in s.tasks:
+        task_obj = get_task(t.task)
+        sub = prim[(prim["task_name"] == t.name) & (prim["fraction"] == max(t.fractions))]
+        kinds = {"class token": sub[sub["feature"] == "cls"], "patch tokens": sub[sub["feature"] == "patch"]}
+        if any(len(v) == 0 for v in kinds.values()):
+            continue
+        for kind, g in kinds.items():
+            for b, gb in g.groupby("backbone", sort=False):
+                val = [_val_score(runs.get((t.name, h, ft, b, fr)), task_obj)
+                       for h, ft, fr in zip(gb["head"], gb["feature"], gb["fraction"])]
+                best = gb.iloc[int(np.nanargmax(val)) if np.isfinite(val).any() else 0]
+                rows.append({"task_name": t.name, "backbone": b, "kind": kind, "value": best["value"],
+                             "ci_low": best["ci_low"], "ci_high": best["ci_high"],
+                             "metric": _with_direction(best["metric"], t.task),
+                             "head": f"{best['head']}/{best['feature']}"})
+    return pd.DataFrame(rows, columns=["task_name", "backbone", "kind", "value", "ci_low", "ci_high", "metric",
+                                       "head"])
+
+
 def _figures(s: Suite, runs: dict[tuple, ProbeRun], results: pd.DataFrame, fig_dir: Path,
              stores: dict[str, Any]) -> dict[str, Path]:
     from voxelfm.probes import figures as F
 
     cfg = {"roc": True, "fractions": True, "cls_vs_patch": True, "pca": None, **s.figures}
     paths: dict[str, Path] = {}
-    prim = results[results["primary"] & (results["status"] == "ok")]
     if cfg.get("roc"):
         for t in s.tasks:
             if t.task != "binary":
@@ -752,36 +792,15 @@ def _figures(s: Suite, runs: dict[tuple, ProbeRun], results: pd.DataFrame, fig_d
                     paths[name] = F.roc_figure(curves, fig_dir / f"{name}.png", labels=labels,
                                                title=f"{t.name} ({p.label}, fraction {f:g})")
     if cfg.get("fractions"):
-        multi = [t for t in s.tasks if len(t.fractions) > 1]
-        if multi:
-            rows = prim[prim["task_name"].isin([t.name for t in multi])].copy()
-            if len(rows):
-                rows["panel"] = rows["task_name"] + " · " + rows["head"] + "/" + rows["feature"]
-                rows["metric"] = [_with_direction(m, tk) for m, tk in zip(rows["metric"], rows["task"])]
-                paths["fractions"] = F.fraction_figure(rows, fig_dir / "fractions.png",
-                                                       title="Primary metric vs training fraction")
+        rows = fraction_rows(s, results)
+        if len(rows):
+            paths["fractions"] = F.fraction_figure(rows, fig_dir / "fractions.png",
+                                                   title="Primary metric vs training fraction")
     if cfg.get("cls_vs_patch"):
-        rows = []
-        for t in s.tasks:
-            task_obj = get_task(t.task)
-            sub = prim[(prim["task_name"] == t.name) & (prim["fraction"] == max(t.fractions))]
-            kinds = {"class token": sub[sub["feature"] == "cls"], "patch tokens": sub[sub["feature"] == "patch"]}
-            if any(len(v) == 0 for v in kinds.values()):
-                continue
-            for kind, g in kinds.items():
-                for b, gb in g.groupby("backbone", sort=False):
-                    # the head of each kind is chosen on the *validation* metric (choosing on the
-                    # test value would bias the comparison towards the kind with more heads)
-                    val = [_val_score(runs.get((t.name, h, ft, b, fr)), task_obj)
-                           for h, ft, fr in zip(gb["head"], gb["feature"], gb["fraction"])]
-                    best = gb.iloc[int(np.nanargmax(val)) if np.isfinite(val).any() else 0]
-                    rows.append({"task_name": t.name, "backbone": b, "kind": kind, "value": best["value"],
-                                 "ci_low": best["ci_low"], "ci_high": best["ci_high"],
-                                 "metric": _with_direction(best["metric"], t.task),
-                                 "head": f"{best['head']}/{best['feature']}"})
-        if rows:
+        rows = cls_vs_patch_rows(s, runs, results)
+        if len(rows):
             paths["cls_vs_patch"] = F.cls_vs_patch_figure(
-                pd.DataFrame(rows), fig_dir / "cls_vs_patch.png",
+                rows, fig_dir / "cls_vs_patch.png",
                 title="Class token vs patch tokens (test metric of the head chosen on validation)")
     pca = cfg.get("pca")
     if pca:
