@@ -27,7 +27,8 @@ __all__ = ["main", "build_parser"]
 
 # Order shown in --help: the pipeline, left to right.
 SUBCOMMANDS: tuple[str, ...] = (
-    "phantoms", "info", "extract", "prepare", "pretrain", "export", "probe", "benchmark", "report", "demo",
+    "phantoms", "datasets", "info", "extract", "prepare", "pretrain", "export", "probe", "benchmark", "report",
+    "demo",
 )
 
 

@@ -36,12 +36,14 @@ FORMATS: tuple[str, ...] = ("safetensors", "pth", "both")
 
 @dataclass(frozen=True)
 class BatchItem:
-    """One volume of a batch: ``id`` plus a path (``series_uid`` picks a DICOM series) or an
-    in-memory source (``Volume`` / array)."""
+    """One volume of a batch: ``id`` plus a path (``series_uid`` picks a DICOM series;
+    ``overrides`` replace the header's spacing / orientation / rescale, see
+    :mod:`voxelfm.io.overrides`) or an in-memory source (``Volume`` / array)."""
 
     id: str
     source: Any
     series_uid: str | None = None
+    overrides: Any = None
 
     @property
     def source_text(self) -> str:
@@ -100,9 +102,9 @@ def _as_items(items: Iterable[Any]) -> list[BatchItem]:
         if isinstance(it, BatchItem):
             bi = it
         elif hasattr(it, "id") and hasattr(it, "path"):  # voxelfm.io.InputItem
-            bi = BatchItem(str(it.id), it.path, getattr(it, "series_uid", None))
+            bi = BatchItem(str(it.id), it.path, getattr(it, "series_uid", None), getattr(it, "overrides", None))
         elif isinstance(it, dict):
-            bi = BatchItem(str(it["id"]), it.get("path", it.get("source")), it.get("series_uid"))
+            bi = BatchItem(str(it["id"]), it.get("path", it.get("source")), it.get("series_uid"), it.get("overrides"))
         elif isinstance(it, (tuple, list)) and len(it) in (2, 3):
             bi = BatchItem(str(it[0]), it[1], it[2] if len(it) == 3 else None)
         else:
@@ -144,7 +146,7 @@ class _ReadPreprocess(torch.utils.data.Dataset):
 
                 # --spacing applies to numpy files only (other formats store their own geometry)
                 sp = self.spacing if self.spacing is not None and detect_format(src) in ("npy", "npz") else None
-                src = read_volume(src, series_uid=item.series_uid, spacing=sp)
+                src = read_volume(src, series_uid=item.series_uid, spacing=sp, overrides=item.overrides)
             pre = preprocess_volume(src, self.preset, crop_background=self.crop_background,
                                     max_patches=self.max_patches, patch_size=self.patch_size, normalise=True)
             return i, pre, None, time.perf_counter() - t0

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voxelfm.errors import VoxelFMError, VolumeReadError
+from voxelfm.io.overrides import ReadOverrides
 
 __all__ = ["InputItem", "collect_inputs", "volume_id_from_path"]
 
@@ -19,18 +20,21 @@ _FOLDER_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", 
 
 @dataclass(frozen=True)
 class InputItem:
-    """One volume to read: ``read_volume(item.path, series_uid=item.series_uid)``.
+    """One volume to read: ``read_volume(item.path, series_uid=item.series_uid, overrides=item.overrides)``.
 
     Attributes:
         id: manifest id, DICOM SeriesInstanceUID, or file name without extensions. Any string; callers
             make file names with :func:`voxelfm.utils.safe_id`.
         path: file or folder.
         series_uid: the series to read when ``path`` is a DICOM folder (None: the largest CT series).
+        overrides: spacing / orientation / rescale from a manifest's override columns
+            (:mod:`voxelfm.io.overrides`), or None.
     """
 
     id: str
     path: Path
     series_uid: str | None = None
+    overrides: ReadOverrides | None = None
 
 
 def volume_id_from_path(path: str | Path) -> str:
@@ -60,7 +64,11 @@ def _from_manifest(csv_path: Path) -> list[InputItem]:
                 p = Path(os.path.expanduser(row["path"]))
                 if not p.is_absolute():
                     p = csv_path.parent / p
-                items.append(InputItem(row["id"], p, row.get("series_uid") or None))
+                try:
+                    overrides = ReadOverrides.from_mapping(row)
+                except ValueError as exc:
+                    raise VoxelFMError(f"{csv_path}, line {line}: {exc}") from None
+                items.append(InputItem(row["id"], p, row.get("series_uid") or None, overrides))
             return items
     except UnicodeDecodeError as exc:
         raise VoxelFMError(f"{csv_path}: not a UTF-8 text CSV ({exc})") from None
@@ -107,8 +115,11 @@ def _from_file(path: Path) -> InputItem:
 def collect_inputs(inputs: Sequence[str | Path]) -> list[InputItem]:
     """Expand files, folders and CSV manifests into :class:`InputItem` s, in input order.
 
-    * a CSV file is a manifest with columns ``id`` and ``path`` (optional ``series_uid``; other
-      columns ignored); relative paths are resolved against the CSV's folder;
+    * a CSV file is a manifest with columns ``id`` and ``path`` (optional ``series_uid`` and
+      reading overrides ``override_spacing_z/_y/_x``, ``override_rescale_slope``,
+      ``override_rescale_intercept``, ``override_orientation`` — see :mod:`voxelfm.io.overrides`;
+      other columns ignored); relative paths are
+      resolved against the CSV's folder;
     * a folder gives one item per DICOM CT series found anywhere below it (scouts, localizers,
       non-CT and < 4-slice series skipped; id = SeriesInstanceUID) and one per volume file below it
       (NIfTI, NRRD, MHA/MHD, npy/npz, zip; id = file name without extensions);
@@ -133,7 +144,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[InputItem]:
         for item in items:
             prev = by_id.get(item.id)
             if prev is not None:
-                if Path(prev.path).resolve() == Path(item.path).resolve() and prev.series_uid == item.series_uid:
+                if (Path(prev.path).resolve() == Path(item.path).resolve() and prev.series_uid == item.series_uid
+                        and prev.overrides == item.overrides):
                     continue
                 raise VoxelFMError(f"duplicate id {item.id!r}: {prev.path} and {item.path}; rename one or list "
                                    f"them in a manifest CSV with unique ids")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from voxelfm.errors import VolumeReadError
 from voxelfm.io._source import SourceImage, build_volume
+from voxelfm.io.overrides import ReadOverrides, apply_overrides
 from voxelfm.io.volume import Volume
 
 __all__ = ["read_volume", "detect_format", "VOLUME_SUFFIXES"]
@@ -47,7 +48,7 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_volume(path: str | Path, *, spacing: Sequence[float] | None = None, series_uid: str | None = None,
-                check_hu: bool = True) -> Volume:
+                check_hu: bool = True, overrides: ReadOverrides | None = None) -> Volume:
     """Read a CT volume into a :class:`Volume` (float32 HU ``[D, H, W]`` in canonical SPL orientation).
 
     Args:
@@ -60,6 +61,9 @@ def read_volume(path: str | Path, *, spacing: Sequence[float] | None = None, ser
             series with the most slices; scouts/localizers are never picked).
         check_hu: reject values that are clearly not Hounsfield units (see docs/io.md); set False
             only for data you know to be HU.
+        overrides: spacing / orientation / rescale that replace the file header's (a dataset's
+            metadata, e.g. CT-RATE's); see :mod:`voxelfm.io.overrides`. A header that contradicts
+            them is warned about. Not for DICOM.
 
     Raises:
         VolumeReadError: the message names the file and the reason (not a CT, a single 2-D slice, no
@@ -90,4 +94,6 @@ def read_volume(path: str | Path, *, spacing: Sequence[float] | None = None, ser
     if spacing is not None and fmt not in ("npy", "npz"):
         img.source.setdefault("warnings", []).append(
             f"spacing={tuple(spacing)} was ignored: a {fmt} file stores its own voxel spacing")
+    if overrides is not None and not overrides.is_empty:
+        apply_overrides(img, overrides, fmt)
     return build_volume(img, check_values=check_hu)

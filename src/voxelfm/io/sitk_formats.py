@@ -10,10 +10,22 @@ from voxelfm.errors import VolumeReadError
 from voxelfm.io._source import SourceImage
 from voxelfm.io.orientation import AxisMap
 
-__all__ = ["read_sitk_image", "SITK_REFERENCE_CLIP"]
+__all__ = ["read_sitk_image", "sitk_index_affine", "SITK_REFERENCE_CLIP"]
 
 #: HU clip of the reference's ``load_mhd``.
 SITK_REFERENCE_CLIP = (-1000.0, 1900.0)
+
+
+def sitk_index_affine(direction: np.ndarray, spacing_ijk: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """4x4 affine from ``GetArrayFromImage`` indices ``[k, j, i]`` to LPS mm, from SimpleITK's
+    direction (3x3), spacing ``(i, j, k)`` and origin."""
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    sp = np.asarray(spacing_ijk, dtype=np.float64)
+    index_affine = np.eye(4)
+    for a in range(3):  # numpy axis a is ITK index axis 2 - a
+        index_affine[:3, a] = d[:, 2 - a] * sp[2 - a]
+    index_affine[:3, 3] = np.asarray(origin, dtype=np.float64)
+    return index_affine
 
 
 def read_sitk_image(path: str | Path, fmt: str) -> SourceImage:
@@ -55,10 +67,7 @@ def read_sitk_image(path: str | Path, fmt: str) -> SourceImage:
     spacing_ijk = np.asarray(img.GetSpacing(), dtype=np.float64)
     direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
     origin = np.asarray(img.GetOrigin(), dtype=np.float64)
-    index_affine = np.eye(4)
-    for a in range(3):  # numpy axis a is ITK index axis 2 - a
-        index_affine[:3, a] = direction[:, 2 - a] * spacing_ijk[2 - a]
-    index_affine[:3, 3] = origin
+    index_affine = sitk_index_affine(direction, spacing_ijk, origin)
 
     source = {
         "format": fmt,

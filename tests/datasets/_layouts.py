@@ -1,0 +1,117 @@
+"""Miniature copies of the official download layouts, made from phantoms (same folder trees, file
+names and CSV columns as the real datasets; a handful of tiny scans)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+STEP = 3  # phantom voxels taken along each axis (the demo phantom is ~134 x 112 x 112)
+
+
+@dataclass
+class TinyScan:
+    """A phantom scan shrunk by :data:`STEP`: canonical SPL HU, labels, spacing, and its row."""
+
+    id: str
+    patient: str
+    hu: np.ndarray          # [D, H, W] float32 HU, canonical SPL
+    labels: np.ndarray      # [D, H, W] uint8 organ labels (voxelfm.data.phantoms.LABELS)
+    spacing: tuple[float, float, float]
+    row: dict
+
+
+def tiny_scans(n: int, seed: int = 0) -> list[TinyScan]:
+    from voxelfm.data.phantoms import generate_case
+
+    out = []
+    for i in range(n):
+        c = generate_case(seed, i)
+        sp = tuple(float(s) * STEP for s in c.acquisition.spacing)
+        hu = np.ascontiguousarray(c.hu[::STEP, ::STEP, ::STEP], dtype=np.float32)
+        lab = np.ascontiguousarray(c.labels[::STEP, ::STEP, ::STEP])
+        out.append(TinyScan(c.id, c.patient_id, hu, lab, sp, dict(c.row)))  # type: ignore[arg-type]
+    return out
+
+
+def canonical_to_file(a: np.ndarray) -> np.ndarray:
+    """SPL ``[d, h, w]`` → DICOM-pixel file order ``[i (→L), j (→P), k (→S)]``."""
+    return np.ascontiguousarray(a.transpose(2, 1, 0))
+
+
+def lps_nifti_affine(spacing_zyx: tuple[float, float, float], origin_lps=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """RAS affine of a file in ``[i → L, j → P, k → S]`` order with the given canonical spacing."""
+    sz, sy, sx = spacing_zyx
+    a = np.diag([-sx, -sy, sz, 1.0])  # L = -R, P = -A in RAS
+    a[:3, 3] = [-origin_lps[0], -origin_lps[1], origin_lps[2]]
+    return a
+
+
+# ---------------------------------------------------------------------------------------- CT-RATE
+CT_RATE_FINDINGS = {  # phantom finding -> CT-RATE column
+    "lung_nodule": "Lung nodule", "pleural_effusion": "Pleural effusion", "emphysema": "Emphysema",
+    "cardiomegaly": "Cardiomegaly", "arterial_wall_calcification": "Arterial wall calcification",
+    "coronary_artery_wall_calcification": "Coronary artery wall calcification", "lung_opacity": "Lung opacity",
+    "consolidation": "Consolidation", "atelectasis": "Atelectasis", "lymphadenopathy": "Lymphadenopathy",
+    "hiatal_hernia": "Hiatal hernia", "pericardial_effusion": "Pericardial effusion",
+}
+
+
+def write_ct_rate(root: Path, scans: list[TinyScan], *, n_valid: int, wrong_header: set[str] = frozenset(),
+                  skip_files: tuple[str, ...] = ()) -> dict[str, TinyScan]:
+    """CT-RATE as published (blank NIfTI headers, float raw values, facts in the metadata CSV).
+
+    Scan ``i`` becomes ``<split>_<p>_a_1`` (the last ``n_valid`` are the valid set); patients with
+    two phantom scans get ``_a_1`` and ``_b_1``. Ids in ``wrong_header`` get an sform with 1 mm
+    voxels (a header that contradicts the metadata). Returns ``{volume name: scan}``.
+    """
+    import nibabel as nib
+    import pandas as pd
+
+    from voxelfm.datasets.ct_rate import ABNORMALITIES
+
+    base = root / "dataset"
+    by_name: dict[str, TinyScan] = {}
+    rows = {"train": ([], [], []), "valid": ([], [], [])}
+    patients: dict[str, int] = {}
+    for k, s in enumerate(scans):
+        split = "valid" if k >= len(scans) - n_valid else "train"
+        pnum = patients.setdefault(s.patient, len(patients) + 1)
+        letter = "a"
+        while f"{split}_{pnum}_{letter}_1" in by_name:
+            letter = chr(ord(letter) + 1)
+        name = f"{split}_{pnum}_{letter}_1"
+        by_name[name] = s
+        raw = canonical_to_file(s.hu) + 1024.0  # stored values: HU = raw * 1 + (-1024)
+        if name in wrong_header:
+            img = nib.Nifti1Image(raw.astype(np.float32), np.eye(4))  # RAS, 1 mm: both wrong
+            img.header.set_sform(img.affine, code=1)
+        else:
+            img = nib.Nifti1Image(raw.astype(np.float32), None)
+        path = base / split / f"{split}_{pnum}" / f"{split}_{pnum}_{letter}" / f"{name}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(img, str(path))
+        meta, lab, rep = rows[split]
+        sz, sy, sx = s.spacing
+        meta.append({"VolumeName": f"{name}.nii.gz", "Manufacturer": "PHANTOM", "PatientSex": s.row["sex"],
+                     "PatientAge": f"{int(s.row['age']):03d}Y", "XYSpacing": f"[{sy}, {sx}]", "ZSpacing": sz,
+                     "RescaleIntercept": -1024, "RescaleSlope": 1,
+                     "ImageOrientationPatient": "[1, 0, 0, 0, 1, 0]",
+                     "ImagePositionPatient": "[-100, -100, -200]"})
+        flags = {v: int(bool(s.row.get(k))) for k, v in CT_RATE_FINDINGS.items()}
+        lab.append({"VolumeName": f"{name}.nii.gz", **{a: flags.get(a, 0) for a in ABNORMALITIES}})
+        rep.append({"VolumeName": f"{name}.nii.gz", "ClinicalInformation_EN": "Phantom.",
+                    "Technique_EN": "Non-contrast chest CT.", "Findings_EN": s.row["report"],
+                    "Impressions_EN": "See findings."})
+    for split, (meta, lab, rep) in rows.items():
+        mname = "train_metadata.csv" if split == "train" else "validation_metadata.csv"
+        rname = "train_reports.csv" if split == "train" else "validation_reports.csv"
+        for rel, table in ((f"metadata/{mname}", meta), (f"multi_abnormality_labels/{split}_predicted_labels.csv", lab),
+                           (f"radiology_text_reports/{rname}", rep)):
+            if rel in skip_files:
+                continue
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(table).to_csv(base / rel, index=False)
+    return by_name
