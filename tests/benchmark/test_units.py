@@ -66,12 +66,21 @@ def test_token_grid_matches_the_pipeline(shape, spacing, max_patches):
 
 
 def test_scan_geometry_reads_the_header_only(tmp_path):
-    img = sitk.GetImageFromArray(np.zeros((12, 20, 30), dtype=np.int16))  # z, y, x
+    arr = np.full((12, 20, 30), -1000, dtype=np.int16)  # z, y, x
+    arr[3:9, 5:15, 5:25] = 40
+    img = sitk.GetImageFromArray(arr)
     img.SetSpacing((0.8, 0.9, 2.5))
     path = tmp_path / "ct.nii.gz"
     sitk.WriteImage(img, str(path))
+    from voxelfm.io import read_volume
+    from voxelfm.io.overrides import ReadOverrides
+
+    vol = read_volume(path)
     shape, spacing = scan_geometry(path)
-    assert shape == (30, 20, 12) and spacing == pytest.approx((0.8, 0.9, 2.5))
+    assert shape == vol.array.shape and spacing == pytest.approx(vol.spacing)
+    # a manifest's spacing override (CT-RATE's blank headers) wins over the header
+    shape, spacing = scan_geometry(path, overrides=ReadOverrides(spacing=(1.5, 0.7, 0.7)))
+    assert shape == vol.array.shape and spacing == (1.5, 0.7, 0.7)
 
 
 def test_vit_flops_formula():

@@ -29,39 +29,34 @@ import numpy as np
 __all__ = ["Calibration", "CellEstimate", "calibrate", "embedding_bytes", "estimate_tokens", "forward_seconds",
            "scan_geometry", "token_grid", "vit_forward_flops"]
 
-_SITK_FORMATS = ("nifti", "nrrd", "mha", "mhd")
+_HEADER_FORMATS = ("nifti", "nrrd", "mha", "mhd")
 _HEADER_BYTES = 2048  # safetensors header with the preprocessing record (measured ~1-2 KB)
 
 
-def scan_geometry(path: str | os.PathLike[str], series_uid: str | None = None) -> tuple[tuple[int, int, int],
-                                                                                        tuple[float, float, float]]:
-    """``(shape, spacing mm)`` of a scan, paired per axis (axis order does not matter here).
+def scan_geometry(path: str | os.PathLike[str], series_uid: str | None = None, overrides: Any = None
+                  ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """``(shape, spacing mm)`` of the canonical volume :func:`voxelfm.io.read_volume` would return.
 
-    Header only for NIfTI / NRRD / MHA / MHD (SimpleITK ``ReadImageInformation``) and numpy files
-    (memory-mapped); DICOM folders and zips are read with :func:`voxelfm.io.read_volume`.
+    Header only for NIfTI / NRRD / MHA / MHD (:func:`voxelfm.io.header.read_header_geometry`, with a
+    manifest's spacing override applied) and numpy files (memory-mapped); DICOM folders, zips and
+    files with an orientation override are read with :func:`voxelfm.io.read_volume`.
     """
     from voxelfm.io.read import detect_format
 
     p = Path(path)
     fmt = detect_format(p)
-    if fmt in _SITK_FORMATS:
-        import SimpleITK as sitk
+    sp_override = getattr(overrides, "spacing", None)
+    if fmt in _HEADER_FORMATS and getattr(overrides, "orientation", None) is None:
+        from voxelfm.io.header import read_header_geometry
 
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(p))
-        reader.ReadImageInformation()
-        size, spacing = list(reader.GetSize()), list(reader.GetSpacing())
-        if len(size) > 3:  # 4-D with a singleton axis
-            keep = [i for i, n in enumerate(size) if n > 1][:3]
-            size, spacing = [size[i] for i in keep], [spacing[i] for i in keep]
-        if len(size) == 3:
-            return tuple(int(n) for n in size), tuple(float(s) for s in spacing)  # type: ignore[return-value]
+        g = read_header_geometry(p)
+        return tuple(g.shape), tuple(sp_override or g.spacing)  # type: ignore[return-value]
     if fmt == "npy":
         arr = np.load(p, mmap_mode="r")
-        return tuple(int(n) for n in arr.shape[-3:]), (1.0, 1.0, 1.0)  # type: ignore[return-value]
+        return tuple(int(n) for n in arr.shape[-3:]), tuple(sp_override or (1.0, 1.0, 1.0))  # type: ignore[return-value]
     from voxelfm.io import read_volume
 
-    vol = read_volume(p, series_uid=series_uid)
+    vol = read_volume(p, series_uid=series_uid, overrides=overrides)
     return tuple(int(n) for n in vol.array.shape), tuple(float(s) for s in vol.spacing)  # type: ignore[return-value]
 
 

@@ -141,14 +141,12 @@ def _suite_dict(folder: Path, stores: Mapping[str, Path], *, reference: str | No
 
 
 def _prepare(entry: DatasetEntry, quiet: bool) -> None:
-    """Prepare a dataset from its download root with its recipe (``voxelfm.datasets``)."""
-    try:
-        from voxelfm import datasets as recipes  # type: ignore[attr-defined]
-    except ImportError:
-        raise ConfigError(f"dataset {entry.name!r}: {entry.prepared} is not a prepared folder and this voxelfm "
-                          "has no dataset recipes (voxelfm.datasets) to prepare {entry.root}") from None
+    """Prepare a dataset from its download root with its recipe (:func:`voxelfm.datasets.prepare_dataset`)."""
+    from voxelfm.datasets import prepare_dataset
+
     _say(f"preparing {entry.name} from {entry.root} into {entry.prepared}", quiet)
-    recipes.prepare(entry.name, entry.root, entry.prepared)
+    result = prepare_dataset(entry.name, entry.root, entry.prepared)
+    _say(result.summary(), quiet)
 
 
 # ------------------------------------------------------------------------------------------- cells
@@ -472,7 +470,7 @@ def plan_paper_benchmark(data: str | os.PathLike[str], backbones: str | Sequence
             geo, notes = [], []
             for it in _sample(items, sample):
                 try:
-                    geo.append(scan_geometry(it.path, it.series_uid))
+                    geo.append(scan_geometry(it.path, it.series_uid, it.overrides))
                 except Exception as exc:  # noqa: BLE001 - reported in the plan
                     notes.append(f"{it.id}: unreadable ({' '.join(str(exc).split())[:120]})")
             geometries[name] = (len(items), geo, notes)
