@@ -115,3 +115,83 @@ def write_ct_rate(root: Path, scans: list[TinyScan], *, n_valid: int, wrong_head
             (base / rel).parent.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(table).to_csv(base / rel, index=False)
     return by_name
+
+
+# ---------------------------------------------------------------------------------------- geometry
+_LPS_AXIS = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}
+
+
+def file_layout(a: np.ndarray, spacing_zyx, code: str):
+    """Lay a canonical SPL array out as a file whose index axes (i, j, k) point along ``code``.
+
+    Returns ``(f [i, j, k], spacing_ijk, direction 3x3 (columns = i, j, k in LPS), to_file)`` where
+    ``to_file(c)`` maps a canonical voxel ``(d, h, w)`` to its file index ``(i, j, k)``.
+    """
+    ks, flips, dirs = [], [], np.zeros((3, 3))
+    for n, letter in enumerate(code):
+        axis, sign = _LPS_AXIS[letter]
+        ks.append(2 - axis)
+        flips.append(sign < 0)
+        dirs[axis, n] = sign
+    f = np.transpose(a, ks)
+    f = np.flip(f, axis=tuple(n for n in range(3) if flips[n])) if any(flips) else f
+    spacing_ijk = tuple(float(spacing_zyx[k]) for k in ks)
+
+    def to_file(c):
+        return np.array([(a.shape[ks[n]] - 1 - c[ks[n]]) if flips[n] else c[ks[n]] for n in range(3)], dtype=float)
+
+    return np.ascontiguousarray(f), spacing_ijk, dirs, to_file
+
+
+def write_mhd(path: Path, a: np.ndarray, spacing_zyx, code: str, origin=(-150.0, -160.0, -300.0)):
+    """Write canonical ``a`` as ``path`` (.mhd + .raw) in orientation ``code``; returns a function
+    canonical voxel → LPS world mm."""
+    import SimpleITK as sitk
+
+    f, sp, dirs, to_file = file_layout(a, spacing_zyx, code)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(f.transpose(2, 1, 0)).astype(np.int16))
+    img.SetSpacing(sp)
+    img.SetDirection(tuple(dirs.ravel()))
+    img.SetOrigin(tuple(float(o) for o in origin))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+
+    def world(c):
+        return np.asarray(origin) + dirs @ (to_file(c) * np.asarray(sp))
+
+    return world
+
+
+# ---------------------------------------------------------------------------------------- LUNA16
+LUNA_CODES = ("LPS", "RAI", "LPI", "RPS", "PLS", "LAS")
+
+
+def write_luna16(root: Path, scans: list[TinyScan], *, nodule_every: int = 2, subsets=None) -> dict[str, dict]:
+    """LUNA16 as published: subsetN/<uid>.mhd + .raw in various orientations, annotations.csv in
+    world mm. Every ``nodule_every``-th scan gets two bright nodules (the larger one is the
+    target). Returns ``{uid: {"nodules": [(canonical voxel, diameter)], "shape": ...}}``."""
+    import pandas as pd
+
+    truth: dict[str, dict] = {}
+    ann = []
+    for k, s in enumerate(scans):
+        uid = f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{100000 + k}"
+        a = s.hu.copy()
+        nods = []
+        if k % nodule_every == 0:
+            d, h, w = a.shape
+            for c, diam in (((d // 2, h // 2, w // 3), 12.0), ((d // 3, h // 2 + 2, 2 * w // 3), 6.0)):
+                a[c[0] - 1:c[0] + 2, c[1] - 1:c[1] + 2, c[2] - 1:c[2] + 2] = 150.0
+                a[c] = 3000.0
+                nods.append((c, diam))
+        subset = (subsets[k] if subsets else k % 10)
+        world = write_mhd(root / f"subset{subset}" / f"{uid}.mhd", a, s.spacing, LUNA_CODES[(k // 2) % len(LUNA_CODES)])
+        for c, diam in nods:
+            x, y, z = world(c)
+            ann.append({"seriesuid": uid, "coordX": x, "coordY": y, "coordZ": z, "diameter_mm": diam})
+        truth[uid] = {"nodules": nods, "code": LUNA_CODES[(k // 2) % len(LUNA_CODES)], "hu": a}
+    pd.DataFrame(ann, columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]).to_csv(
+        root / "annotations.csv", index=False)
+    pd.DataFrame([{"seriesuid": r["seriesuid"], "coordX": r["coordX"], "coordY": r["coordY"], "coordZ": r["coordZ"],
+                   "class": 1} for r in ann]).to_csv(root / "candidates_V2.csv", index=False)
+    return truth

@@ -178,7 +178,9 @@ def prepare_dataset(name: str | Recipe, root: str | os.PathLike[str], out: str |
         report = PrepareReport()
         prepared = recipe.build(root_p, tmp, report, seed=int(seed), **opts)
         if prepared.manifest.empty:
-            missing = "; ".join(report.missing[:5]) or "no complete scan"
+            files = sorted(report.missing, key=lambda m: m.endswith("/"))  # files before whole folders
+            missing = "; ".join(files[:12]) + (f"; and {len(files) - 12} more" if len(files) > 12 else "") \
+                if files else "no complete scan"
             skipped = "; ".join(f"{n} {r}" for r, n in report.skipped_counts().items())
             raise VoxelFMError(f"{recipe.name}: nothing to prepare in {root_p} (missing: {missing}"
                                f"{'; skipped: ' + skipped if skipped else ''}); see `voxelfm datasets info "

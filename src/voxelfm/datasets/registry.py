@@ -17,6 +17,7 @@ __all__ = ["RECIPE_MODULES", "get_recipe", "recipes"]
 #: recipe modules, in the order ``voxelfm datasets list`` shows them.
 RECIPE_MODULES: tuple[str, ...] = (
     "ct_rate",
+    "luna16",
 )
 
 

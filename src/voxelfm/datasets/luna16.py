@@ -1,0 +1,164 @@
+"""LUNA16: 888 chest CTs from LIDC-IDRI with 1,186 nodules >= 3 mm accepted by at least 3 of 4
+radiologists (Setio et al. 2017).
+
+Traps handled:
+
+* Nodule centres are published in **world millimetres** of the ``.mhd`` image space
+  (``coordX, coordY, coordZ`` = ITK/LPS physical points), not voxels. The recipe maps them through
+  each ``.mhd`` header's origin, spacing and direction (read without the voxel data) onto the
+  canonical SPL grid :func:`voxelfm.io.read_volume` returns, whatever the file's orientation
+  (flipped or permuted direction matrices included). The probe then maps these canonical voxels
+  into the token frame of each embedding through its preprocessing record (``coords: voxel``).
+* Scans have several nodules, a localisation probe predicts one point: the target is the largest
+  nodule (``nodule_count`` says how many there are; ``nodules.csv`` lists them all).
+* The download is ten ``subsetN`` folders (zip extraction sometimes nests them as
+  ``subsetN/subsetN/``); both are found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from voxelfm.datasets._tables import patient_splits, read_official_csv
+from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
+
+__all__ = ["RECIPE", "Luna16Recipe", "nodule_voxels"]
+
+_ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+_CANDIDATE_FILES = ("candidates_V2/candidates_V2.csv", "candidates_V2.csv", "candidates.csv")
+
+
+def nodule_voxels(mhd: str | Path, world_lps: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Canonical SPL voxel indices ``[K, 3]`` (d, h, w; fractional) of LUNA16 world points ``[K, 3]``
+    (``coordX, coordY, coordZ`` mm) in the scan ``mhd``, and the canonical shape."""
+    from voxelfm.io.header import read_header_geometry
+
+    g = read_header_geometry(mhd)
+    return g.lps_to_index(np.asarray(world_lps, dtype=np.float64)), g.shape
+
+
+class Luna16Recipe(Recipe):
+    name = "luna16"
+    title = "LUNA16"
+    description = "888 chest CTs (LIDC-IDRI) with 1,186 annotated nodules: nodule localisation and presence"
+    licence = ("CC BY 4.0 (LUNA16 challenge data, derived from LIDC-IDRI, CC BY 3.0 via TCIA); cite Setio et al. "
+               "2017 and the LIDC-IDRI publications")
+    url = "https://luna16.grand-challenge.org/Data/ (files mirrored on Zenodo: records 3723295 and 4121926)"
+    layout = """\
+ROOT/
+  subset0/ ... subset9/            <seriesuid>.mhd + <seriesuid>.raw  (also subsetN/subsetN/ as some unzip tools make)
+  annotations.csv                  seriesuid,coordX,coordY,coordZ,diameter_mm   (world mm, LPS, of the .mhd space)
+  candidates_V2.csv or candidates.csv   seriesuid,coordX,coordY,coordZ,class  (optional, counted only)
+  seg-lungs-LUNA16/, evaluationScript/, sampleSubmission.csv                  (optional, ignored)"""
+    paper = ("nodule localisation from annotations.csv: the reference resampled to 1 mm and cut 6 cubic crops per "
+             "nodule (side U(max(40, 2·diameter), 240) mm) resized to 224³, target = relative position in the "
+             "crop; attention-pooled regressor over patch tokens, AdamW 1e-4, wd 1e-2, 20 epochs, batch 4 × 4, "
+             "noise p 1.0 σ 0.1, SmoothL1, metric = mean Euclidean distance (relative), 70/15/15 by scan")
+    version = "1"
+    options = {
+        "split": RecipeOption("random", "random: seeded 70/15/15 stratified by nodule presence (the reference's "
+                              "proportions); subsets: subset0-7 train, subset8 val, subset9 test", ("random", "subsets")),
+    }
+
+    def build(self, root: Path, out: Path, report: PrepareReport, *, seed: int, **options: Any) -> Prepared:
+        scans: dict[str, tuple[Path, int]] = {}
+        for k in range(10):
+            folders = [d for d in (root / f"subset{k}", root / f"subset{k}" / f"subset{k}") if d.is_dir()]
+            if not folders:
+                report.missing.append(f"subset{k}/")
+            for d in folders:
+                for mhd in sorted(d.glob("*.mhd")):
+                    if not mhd.with_suffix(".raw").is_file() and not mhd.with_suffix(".zraw").is_file():
+                        report.skip(mhd.stem, "the .mhd has no .raw data file next to it")
+                        continue
+                    scans.setdefault(mhd.stem, (mhd, k))
+        report.found["scans"] = len(scans)
+        ann_path = root / "annotations.csv"
+        if ann_path.is_file():
+            ann = read_official_csv(ann_path, _ANNOTATION_COLUMNS, dtype={"seriesuid": str})
+            for c in _ANNOTATION_COLUMNS[1:]:
+                ann[c] = pd.to_numeric(ann[c], errors="coerce")
+        else:
+            report.missing.append("annotations.csv")
+            ann = None
+        report.found["annotations"] = 0 if ann is None else len(ann)
+        cand = next((root / c for c in _CANDIDATE_FILES if (root / c).is_file()), None)
+        if cand is not None:
+            report.found[f"candidates ({cand.name})"] = sum(1 for _ in open(cand, encoding="utf-8")) - 1
+        if ann is None:
+            return Prepared(pd.DataFrame(columns=["id", "path"]), pd.DataFrame(), {})
+        missing_scans = sorted(set(ann["seriesuid"]) - set(scans))
+        report.missing.extend(f"scan {u}.mhd (has annotations)" for u in missing_scans)
+
+        rows, nodules = [], []
+        by_uid = {u: g for u, g in ann.groupby("seriesuid")}
+        for uid in sorted(scans):
+            mhd, subset = scans[uid]
+            g = by_uid.get(uid)
+            row: dict[str, Any] = {"id": uid, "patient_id": uid, "subset": subset, "has_nodule": int(g is not None),
+                                   "nodule_count": 0 if g is None else len(g)}
+            if g is not None:
+                try:
+                    vox, shape = nodule_voxels(mhd, g[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float))
+                except Exception as exc:  # noqa: BLE001 - an unreadable header skips the scan, recorded
+                    report.skip(uid, f"unreadable .mhd header ({type(exc).__name__})")
+                    continue
+                inside = ((vox >= -0.5) & (vox <= np.asarray(shape) - 0.5)).all(axis=1)
+                for j, (r, v, ok) in enumerate(zip(g.itertuples(index=False), vox, inside)):
+                    nodules.append({"id": uid, "nodule": j, "coordX": r.coordX, "coordY": r.coordY, "coordZ": r.coordZ,
+                                    "diameter_mm": r.diameter_mm, "d": v[0], "h": v[1], "w": v[2], "inside": bool(ok)})
+                if not inside.all():
+                    report.notes.append(f"{uid}: {int((~inside).sum())} annotation(s) outside the scan")
+                if inside.any():
+                    best = int(np.argmax(np.where(inside, g["diameter_mm"].to_numpy(dtype=float), -np.inf)))
+                    r = g.iloc[best]
+                    row.update({"nodule_d": vox[best, 0], "nodule_h": vox[best, 1], "nodule_w": vox[best, 2],
+                                "nodule_diameter_mm": float(r["diameter_mm"]), "nodule_x_mm": float(r["coordX"]),
+                                "nodule_y_mm": float(r["coordY"]), "nodule_z_mm": float(r["coordZ"])})
+            rows.append((row, mhd))
+        cols = ["id", "patient_id", "subset", "has_nodule", "nodule_count", "nodule_d", "nodule_h", "nodule_w",
+                "nodule_diameter_mm", "nodule_x_mm", "nodule_y_mm", "nodule_z_mm"]
+        table = pd.DataFrame([r for r, _ in rows], columns=cols)
+        manifest = pd.DataFrame({"id": [r["id"] for r, _ in rows], "path": [str(p) for _, p in rows]})
+        if table.empty:
+            return Prepared(manifest, table, {})
+        if options["split"] == "subsets":
+            split = table["subset"].map(lambda s: "test" if s == 9 else ("val" if s == 8 else "train"))
+        else:
+            split = patient_splits(list(table["id"]), list(table["patient_id"]), report, seed=seed,
+                                   stratify=list(table["has_nodule"])).to_numpy()
+        table.insert(2, "split", split)
+        pd.DataFrame(nodules, columns=["id", "nodule", "coordX", "coordY", "coordZ", "diameter_mm", "d", "h", "w",
+                                       "inside"]).to_csv(out / "nodules.csv", index=False, lineterminator="\n")
+        counts = {"scans_with_nodules": int(table["has_nodule"].sum()), "nodules": len(nodules)}
+        return Prepared(manifest, table, _suite(), counts)
+
+
+def _suite() -> dict[str, Any]:
+    return {
+        "description": "LUNA16: localisation of the largest nodule (canonical voxels -> token frame) and presence",
+        "seed": 4, "n_resamples": 1000, "holm": "table",
+        "defaults": {"noise_p": 1.0, "noise_sigma": 0.1},
+        "head_defaults": {
+            "localisation": {"epochs": 20, "batch_size": 4, "accum_steps": 4, "lr": 1.0e-4, "schedule": "constant",
+                             "weight_decay": 1.0e-2, "hidden_dim": 128, "n_heads": 4},
+            "mlp": {"epochs": 10, "batch_size": 16, "accum_steps": 4, "lr": 1.0e-3, "schedule": "constant",
+                    "weight_decay": 0.0, "hidden_dim": 1024, "dropout": 0.5, "standardize": False},
+            "attentive": {"epochs": 10, "batch_size": 16, "accum_steps": 4, "lr": 1.0e-3, "schedule": "constant",
+                          "weight_decay": 0.0, "hidden_dim": 1024, "num_queries": 1, "num_heads": 4, "dropout": 0.5},
+        },
+        "tasks": [
+            {"name": "nodule_position", "task": "localisation", "target": ["nodule_d", "nodule_h", "nodule_w"],
+             "probes": ["localisation:patch"], "hparams": {"coords": "voxel", "positions": "corner",
+                                                            "loc_loss": "smooth_l1"}},
+            {"name": "nodule_present", "task": "binary", "target": "has_nodule", "probes": ["mlp", "attentive:patch"]},
+        ],
+        "figures": {"roc": True, "cls_vs_patch": True},
+    }
+
+
+RECIPE = Luna16Recipe()
