@@ -76,7 +76,8 @@ def write_paper_table(out: Path, table: pd.DataFrame, comparisons: pd.DataFrame,
     note = (f"Primary test-split metric of every task at its full training data, with 95% CI (AUROC: DeLong; "
             f"others: percentile bootstrap). p: paired test of {vs} on the same test scans (DeLong for a "
             f"binary AUROC, paired bootstrap otherwise), Holm-adjusted over the whole table "
-            f"({len(comparisons)} tests, {n_datasets} datasets). Best per row in bold.")
+            f"({len(comparisons)} test{'s' if len(comparisons) != 1 else ''}, {n_datasets} dataset"
+            f"{'s' if n_datasets != 1 else ''}). Best per row in bold.")
     paths = {"table_md": out / "table1.md", "table_csv": out / "table1.csv", "table_tex": out / "table1.tex",
              "table_comparisons": out / "table1_comparisons.csv"}
     atomic_write_text(paths["table_md"], format_markdown(table, title="Table 1: frozen-backbone probes", note=note))
