@@ -195,3 +195,71 @@ def write_luna16(root: Path, scans: list[TinyScan], *, nodule_every: int = 2, su
     pd.DataFrame([{"seriesuid": r["seriesuid"], "coordX": r["coordX"], "coordY": r["coordY"], "coordZ": r["coordZ"],
                    "class": 1} for r in ann]).to_csv(root / "candidates_V2.csv", index=False)
     return truth
+
+
+def write_nifti(path: Path, canonical: np.ndarray, spacing_zyx, dtype=np.int16) -> None:
+    """Write a canonical SPL array as a NIfTI in ``[i → L, j → P, k → S]`` order with a proper header."""
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(canonical_to_file(canonical).astype(dtype), lps_nifti_affine(spacing_zyx))
+    img.header.set_sform(img.affine, code=1)
+    img.header.set_qform(img.affine, code=1)
+    nib.save(img, str(path))
+
+
+# ---------------------------------------------------------------------------------------- TotalSegmentator
+PHANTOM_TO_TS = {"lung_right": "lung_lower_lobe_right", "lung_left": "lung_upper_lobe_left", "airway": "trachea",
+                 "heart": "heart", "aorta": "aorta", "esophagus": "esophagus", "vertebrae": "vertebrae_T8",
+                 "ribs": "rib_left_5", "sternum": "sternum", "liver": "liver", "spleen": "spleen",
+                 "kidney_right": "kidney_right", "kidney_left": "kidney_left", "stomach": "stomach"}
+
+
+def write_totalsegmentator(root: Path, scans: list[TinyScan], splits: list[str]) -> dict[str, TinyScan]:
+    """TotalSegmentator v2 as published: sXXXX/ct.nii.gz + segmentations/<structure>.nii.gz (the
+    mapped phantom organs, plus empty masks for two structures), meta.csv with ';'."""
+    import pandas as pd
+
+    from voxelfm.data.phantoms import LABELS
+
+    by_id, meta = {}, []
+    for k, (s, split) in enumerate(zip(scans, splits)):
+        sid = f"s{k:04d}"
+        by_id[sid] = s
+        write_nifti(root / sid / "ct.nii.gz", s.hu, s.spacing)
+        for value, organ in LABELS.items():
+            if organ in PHANTOM_TO_TS:
+                write_nifti(root / sid / "segmentations" / f"{PHANTOM_TO_TS[organ]}.nii.gz",
+                            (s.labels == value).astype(np.uint8), s.spacing, np.uint8)
+        for empty in ("brain", "prostate"):
+            write_nifti(root / sid / "segmentations" / f"{empty}.nii.gz", np.zeros_like(s.labels), s.spacing, np.uint8)
+        meta.append({"image_id": sid, "age": int(s.row["age"]), "gender": s.row["sex"].lower()[:1],
+                     "institute": "A", "study_type": "ct thorax", "split": split,
+                     "manufacturer": "phantom", "scanner_model": "tiny", "kvp": 120,
+                     "pathology": "no_pathology", "pathology_location": ""})
+    pd.DataFrame(meta).to_csv(root / "meta.csv", sep=";", index=False)
+    return by_id
+
+
+# ---------------------------------------------------------------------------------------- CT-ORG
+PHANTOM_TO_CTORG = {"liver": 1, "lung_right": 3, "lung_left": 3, "kidney_right": 4, "kidney_left": 4, "vertebrae": 5,
+                    "ribs": 5, "sternum": 5}
+
+
+def ct_org_labels(s: TinyScan) -> np.ndarray:
+    from voxelfm.data.phantoms import LABELS
+
+    out = np.zeros_like(s.labels)
+    for value, organ in LABELS.items():
+        if organ in PHANTOM_TO_CTORG:
+            out[s.labels == value] = PHANTOM_TO_CTORG[organ]
+    return out
+
+
+def write_ct_org(root: Path, scans: list[TinyScan], numbers: list[int]) -> dict[int, TinyScan]:
+    """CT-ORG as published: OrganSegmentations/volume-N.nii.gz + labels-N.nii.gz."""
+    folder = root / "OrganSegmentations"
+    for n, s in zip(numbers, scans):
+        write_nifti(folder / f"volume-{n}.nii.gz", s.hu, s.spacing)
+        write_nifti(folder / f"labels-{n}.nii.gz", ct_org_labels(s), s.spacing, np.uint8)
+    return dict(zip(numbers, scans))

@@ -18,6 +18,8 @@ __all__ = ["RECIPE_MODULES", "get_recipe", "recipes"]
 RECIPE_MODULES: tuple[str, ...] = (
     "ct_rate",
     "luna16",
+    "totalsegmentator",
+    "ct_org",
 )
 
 
