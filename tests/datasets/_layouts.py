@@ -263,3 +263,61 @@ def write_ct_org(root: Path, scans: list[TinyScan], numbers: list[int]) -> dict[
         write_nifti(folder / f"volume-{n}.nii.gz", s.hu, s.spacing)
         write_nifti(folder / f"labels-{n}.nii.gz", ct_org_labels(s), s.spacing, np.uint8)
     return dict(zip(numbers, scans))
+
+
+# ---------------------------------------------------------------------------------------- DICOM datasets
+def write_dicom(folder: Path, s: TinyScan, patient_id: str, uid_seed: str) -> None:
+    from voxelfm.data.phantoms.writers import write_dicom_series
+
+    sz, sy, sx = s.spacing
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = sz, sy, sx, 1.0
+    affine[:3, 3] = (-150.0, -150.0, -300.0)
+    stored = np.rint(s.hu + 1024.0).astype(np.int16)
+    write_dicom_series(folder, stored, affine, intercept=-1024.0, uid_seed=uid_seed, patient_id=patient_id,
+                       patient_age=float(s.row["age"]), patient_sex=str(s.row["sex"])[:1], study_date="20200101",
+                       kvp=120, kernel="B30f")
+
+
+def write_nsclc(root: Path, scans: list[TinyScan], *, clinical_extra: tuple[str, ...] = ()) -> dict[str, TinyScan]:
+    """NSCLC-Radiomics as downloaded: NSCLC-Radiomics/LUNG1-xxx/<study>/<series>/1-xxx.dcm + the
+    clinical CSV (version 3 columns)."""
+    import pandas as pd
+
+    base = root / "NSCLC-Radiomics"
+    out, rows = {}, []
+    for k, s in enumerate(scans):
+        pid = f"LUNG1-{k + 1:03d}"
+        out[pid] = s
+        write_dicom(base / pid / "09-18-2008-StudyID-69331" / "0.000000-NA-82046", s, pid, f"nsclc{k}")
+        rows.append({"PatientID": pid, "age": int(s.row["age"]), "clinical.T.Stage": 2, "Clinical.N.Stage": 0,
+                     "Clinical.M.Stage": 0, "Overall.Stage": "I", "Histology": "adenocarcinoma",
+                     "gender": "male" if str(s.row["sex"]).upper().startswith("M") else "female",
+                     "Survival.time": int(s.row["survival_time"]), "deadstatus.event": int(s.row["event"])})
+    for pid in clinical_extra:
+        rows.append({**rows[0], "PatientID": pid})
+    pd.DataFrame(rows).to_csv(root / "NSCLC-Radiomics-Lung1.clinical-version3-Oct-2019.csv", index=False)
+    return out
+
+
+def write_osic(root: Path, scans: list[TinyScan]) -> dict[str, dict]:
+    """OSIC as on Kaggle: train.csv (one row per visit) + train/<Patient>/<n>.dcm."""
+    import pandas as pd
+
+    truth, rows = {}, []
+    rng = np.random.default_rng(0)
+    for k, s in enumerate(scans):
+        pid = f"ID00{k:03d}637202177411956430"
+        write_dicom(root / "train" / pid, s, pid, f"osic{k}")
+        # the slices are numbered files directly in the patient folder, as on Kaggle
+        for f in sorted((root / "train" / pid).rglob("*.dcm")):
+            f.rename(root / "train" / pid / f.name)
+        predicted = 2500.0 + 40 * k
+        visits = [(w, predicted * p / 100.0, p) for w, p in ((-4, 70.0 - k), (3, 68.0 - k), (30, 60.0 - k))]
+        for w, fvc, pct in visits:
+            rows.append({"Patient": pid, "Weeks": w, "FVC": round(fvc), "Percent": pct, "Age": int(s.row["age"]),
+                         "Sex": "Male", "SmokingStatus": rng.choice(["Ex-smoker", "Never smoked"])})
+        truth[pid] = {"baseline_fvc": round(visits[1][1]), "percent": visits[1][2],
+                      "predicted": float(np.mean([round(f) * 100 / p for _, f, p in visits]))}
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    return truth

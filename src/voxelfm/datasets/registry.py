@@ -20,6 +20,8 @@ RECIPE_MODULES: tuple[str, ...] = (
     "luna16",
     "totalsegmentator",
     "ct_org",
+    "nsclc_radiomics",
+    "osic",
 )
 
 
