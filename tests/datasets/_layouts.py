@@ -195,3 +195,129 @@ def write_luna16(root: Path, scans: list[TinyScan], *, nodule_every: int = 2, su
     pd.DataFrame([{"seriesuid": r["seriesuid"], "coordX": r["coordX"], "coordY": r["coordY"], "coordZ": r["coordZ"],
                    "class": 1} for r in ann]).to_csv(root / "candidates_V2.csv", index=False)
     return truth
+
+
+def write_nifti(path: Path, canonical: np.ndarray, spacing_zyx, dtype=np.int16) -> None:
+    """Write a canonical SPL array as a NIfTI in ``[i → L, j → P, k → S]`` order with a proper header."""
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(canonical_to_file(canonical).astype(dtype), lps_nifti_affine(spacing_zyx))
+    img.header.set_sform(img.affine, code=1)
+    img.header.set_qform(img.affine, code=1)
+    nib.save(img, str(path))
+
+
+# ---------------------------------------------------------------------------------------- TotalSegmentator
+PHANTOM_TO_TS = {"lung_right": "lung_lower_lobe_right", "lung_left": "lung_upper_lobe_left", "airway": "trachea",
+                 "heart": "heart", "aorta": "aorta", "esophagus": "esophagus", "vertebrae": "vertebrae_T8",
+                 "ribs": "rib_left_5", "sternum": "sternum", "liver": "liver", "spleen": "spleen",
+                 "kidney_right": "kidney_right", "kidney_left": "kidney_left", "stomach": "stomach"}
+
+
+def write_totalsegmentator(root: Path, scans: list[TinyScan], splits: list[str]) -> dict[str, TinyScan]:
+    """TotalSegmentator v2 as published: sXXXX/ct.nii.gz + segmentations/<structure>.nii.gz (the
+    mapped phantom organs, plus empty masks for two structures), meta.csv with ';'."""
+    import pandas as pd
+
+    from voxelfm.data.phantoms import LABELS
+
+    by_id, meta = {}, []
+    for k, (s, split) in enumerate(zip(scans, splits)):
+        sid = f"s{k:04d}"
+        by_id[sid] = s
+        write_nifti(root / sid / "ct.nii.gz", s.hu, s.spacing)
+        for value, organ in LABELS.items():
+            if organ in PHANTOM_TO_TS:
+                write_nifti(root / sid / "segmentations" / f"{PHANTOM_TO_TS[organ]}.nii.gz",
+                            (s.labels == value).astype(np.uint8), s.spacing, np.uint8)
+        for empty in ("brain", "prostate"):
+            write_nifti(root / sid / "segmentations" / f"{empty}.nii.gz", np.zeros_like(s.labels), s.spacing, np.uint8)
+        meta.append({"image_id": sid, "age": int(s.row["age"]), "gender": s.row["sex"].lower()[:1],
+                     "institute": "A", "study_type": "ct thorax", "split": split,
+                     "manufacturer": "phantom", "scanner_model": "tiny", "kvp": 120,
+                     "pathology": "no_pathology", "pathology_location": ""})
+    pd.DataFrame(meta).to_csv(root / "meta.csv", sep=";", index=False)
+    return by_id
+
+
+# ---------------------------------------------------------------------------------------- CT-ORG
+PHANTOM_TO_CTORG = {"liver": 1, "lung_right": 3, "lung_left": 3, "kidney_right": 4, "kidney_left": 4, "vertebrae": 5,
+                    "ribs": 5, "sternum": 5}
+
+
+def ct_org_labels(s: TinyScan) -> np.ndarray:
+    from voxelfm.data.phantoms import LABELS
+
+    out = np.zeros_like(s.labels)
+    for value, organ in LABELS.items():
+        if organ in PHANTOM_TO_CTORG:
+            out[s.labels == value] = PHANTOM_TO_CTORG[organ]
+    return out
+
+
+def write_ct_org(root: Path, scans: list[TinyScan], numbers: list[int]) -> dict[int, TinyScan]:
+    """CT-ORG as published: OrganSegmentations/volume-N.nii.gz + labels-N.nii.gz."""
+    folder = root / "OrganSegmentations"
+    for n, s in zip(numbers, scans):
+        write_nifti(folder / f"volume-{n}.nii.gz", s.hu, s.spacing)
+        write_nifti(folder / f"labels-{n}.nii.gz", ct_org_labels(s), s.spacing, np.uint8)
+    return dict(zip(numbers, scans))
+
+
+# ---------------------------------------------------------------------------------------- DICOM datasets
+def write_dicom(folder: Path, s: TinyScan, patient_id: str, uid_seed: str) -> None:
+    from voxelfm.data.phantoms.writers import write_dicom_series
+
+    sz, sy, sx = s.spacing
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = sz, sy, sx, 1.0
+    affine[:3, 3] = (-150.0, -150.0, -300.0)
+    stored = np.rint(s.hu + 1024.0).astype(np.int16)
+    write_dicom_series(folder, stored, affine, intercept=-1024.0, uid_seed=uid_seed, patient_id=patient_id,
+                       patient_age=float(s.row["age"]), patient_sex=str(s.row["sex"])[:1], study_date="20200101",
+                       kvp=120, kernel="B30f")
+
+
+def write_nsclc(root: Path, scans: list[TinyScan], *, clinical_extra: tuple[str, ...] = ()) -> dict[str, TinyScan]:
+    """NSCLC-Radiomics as downloaded: NSCLC-Radiomics/LUNG1-xxx/<study>/<series>/1-xxx.dcm + the
+    clinical CSV (version 3 columns)."""
+    import pandas as pd
+
+    base = root / "NSCLC-Radiomics"
+    out, rows = {}, []
+    for k, s in enumerate(scans):
+        pid = f"LUNG1-{k + 1:03d}"
+        out[pid] = s
+        write_dicom(base / pid / "09-18-2008-StudyID-69331" / "0.000000-NA-82046", s, pid, f"nsclc{k}")
+        rows.append({"PatientID": pid, "age": int(s.row["age"]), "clinical.T.Stage": 2, "Clinical.N.Stage": 0,
+                     "Clinical.M.Stage": 0, "Overall.Stage": "I", "Histology": "adenocarcinoma",
+                     "gender": "male" if str(s.row["sex"]).upper().startswith("M") else "female",
+                     "Survival.time": int(s.row["survival_time"]), "deadstatus.event": int(s.row["event"])})
+    for pid in clinical_extra:
+        rows.append({**rows[0], "PatientID": pid})
+    pd.DataFrame(rows).to_csv(root / "NSCLC-Radiomics-Lung1.clinical-version3-Oct-2019.csv", index=False)
+    return out
+
+
+def write_osic(root: Path, scans: list[TinyScan]) -> dict[str, dict]:
+    """OSIC as on Kaggle: train.csv (one row per visit) + train/<Patient>/<n>.dcm."""
+    import pandas as pd
+
+    truth, rows = {}, []
+    rng = np.random.default_rng(0)
+    for k, s in enumerate(scans):
+        pid = f"ID00{k:03d}637202177411956430"
+        write_dicom(root / "train" / pid, s, pid, f"osic{k}")
+        # the slices are numbered files directly in the patient folder, as on Kaggle
+        for f in sorted((root / "train" / pid).rglob("*.dcm")):
+            f.rename(root / "train" / pid / f.name)
+        predicted = 2500.0 + 40 * k
+        visits = [(w, predicted * p / 100.0, p) for w, p in ((-4, 70.0 - k), (3, 68.0 - k), (30, 60.0 - k))]
+        for w, fvc, pct in visits:
+            rows.append({"Patient": pid, "Weeks": w, "FVC": round(fvc), "Percent": pct, "Age": int(s.row["age"]),
+                         "Sex": "Male", "SmokingStatus": rng.choice(["Ex-smoker", "Never smoked"])})
+        truth[pid] = {"baseline_fvc": round(visits[1][1]), "percent": visits[1][2],
+                      "predicted": float(np.mean([round(f) * 100 / p for _, f, p in visits]))}
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    return truth

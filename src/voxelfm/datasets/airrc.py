@@ -13,13 +13,13 @@ confirm that order (``classes.json`` records it, ``prepare.json`` the voxel coun
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from voxelfm.datasets._label_maps import read_sitk, write_label_map
+from voxelfm.datasets._labelmaps import write_classes
+from voxelfm.datasets._mask_resample import read_sitk, write_label_map
 from voxelfm.datasets._protocol import segmentation_suite
 from voxelfm.datasets._tables import patient_splits
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
@@ -81,7 +81,7 @@ ROOT/
             return empty
         table.insert(2, "split", patient_splits(list(table["id"]), list(table["patient_id"]), report,
                                                 seed=seed).to_numpy())
-        (out / "classes.json").write_text(json.dumps({str(k): v for k, v in CLASSES.items()}, indent=1))
+        write_classes(out, {k: v for k, v in CLASSES.items() if k})
         return Prepared(pd.DataFrame(man, columns=["id", "path"]), table,
                         segmentation_suite("AirRC: airways and pulmonary vessels", "airways_vessels", len(CLASSES)),
                         {"voxels_per_class": {CLASSES[v]: n for v, n in per_class.items()}})

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from voxelfm.datasets._tables import patient_splits, read_official_csv, snake_case
+from voxelfm.datasets.protocols import SUITE_COMMON, classification_heads
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
 
 __all__ = ["RECIPE", "CTRateRecipe", "ABNORMALITIES", "LABEL_COLUMNS", "orientation_from_iop"]
@@ -248,12 +249,8 @@ def _suite(with_reports: bool) -> dict[str, Any]:
     return {
         "description": "CT-RATE: 18 abnormalities (one probe each, official valid set as test) and retrieval"
                        + ("; reports.csv holds the reports for voxelfm report" if with_reports else ""),
-        "seed": 4, "n_resamples": 1000, "holm": "table",
-        "defaults": {"epochs": 10, "batch_size": 16, "accum_steps": 4, "lr": 1.0e-3, "schedule": "constant",
-                     "weight_decay": 0.0, "noise_p": 1.0, "noise_sigma": 0.1},
-        "head_defaults": {"mlp": {"hidden_dim": 1024, "dropout": 0.5, "standardize": False},
-                          "attentive": {"hidden_dim": 1024, "num_queries": 1, "num_heads": 4, "dropout": 0.5,
-                                        "attn_dropout": 0.1}},
+        **SUITE_COMMON,
+        "head_defaults": classification_heads(),
         "tasks": tasks,
         "figures": {"roc": True, "cls_vs_patch": True},
     }

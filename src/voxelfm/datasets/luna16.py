@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from voxelfm.datasets._tables import patient_splits, read_official_csv
+from voxelfm.datasets.protocols import SUITE_COMMON, classification_heads, localisation_heads
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
 
 __all__ = ["RECIPE", "Luna16Recipe", "nodule_voxels"]
@@ -141,16 +142,8 @@ ROOT/
 def _suite() -> dict[str, Any]:
     return {
         "description": "LUNA16: localisation of the largest nodule (canonical voxels -> token frame) and presence",
-        "seed": 4, "n_resamples": 1000, "holm": "table",
-        "defaults": {"noise_p": 1.0, "noise_sigma": 0.1},
-        "head_defaults": {
-            "localisation": {"epochs": 20, "batch_size": 4, "accum_steps": 4, "lr": 1.0e-4, "schedule": "constant",
-                             "weight_decay": 1.0e-2, "hidden_dim": 128, "n_heads": 4},
-            "mlp": {"epochs": 10, "batch_size": 16, "accum_steps": 4, "lr": 1.0e-3, "schedule": "constant",
-                    "weight_decay": 0.0, "hidden_dim": 1024, "dropout": 0.5, "standardize": False},
-            "attentive": {"epochs": 10, "batch_size": 16, "accum_steps": 4, "lr": 1.0e-3, "schedule": "constant",
-                          "weight_decay": 0.0, "hidden_dim": 1024, "num_queries": 1, "num_heads": 4, "dropout": 0.5},
-        },
+        **SUITE_COMMON,
+        "head_defaults": {**localisation_heads(), **classification_heads()},
         "tasks": [
             {"name": "nodule_position", "task": "localisation", "target": ["nodule_d", "nodule_h", "nodule_w"],
              "probes": ["localisation:patch"], "hparams": {"coords": "voxel", "positions": "corner",

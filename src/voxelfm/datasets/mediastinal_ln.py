@@ -13,13 +13,13 @@ of it; a subject whose SEG cannot be read is skipped with the error.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from voxelfm.datasets._label_maps import read_sitk, write_label_map
+from voxelfm.datasets._labelmaps import write_classes
+from voxelfm.datasets._mask_resample import read_sitk, write_label_map
 from voxelfm.datasets._protocol import segmentation_suite
 from voxelfm.datasets._tables import patient_splits, read_official_csv
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
@@ -90,7 +90,7 @@ ROOT/  (the NBIA Data Retriever download folder, manifest-<number>/)
             return empty
         table.insert(2, "split", patient_splits(list(table["id"]), list(table["patient_id"]), report,
                                                 seed=seed).to_numpy())
-        (out / "classes.json").write_text(json.dumps({str(k): v for k, v in CLASSES.items()}, indent=1))
+        write_classes(out, {k: v for k, v in CLASSES.items() if k})
         return Prepared(pd.DataFrame(man, columns=["id", "path", "series_uid"]), table,
                         segmentation_suite("Mediastinal lymph-node segmentation", "lymph_nodes", len(CLASSES)),
                         {"node_voxels": voxels})

@@ -18,7 +18,16 @@ __all__ = ["RECIPE_MODULES", "get_recipe", "recipes"]
 RECIPE_MODULES: tuple[str, ...] = (
     "ct_rate",
     "luna16",
-    "rsna_pe", "ictcf", "mycobacterial", "mediastinal_ln", "airrc", "merlin",
+    "totalsegmentator",
+    "ct_org",
+    "nsclc_radiomics",
+    "osic",
+    "rsna_pe",
+    "ictcf",
+    "mycobacterial",
+    "mediastinal_ln",
+    "airrc",
+    "merlin",
 )
 
 

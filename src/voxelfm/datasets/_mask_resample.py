@@ -1,6 +1,8 @@
-"""Label maps of the segmentation recipes: a dataset's mask resampled onto its CT's voxel grid
-(nearest neighbour, in patient space) and written as ``labels/<id>.nii.gz`` next to the tables, so
-:func:`voxelfm.io.read_volume` reads the CT and its label map into the same canonical grid."""
+"""Masks stored on another grid or in another format than their CT (DICOM-SEG next to a DICOM
+series, NIfTI label maps next to ``.mhd`` scans): resampled onto the CT's voxel grid (nearest
+neighbour, in patient space) and written as ``labels/<id>.nii.gz``, so
+:func:`voxelfm.io.read_volume` reads the CT and its label map into the same canonical grid.
+(Per-class masks already on the CT grid are merged by :mod:`voxelfm.datasets._labelmaps`.)"""
 
 from __future__ import annotations
 
