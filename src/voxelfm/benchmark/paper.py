@@ -35,7 +35,7 @@ from typing import Any
 
 from voxelfm.benchmark.backbones import BackboneSpec, load_backbone_spec, parse_backbones
 from voxelfm.benchmark.hardware import hardware_info, load_average
-from voxelfm.benchmark.roots import EXTRACT_OPTIONS, DatasetEntry, read_roots
+from voxelfm.benchmark.roots import EXTRACT_OPTIONS, DatasetEntry, read_roots, read_yaml_mapping
 from voxelfm.errors import ConfigError
 from voxelfm.utils import atomic_write_text, safe_id
 
@@ -112,15 +112,7 @@ def _manifest_items(folder: Path) -> list[Any]:
 def _suite_dict(folder: Path, stores: Mapping[str, Path], *, reference: str | None,
                 n_resamples: int | None) -> dict[str, Any]:
     """The dataset's ``suite.yaml`` with our stores and reference, label paths made absolute."""
-    import yaml
-
-    path = folder / "suite.yaml"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a suite must be a mapping with tasks")
+    data = read_yaml_mapping(folder / "suite.yaml", "a suite: a mapping with tasks")
 
     def absolute(v: Any) -> Any:
         if isinstance(v, str):

@@ -27,7 +27,7 @@ from typing import Any
 
 from voxelfm.errors import ConfigError
 
-__all__ = ["DatasetEntry", "EXTRACT_OPTIONS", "is_prepared", "read_roots"]
+__all__ = ["DatasetEntry", "EXTRACT_OPTIONS", "is_prepared", "read_roots", "read_yaml_mapping"]
 
 #: extraction options a ROOTS.yaml may set (globally or per dataset); as :func:`voxelfm.extract_batch`
 EXTRACT_OPTIONS = ("preset", "crop_background", "max_patches", "mode", "window", "overlap", "dtype",
@@ -63,6 +63,19 @@ def is_prepared(folder: str | os.PathLike[str]) -> bool:
     return (f / "manifest.csv").is_file() and (f / "suite.yaml").is_file()
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; ``what`` completes "must be ..." in the error."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be {what}")
+    return data
+
+
 def _check_extract(opts: Any, where: str) -> dict[str, Any]:
     if opts is None:
         return {}
@@ -88,17 +101,10 @@ def read_roots(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> tup
         FileNotFoundError: no such file, or a listed folder does not exist.
         ConfigError: not a mapping, unknown keys, a bad name.
     """
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data file {p} does not exist (a YAML mapping: dataset name -> folder)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: must be a mapping of dataset name -> folder")
+    data = read_yaml_mapping(p, "a mapping of dataset name -> folder")
     global_extract = _check_extract(data.get("extract"), f"{p}: extract")
     entries_raw = data.get("datasets", {k: v for k, v in data.items() if k != "extract"})
     if not isinstance(entries_raw, dict) or not entries_raw:

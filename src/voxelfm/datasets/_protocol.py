@@ -3,11 +3,15 @@ reference's head settings in :mod:`voxelfm.datasets.protocols`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from voxelfm.datasets.protocols import SUITE_COMMON, classification_heads, regression_heads, segmentation_heads
+import pandas as pd
 
-__all__ = ["REGRESSION_HPARAMS", "classification_suite", "segmentation_suite"]
+from voxelfm.datasets.protocols import SUITE_COMMON, classification_heads, regression_heads, segmentation_heads
+from voxelfm.datasets.recipe import Prepared, PrepareReport
+
+__all__ = ["REGRESSION_HPARAMS", "classification_suite", "segmentation_prepared", "segmentation_suite"]
 
 #: task-level options turning the classification heads into the reference's regression training
 #: (SGD momentum 0.9, 20 epochs) in a suite that mixes both task types.
@@ -29,3 +33,20 @@ def segmentation_suite(description: str, name: str, num_classes: int) -> dict[st
             "tasks": [{"name": name, "task": "segmentation", "target": "label_map", "probes": ["segmentation:patch"],
                        "hparams": {"num_classes": num_classes, "label_space": "source"}}],
             "figures": {"roc": False, "fractions": False, "cls_vs_patch": False}}
+
+
+def segmentation_prepared(manifest: pd.DataFrame, labels: list[dict[str, Any]], classes: dict[int, str], *,
+                          out: Path, report: PrepareReport, seed: int, description: str, name: str,
+                          counts: dict[str, Any]) -> Prepared:
+    """The tables of a segmentation recipe: seeded patient splits inserted into ``labels``,
+    ``classes.json`` written, and the segmentation suite."""
+    from voxelfm.datasets._labelmaps import write_classes
+    from voxelfm.datasets._tables import patient_splits
+
+    table = pd.DataFrame(labels)
+    if table.empty:
+        return Prepared(manifest.iloc[0:0], table, {})
+    table.insert(2, "split", patient_splits(list(table["id"]), list(table["patient_id"]), report,
+                                            seed=seed).to_numpy())
+    write_classes(out, {k: v for k, v in classes.items() if k})
+    return Prepared(manifest, table, segmentation_suite(description, name, len(classes)), counts)

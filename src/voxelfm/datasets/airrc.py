@@ -18,10 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from voxelfm.datasets._labelmaps import write_classes
 from voxelfm.datasets._mask_resample import read_sitk, write_label_map
-from voxelfm.datasets._protocol import segmentation_suite
-from voxelfm.datasets._tables import patient_splits
+from voxelfm.datasets._protocol import segmentation_prepared
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
 
 __all__ = ["RECIPE", "AirRCRecipe", "CLASSES"]
@@ -76,15 +74,10 @@ ROOT/
                 per_class[v] += n
             man.append({"id": uid, "path": str(cts[uid])})
             lab.append({"id": uid, "patient_id": uid, "label_map": f"labels/{uid}.nii.gz"})
-        table = pd.DataFrame(lab)
-        if table.empty:
-            return empty
-        table.insert(2, "split", patient_splits(list(table["id"]), list(table["patient_id"]), report,
-                                                seed=seed).to_numpy())
-        write_classes(out, {k: v for k, v in CLASSES.items() if k})
-        return Prepared(pd.DataFrame(man, columns=["id", "path"]), table,
-                        segmentation_suite("AirRC: airways and pulmonary vessels", "airways_vessels", len(CLASSES)),
-                        {"voxels_per_class": {CLASSES[v]: n for v, n in per_class.items()}})
+        return segmentation_prepared(pd.DataFrame(man, columns=["id", "path"]), lab, CLASSES, out=out, report=report,
+                                     seed=seed, description="AirRC: airways and pulmonary vessels",
+                                     name="airways_vessels",
+                                     counts={"voxels_per_class": {CLASSES[v]: n for v, n in per_class.items()}})
 
 
 RECIPE = AirRCRecipe()

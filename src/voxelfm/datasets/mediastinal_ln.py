@@ -18,10 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from voxelfm.datasets._labelmaps import write_classes
 from voxelfm.datasets._mask_resample import read_sitk, write_label_map
-from voxelfm.datasets._protocol import segmentation_suite
-from voxelfm.datasets._tables import patient_splits, read_official_csv
+from voxelfm.datasets._protocol import segmentation_prepared
+from voxelfm.datasets._tables import read_official_csv
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
 
 __all__ = ["RECIPE", "MediastinalLNRecipe"]
@@ -85,15 +84,9 @@ ROOT/  (the NBIA Data Retriever download folder, manifest-<number>/)
             man.append({"id": subject, "path": str(ct_dir), "series_uid": ct["Series UID"].iloc[0]})
             lab.append({"id": subject, "patient_id": subject, "label_map": f"labels/{subject}.nii.gz",
                         "node_voxels": counts[1]})
-        table = pd.DataFrame(lab)
-        if table.empty:
-            return empty
-        table.insert(2, "split", patient_splits(list(table["id"]), list(table["patient_id"]), report,
-                                                seed=seed).to_numpy())
-        write_classes(out, {k: v for k, v in CLASSES.items() if k})
-        return Prepared(pd.DataFrame(man, columns=["id", "path", "series_uid"]), table,
-                        segmentation_suite("Mediastinal lymph-node segmentation", "lymph_nodes", len(CLASSES)),
-                        {"node_voxels": voxels})
+        return segmentation_prepared(pd.DataFrame(man, columns=["id", "path", "series_uid"]), lab, CLASSES, out=out,
+                                     report=report, seed=seed, description="Mediastinal lymph-node segmentation",
+                                     name="lymph_nodes", counts={"node_voxels": voxels})
 
 
 RECIPE = MediastinalLNRecipe()
