@@ -116,7 +116,7 @@ def test_dry_run_plan_disk_and_time(bench, capsys):
     # estimated size matches the real files within the header allowance
     real = np.mean([p.stat().st_size for p in (out / "stores" / "alpha" / "a" / "embeddings").iterdir()])
     assert abs(real - c["bytes_per_scan"]) < 2048
-    assert plan["total_disk_bytes"] == 0  # nothing left to run
+    assert plan["total_disk_bytes"] == 0 and plan["free_disk_bytes"] > 0  # nothing left to run
     # the CLI prints the plan and runs nothing
     fresh = bench["tmp"] / "fresh"
     rc = main(["benchmark", "paper", "--data", str(bench["roots"]), "--backbones", f"a={bench['a']}",
@@ -124,7 +124,7 @@ def test_dry_run_plan_disk_and_time(bench, capsys):
     text = capsys.readouterr().out
     assert rc == 0 and not fresh.exists()
     assert "calibration a:" in text and "GFLOP/s" in text and "to run" in text and "alpha" in text
-    assert "hardware:" in text and "of embeddings" in text
+    assert "hardware:" in text and "of embeddings" in text and "free disk space where -o is" in text
 
 
 def test_failing_backbone_is_reported_and_others_go_on(bench, tmp_path, capsys):

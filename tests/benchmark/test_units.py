@@ -91,3 +91,20 @@ def test_vit_flops_formula():
     # doubling small token counts doubles the cost; at 25,000 tokens attention dominates
     assert 1.95 < vit_forward_flops(200, **dims) / vit_forward_flops(100, **dims) < 2.05
     assert vit_forward_flops(50000, **dims) / vit_forward_flops(25000, **dims) > 3.3
+
+
+def test_only_and_reference_are_checked(tmp_path):
+    from voxelfm.benchmark.paper import _resolve
+
+    prep = tmp_path / "prep"
+    prep.mkdir()
+    (prep / "manifest.csv").write_text("id,path\n")
+    (prep / "suite.yaml").write_text("tasks: []\n")
+    roots = tmp_path / "roots.yaml"
+    roots.write_text("a: prep\nb: prep\n")
+    entries, _, specs, ref = _resolve(roots, "x=vit_tiny,y=vit_small", tmp_path / "out", None, ["b"])
+    assert [e.name for e in entries] == ["b"] and ref == "x" and [s.name for s in specs] == ["x", "y"]
+    with pytest.raises(ConfigError, match="--only: c not in"):
+        _resolve(roots, "x=vit_tiny", tmp_path / "out", None, ["c"])
+    with pytest.raises(ConfigError, match="--reference 'z' is not one of the backbones"):
+        _resolve(roots, "x=vit_tiny", tmp_path / "out", "z", None)

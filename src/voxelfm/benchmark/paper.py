@@ -60,6 +60,10 @@ def _hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def _say(msg: str, quiet: bool) -> None:
     if not quiet:
         print(f"voxelfm benchmark: {msg}", file=sys.stderr, flush=True)
@@ -337,6 +341,7 @@ def run_paper_benchmark(data: str | os.PathLike[str], backbones: str | Sequence[
     loader = load or (lambda spec: load_backbone_spec(spec, device=device or "cpu"))
     models: dict[str, Any] = {}
     result = BenchmarkResult(table=None, cells=state.data["cells"])
+    t_start = time.monotonic()
     for i, cell in enumerate(cells, 1):
         sig = cell.signature(n_resamples)
         rec = state.data["cells"].get(cell.key, {})
@@ -347,7 +352,10 @@ def run_paper_benchmark(data: str | os.PathLike[str], backbones: str | Sequence[
         if rec.get("extract_signature") not in (None, ex_sig) and cell.store(out).is_dir():
             _say(f"{cell.key}: data, weights or extraction settings changed; embedding again", quiet)
             shutil.rmtree(cell.store(out))
-        _say(f"[{i}/{len(cells)}] {cell.key}", quiet)
+        run_times = [float(state.data["cells"][k]["seconds"]) for k in result.ran if "seconds" in state.data["cells"][k]]
+        eta = (f", about {_minutes(sum(run_times) / len(run_times) * (len(cells) - i + 1))} left"
+               if run_times else "")
+        _say(f"[{i}/{len(cells)}] {cell.key} ({_minutes(time.monotonic() - t_start)} elapsed{eta})", quiet)
         rec = {"dataset": cell.dataset.name, "backbone": cell.backbone.name, "spec": cell.backbone.text,
                "prepared": str(cell.dataset.prepared), "extract": cell.extract, "signature": sig,
                "extract_signature": ex_sig, "status": "started", "started_at": _now(),
@@ -485,9 +493,11 @@ def plan_paper_benchmark(data: str | os.PathLike[str], backbones: str | Sequence
                                        notes=cell_notes).to_dict()
         plan_cells.append(row)
     est = [c["estimate"] for c in plan_cells if "estimate" in c and c["status"] != "done"]
+    existing = next(p for p in (out.resolve(), *out.resolve().parents) if p.exists())
     return {"hardware": hardware_info(dev), "reference": ref,
             "calibration": {b: c.to_dict() for b, c in calibrations.items()}, "cells": plan_cells,
             "total_disk_bytes": sum(e["disk_bytes"] for e in est if math.isfinite(e["disk_bytes"])),
+            "free_disk_bytes": shutil.disk_usage(existing).free,
             "total_extract_seconds": sum(e["extract_seconds"] for e in est if math.isfinite(e["extract_seconds"]))}
 
 

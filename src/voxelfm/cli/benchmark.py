@@ -121,6 +121,9 @@ def format_plan(plan: dict) -> str:
     lines.append(f"to run: {_size(plan['total_disk_bytes'])} of embeddings, "
                  f"{_duration(plan['total_extract_seconds'])} of forward passes on this hardware "
                  "(reading and preprocessing scans and training probes come on top)")
+    free = plan["free_disk_bytes"]
+    lines.append(f"free disk space where -o is: {_size(free)}"
+                 + ("  WARNING: less than the embeddings need" if free < plan["total_disk_bytes"] else ""))
     lines.append(f"reference backbone: {plan['reference']}")
     lines += [f"note: {n}" for n in dict.fromkeys(notes)]
     return "\n".join(lines)
