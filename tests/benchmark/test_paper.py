@@ -100,6 +100,34 @@ def test_second_run_does_no_work(bench):
     assert len(res.table) == 6
 
 
+@pytest.mark.slow
+def test_changed_weights_rerun_only_their_cells(bench, tmp_path):
+    """New weights under the same path: that backbone's cells are embedded and probed again, with
+    their own results, and the other backbone's cells are reused."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(bench["out"], out)
+    b = tmp_path / "b"
+    shutil.copytree(bench["b"], b)
+    before = pd.read_csv(out / "results.csv")
+    res = run_paper_benchmark(bench["roots"], f"a={bench['a']},b={b}", out, extract=EXTRACT, n_resamples=200,
+                              only=["alpha"], quiet=True)  # first run with b's new path: b re-runs
+    assert res.ran == ["alpha/b"] and res.skipped == ["alpha/a"]
+    make_backbone(b, 7)  # other weights, same folder
+    res = run_paper_benchmark(bench["roots"], f"a={bench['a']},b={b}", out, extract=EXTRACT, n_resamples=200,
+                              only=["alpha"], quiet=True)
+    assert res.ran == ["alpha/b"] and res.skipped == ["alpha/a"]
+    after = pd.read_csv(out / "results.csv")
+    key = ["task_name", "head", "feature", "fraction", "metric"]
+    old_b = before[(before["dataset"] == "alpha") & (before["backbone"] == "b")].set_index(key)["value"]
+    new_b = after[(after["dataset"] == "alpha") & (after["backbone"] == "b")].set_index(key)["value"]
+    old_a = before[(before["dataset"] == "alpha") & (before["backbone"] == "a")].set_index(key)["value"]
+    new_a = after[(after["dataset"] == "alpha") & (after["backbone"] == "a")].set_index(key)["value"]
+    pd.testing.assert_series_equal(old_a, new_a)
+    assert not np.allclose(old_b.loc[new_b.index].to_numpy(), new_b.to_numpy())
+
+
 def test_dry_run_plan_disk_and_time(bench, capsys):
     out = bench["out"]
     plan = plan_paper_benchmark(bench["roots"], f"a={bench['a']},b={bench['b']}", out, extract=EXTRACT,

@@ -173,6 +173,14 @@ def _cells(entries: Sequence[DatasetEntry], specs: Sequence[BackboneSpec], globa
     return [_Cell(e, b, {**base, **e.extract}) for b in specs for e in entries]
 
 
+def _clear_cell(cell: _Cell, out: Path) -> None:
+    """Remove a cell's embeddings and its probe runs (the suite runner keys finished runs by the
+    store's folder, which stays the same when the embeddings in it are remade)."""
+    shutil.rmtree(cell.store(out), ignore_errors=True)
+    for rdir in (out / "suites" / safe_id(cell.dataset.name) / "runs").glob(f"*/*/{safe_id(cell.backbone.name)}"):
+        shutil.rmtree(rdir, ignore_errors=True)
+
+
 def _run_cell(cell: _Cell, out: Path, model: Any, *, device: str | None, read_workers: int, probe_workers: int,
               n_resamples: int | None, quiet: bool) -> dict[str, Any]:
     """Extract and probe one cell; returns its record (raises on failure)."""
@@ -349,9 +357,9 @@ def run_paper_benchmark(data: str | os.PathLike[str], backbones: str | Sequence[
             result.skipped.append(cell.key)
             continue
         ex_sig = cell.extract_signature()
-        if rec.get("extract_signature") not in (None, ex_sig) and cell.store(out).is_dir():
-            _say(f"{cell.key}: data, weights or extraction settings changed; embedding again", quiet)
-            shutil.rmtree(cell.store(out))
+        if rec.get("extract_signature") not in (None, ex_sig):
+            _say(f"{cell.key}: data, weights or extraction settings changed; embedding and probing again", quiet)
+            _clear_cell(cell, out)
         run_times = [float(state.data["cells"][k]["seconds"]) for k in result.ran if "seconds" in state.data["cells"][k]]
         eta = (f", about {_minutes(sum(run_times) / len(run_times) * (len(cells) - i + 1))} left"
                if run_times else "")
