@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark_command", metavar="{paper}")
     _add_paper(sub.add_parser("paper", help="the paper's Table 1 over prepared datasets x backbones",
                               description="Every dataset x backbone: embeddings, the dataset's probe suite, then "
-                                          "Table 1 (Markdown/CSV/LaTeX) with 95%% CIs and Holm-adjusted paired "
+                                          "Table 1 (Markdown/CSV/LaTeX) with 95% CIs and Holm-adjusted paired "
                                           "tests against the reference, data-fraction and class-vs-patch figures."))
 
 
