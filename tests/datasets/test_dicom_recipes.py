@@ -15,7 +15,7 @@ def test_nsclc_radiomics_survival_and_series(tmp_path):
     from voxelfm.probes.suite import load_suite
 
     root = tmp_path / "dl"
-    scans = write_nsclc(root, tiny_scans(6, seed=12), clinical_extra=("LUNG1-128",))
+    scans = write_nsclc(root, tiny_scans(6), clinical_extra=("LUNG1-128",))
     res = prepare_dataset("nsclc-radiomics", root, tmp_path / "out")
     lab = pd.read_csv(res.out / "labels.csv").set_index("id")
     assert sorted(lab.index) == sorted(scans)
@@ -37,7 +37,7 @@ def test_osic_one_target_per_patient(tmp_path):
     from voxelfm.datasets import prepare_dataset
 
     root = tmp_path / "osic"
-    truth = write_osic(root, tiny_scans(5, seed=13))
+    truth = write_osic(root, tiny_scans(5))
     (root / "train" / sorted(truth)[0] / "1.dcm").parent.joinpath("README.txt").write_text("not dicom")
     res = prepare_dataset("osic", root, tmp_path / "out")
     lab = pd.read_csv(res.out / "labels.csv").set_index("id")

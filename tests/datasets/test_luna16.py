@@ -14,7 +14,7 @@ def luna(tmp_path_factory):
     from voxelfm.datasets import prepare_dataset
 
     root = tmp_path_factory.mktemp("luna") / "LUNA16"
-    truth = write_luna16(root, tiny_scans(12, seed=7))
+    truth = write_luna16(root, tiny_scans(12))
     return root, truth, prepare_dataset("luna16", root, root.parent / "prepared")
 
 
@@ -64,7 +64,7 @@ def test_missing_subsets_and_annotations(tmp_path):
     from voxelfm.errors import VoxelFMError
 
     root = tmp_path / "L"
-    write_luna16(root, tiny_scans(4, seed=8), subsets=[0, 0, 1, 1])
+    write_luna16(root, tiny_scans(4), subsets=[0, 0, 1, 1])
     res = prepare_dataset("luna16", root, tmp_path / "out", split="subsets")
     assert "subset9/" in res.info["missing"] and res.n_scans == 4
     assert set(pd.read_csv(res.out / "labels.csv")["split"]) == {"train"}

@@ -17,7 +17,7 @@ def ts(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ts") / "Totalsegmentator_dataset_v201"
     splits = ["train", "train", "train", "val", "test", "test"]
-    scans = write_totalsegmentator(root, tiny_scans(6, seed=9), splits)
+    scans = write_totalsegmentator(root, tiny_scans(6), splits)
     (root / "s0099").mkdir()  # a subject folder without its files: not a subject
     # an overlap: the later class in the fixed order wins
     s = scans["s0000"]
@@ -71,7 +71,7 @@ def test_study_type_split_and_missing_meta(tmp_path):
     from voxelfm.errors import VoxelFMError
 
     root = tmp_path / "TS"
-    write_totalsegmentator(root, tiny_scans(3, seed=10), ["train", "val", "test"])
+    write_totalsegmentator(root, tiny_scans(3), ["train", "val", "test"])
     res = prepare_dataset("totalsegmentator", root, tmp_path / "o", split="study_type")
     assert set(pd.read_csv(res.out / "labels.csv")["split"]) == {"train"}  # < 20 scans of the type: train
     (root / "meta.csv").unlink()
