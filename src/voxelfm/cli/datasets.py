@@ -61,7 +61,8 @@ def _info(name: str) -> int:
     r = get_recipe(name)
     wrap = lambda s: textwrap.fill(s, 100, initial_indent="  ", subsequent_indent="  ")  # noqa: E731
     print(f"{r.title} ({r.name}, recipe v{r.version})\n{wrap(r.description)}\n")
-    print(f"download: {r.url}\nlicence:  {r.licence}\n\nlayout expected under --root:\n{textwrap.indent(r.layout, '  ')}\n")
+    print(f"download: {r.url}\nlicence:  {r.licence}\n")
+    print(f"layout expected under --root:\n{textwrap.indent(r.layout, '  ')}\n")
     print(f"paper's protocol:\n{wrap(r.paper)}")
     if r.options:
         print("\noptions (--set KEY=VALUE):")

@@ -47,7 +47,8 @@ ROOT/   (the TCIA download; the pairs may sit in ROOT/OrganSegmentations/ or any
   volume-0.nii.gz   labels-0.nii.gz
   volume-1.nii.gz   labels-1.nii.gz
   ...
-  volume-139.nii.gz labels-139.nii.gz      labels: 0 background, 1 liver, 2 bladder, 3 lungs, 4 kidneys, 5 bone, 6 brain"""
+  volume-139.nii.gz labels-139.nii.gz
+  labels: 0 background, 1 liver, 2 bladder, 3 lungs, 4 kidneys, 5 bone, 6 brain"""
     paper = ("not one of the paper's evaluation sets (listed with CT-RATE among the field's public 3D CT datasets); "
              "the suite uses the paper's segmentation protocol (patch-token decoder, as for TotalSegmentator) with "
              "7 classes")

@@ -62,7 +62,8 @@ ROOT/
     version = "1"
     options = {
         "split": RecipeOption("random", "random: seeded 70/15/15 stratified by nodule presence (the reference's "
-                              "proportions); subsets: subset0-7 train, subset8 val, subset9 test", ("random", "subsets")),
+                              "proportions); subsets: subset0-7 train, subset8 val, subset9 test",
+                              ("random", "subsets")),
     }
 
     def build(self, root: Path, out: Path, report: PrepareReport, *, seed: int, **options: Any) -> Prepared:

@@ -90,7 +90,8 @@ ROOT/   (the unzipped Totalsegmentator_dataset_v201)
         report.found["subjects with ct.nii.gz"] = len(subjects)
         report.found["meta.csv rows"] = 0 if meta is None else len(meta)
         if meta is not None:
-            report.missing.extend(f"{s}/ct.nii.gz (listed in meta.csv)" for s in sorted(set(meta.index) - set(subjects)))
+            absent = sorted(set(meta.index) - set(subjects))
+            report.missing.extend(f"{s}/ct.nii.gz (listed in meta.csv)" for s in absent)
         jobs, rows = [], []
         for s in subjects:
             seg_dir = root / s / "segmentations"
