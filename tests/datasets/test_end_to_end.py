@@ -76,3 +76,18 @@ def test_ct_rate_extraction_honours_the_metadata(tmp_path):
         rec = store.load(name).record
         np.testing.assert_allclose(rec["input_spacing"], s.spacing, rtol=1e-6)
         assert rec["source"]["read_overrides"]["orientation"] == "LPS"
+
+
+def test_ct_rate_pretraining_store_honours_the_metadata(tmp_path):
+    """`voxelfm prepare -i manifest.csv` (the pre-training store) reads with the overrides too."""
+    from voxelfm.data.volume_store import VolumeStore, prepare_volumes
+    from voxelfm.datasets import prepare_dataset
+
+    root = tmp_path / "CT-RATE"
+    scans = write_ct_rate(root, tiny_scans(3), n_valid=1)
+    prep = prepare_dataset("ct-rate", root, tmp_path / "prepared")
+    prepare_volumes([prep.out / "manifest.csv"], tmp_path / "vs", workers=1, min_side=8, progress=False)
+    recs = {r["id"]: r for r in VolumeStore(tmp_path / "vs").records()}
+    for name, s in scans.items():
+        assert recs[name]["status"] == "ok"
+        np.testing.assert_allclose(recs[name]["input_spacing"], s.spacing, rtol=1e-5)
