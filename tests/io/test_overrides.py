@@ -111,3 +111,21 @@ def test_header_geometry_matches_read_volume(tmp_path, fmt):
     np.testing.assert_allclose(g.affine, v.affine)
     pts = np.array([[1.0, 2.0, 3.0], [8.0, 0.0, 10.0]])
     np.testing.assert_allclose(g.lps_to_index(g.index_to_lps(pts)), pts, atol=1e-9)
+
+
+def test_rescale_not_applied_twice_to_a_file_already_in_hu(tmp_path):
+    """A re-released file (stated geometry, int16 HU, no header scaling) with the metadata's
+    -1024 intercept: the values are kept, with a warning."""
+    import nibabel as nib
+
+    from voxelfm.io import read_volume
+    from voxelfm.io.overrides import ReadOverrides
+
+    hu = np.random.default_rng(2).integers(-1024, 1500, size=(8, 7, 6)).astype(np.int16)
+    img = nib.Nifti1Image(hu, np.diag([-1.0, -1.0, 1.0, 1.0]))
+    img.header.set_sform(img.affine, code=1)
+    path = tmp_path / "fixed.nii.gz"
+    nib.save(img, str(path))
+    with pytest.warns(UserWarning, match="already Hounsfield units"):
+        vol = read_volume(path, overrides=ReadOverrides(rescale_slope=1.0, rescale_intercept=-1024.0))
+    assert vol.array.min() == hu.min() and vol.array.max() == hu.max()
