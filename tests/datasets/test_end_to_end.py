@@ -91,3 +91,26 @@ def test_ct_rate_pretraining_store_honours_the_metadata(tmp_path):
     for name, s in scans.items():
         assert recs[name]["status"] == "ok"
         np.testing.assert_allclose(recs[name]["input_spacing"], s.spacing, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_ct_org_label_maps_train_the_segmentation_probe(tmp_path):
+    """The prepared seg_path label maps (on the scans' own grids) feed the segmentation probe."""
+    import json
+
+    from tests.datasets._layouts import write_ct_org
+    from voxelfm.datasets import prepare_dataset
+    from voxelfm.inference.batch import extract_batch
+    from voxelfm.probes import train_probe
+
+    root = tmp_path / "CT-ORG"
+    write_ct_org(root, tiny_scans(6), [0, 1, 30, 31, 32, 33])
+    prep = prepare_dataset("ct-org", root, tmp_path / "prepared", split="random")
+    assert extract_batch(_tiny_model(), [prep.out / "manifest.csv"], tmp_path / "store", show_progress=False).all_ok
+    suite = yaml.safe_load((prep.out / "suite.yaml").read_text())
+    run = train_probe(tmp_path / "store", prep.out / "labels.csv", "seg_path", task="segmentation",
+                      num_classes=suite["tasks"][0]["hparams"]["num_classes"], epochs=2, seg_size=12, hidden_dim=8,
+                      min_channels=8, n_resamples=20, progress=False)
+    assert run.config["num_classes"] == 7 == len(json.loads((prep.out / "classes.json").read_text()))
+    assert 0 <= run.metrics["macro_dice"].value <= 1
+    assert {"dice:1", "dice:3", "dice:5"} <= set(run.predictions.columns)  # liver, lungs, bone present
