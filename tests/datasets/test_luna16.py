@@ -72,3 +72,16 @@ def test_missing_subsets_and_annotations(tmp_path):
     (root / "annotations.csv").unlink()
     with pytest.raises(VoxelFMError, match="annotations.csv"):
         prepare_dataset("luna16", root, tmp_path / "out2")
+
+
+def test_scan_without_its_raw_file_is_skipped(tmp_path):
+    from voxelfm.datasets import prepare_dataset
+
+    root = tmp_path / "L"
+    truth = write_luna16(root, tiny_scans(4), subsets=[0, 0, 0, 0])
+    gone = sorted(truth)[1]
+    (root / "subset0" / f"{gone}.raw").unlink()
+    res = prepare_dataset("luna16", root, tmp_path / "out")
+    assert res.info["skipped"] == [{"id": gone, "reason": f"the .mhd's data file {gone}.raw is missing"}]
+    assert f"scan {gone}.mhd (has annotations)" in res.info["missing"] or not truth[gone]["nodules"]
+    assert res.n_scans == 3
