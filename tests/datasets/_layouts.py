@@ -4,6 +4,7 @@ names and CSV columns as the real datasets; a handful of tiny scans)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +24,22 @@ class TinyScan:
     row: dict
 
 
-def tiny_scans(n: int, seed: int = 0) -> list[TinyScan]:
+@lru_cache(maxsize=None)
+def _tiny_case(seed: int, i: int) -> TinyScan:
     from voxelfm.data.phantoms import generate_case
 
-    out = []
-    for i in range(n):
-        c = generate_case(seed, i)
-        sp = tuple(float(s) * STEP for s in c.acquisition.spacing)
-        hu = np.ascontiguousarray(c.hu[::STEP, ::STEP, ::STEP], dtype=np.float32)
-        lab = np.ascontiguousarray(c.labels[::STEP, ::STEP, ::STEP])
-        out.append(TinyScan(c.id, c.patient_id, hu, lab, sp, dict(c.row)))  # type: ignore[arg-type]
-    return out
+    c = generate_case(seed, i)
+    sp = tuple(float(s) * STEP for s in c.acquisition.spacing)
+    hu = np.ascontiguousarray(c.hu[::STEP, ::STEP, ::STEP], dtype=np.float32)
+    lab = np.ascontiguousarray(c.labels[::STEP, ::STEP, ::STEP])
+    hu.flags.writeable = False  # shared between tests (cached)
+    lab.flags.writeable = False
+    return TinyScan(c.id, c.patient_id, hu, lab, sp, dict(c.row))  # type: ignore[arg-type]
+
+
+def tiny_scans(n: int, seed: int = 0) -> list[TinyScan]:
+    """Phantom cases ``0 .. n-1`` of ``seed`` shrunk by :data:`STEP` (~0.9 s each, cached per session)."""
+    return [_tiny_case(seed, i) for i in range(n)]
 
 
 def canonical_to_file(a: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ def test_pairs_classes_and_splits(tmp_path):
 
     root = tmp_path / "CT-ORG"
     numbers = [0, 3, 20, 21, 40, 77, 100, 139]
-    scans = write_ct_org(root, tiny_scans(8, seed=11), numbers)
+    scans = write_ct_org(root, tiny_scans(8), numbers)
     (root / "OrganSegmentations" / "labels-77.nii.gz").unlink()  # a pair without its label map
     res = prepare_dataset("ct-org", root, tmp_path / "out")
     lab = pd.read_csv(res.out / "labels.csv").set_index("id")

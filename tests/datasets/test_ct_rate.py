@@ -19,7 +19,7 @@ def ct_rate(tmp_path_factory):
     from voxelfm.datasets import prepare_dataset
 
     root = tmp_path_factory.mktemp("ctrate") / "CT-RATE"
-    scans = write_ct_rate(root, tiny_scans(12, seed=5), n_valid=4, wrong_header={WRONG})
+    scans = write_ct_rate(root, tiny_scans(12), n_valid=4, wrong_header={WRONG})
     result = prepare_dataset("ct-rate", root, root.parent / "prepared")
     return root, scans, result
 
@@ -101,7 +101,7 @@ def test_partial_download_prepares_what_is_complete(tmp_path):
     from voxelfm.datasets import prepare_dataset
 
     root = tmp_path / "CT-RATE"
-    scans = write_ct_rate(root, tiny_scans(6, seed=6), n_valid=2,
+    scans = write_ct_rate(root, tiny_scans(6), n_valid=2,
                           skip_files=("metadata/validation_metadata.csv", "radiology_text_reports/train_reports.csv"))
     gone = sorted(n for n in scans if n.startswith("train_"))[0]
     next((root / "dataset" / "train").rglob(f"{gone}.nii.gz")).unlink()

@@ -15,7 +15,7 @@ def test_nsclc_radiomics_survival_and_series(tmp_path):
     from voxelfm.probes.suite import load_suite
 
     root = tmp_path / "dl"
-    scans = write_nsclc(root, tiny_scans(6, seed=12), clinical_extra=("LUNG1-128",))
+    scans = write_nsclc(root, tiny_scans(6), clinical_extra=("LUNG1-128",))
     res = prepare_dataset("nsclc-radiomics", root, tmp_path / "out")
     lab = pd.read_csv(res.out / "labels.csv").set_index("id")
     assert sorted(lab.index) == sorted(scans)
@@ -37,7 +37,7 @@ def test_osic_one_target_per_patient(tmp_path):
     from voxelfm.datasets import prepare_dataset
 
     root = tmp_path / "osic"
-    truth = write_osic(root, tiny_scans(5, seed=13))
+    truth = write_osic(root, tiny_scans(5))
     (root / "train" / sorted(truth)[0] / "1.dcm").parent.joinpath("README.txt").write_text("not dicom")
     res = prepare_dataset("osic", root, tmp_path / "out")
     lab = pd.read_csv(res.out / "labels.csv").set_index("id")
@@ -50,3 +50,22 @@ def test_osic_one_target_per_patient(tmp_path):
     assert set(lab["split"]) == {"train", "val", "test"}
     man = pd.read_csv(res.out / "manifest.csv")
     assert man["series_uid"].notna().all()
+
+
+def test_osic_reference_release_layout(tmp_path):
+    """The OSIC release the reference read: baselines.csv + ct/<PATIENT ID>_0.nii.gz."""
+    from tests.datasets._layouts import write_nifti
+    from voxelfm.datasets import prepare_dataset
+
+    root = tmp_path / "OSIC"
+    rows = []
+    for k, s in enumerate(tiny_scans(4)):
+        write_nifti(root / "ct" / f"P{k}_0.nii.gz", s.hu, s.spacing)
+        rows.append({"PATIENT ID": f"P{k}", "FVC PREDICTED": 3000 + k, "AGE": 70})
+    write_nifti(root / "ct" / "P0_1.nii.gz", tiny_scans(1)[0].hu, tiny_scans(1)[0].spacing)
+    pd.DataFrame(rows).to_csv(root / "baselines.csv", index=False)
+    res = prepare_dataset("osic", root, tmp_path / "out")
+    lab = pd.read_csv(res.out / "labels.csv").set_index("id")
+    assert list(lab.index) == [f"P{k}_0" for k in range(4)]
+    assert list(lab["fvc_predicted_ml"]) == [3000.0, 3001.0, 3002.0, 3003.0]
+    assert res.info["skipped"] == [{"id": "P0_1", "reason": "not the baseline scan (_0)"}]

@@ -14,7 +14,7 @@ def luna(tmp_path_factory):
     from voxelfm.datasets import prepare_dataset
 
     root = tmp_path_factory.mktemp("luna") / "LUNA16"
-    truth = write_luna16(root, tiny_scans(12, seed=7))
+    truth = write_luna16(root, tiny_scans(12))
     return root, truth, prepare_dataset("luna16", root, root.parent / "prepared")
 
 
@@ -64,7 +64,7 @@ def test_missing_subsets_and_annotations(tmp_path):
     from voxelfm.errors import VoxelFMError
 
     root = tmp_path / "L"
-    write_luna16(root, tiny_scans(4, seed=8), subsets=[0, 0, 1, 1])
+    write_luna16(root, tiny_scans(4), subsets=[0, 0, 1, 1])
     res = prepare_dataset("luna16", root, tmp_path / "out", split="subsets")
     assert "subset9/" in res.info["missing"] and res.n_scans == 4
     assert set(pd.read_csv(res.out / "labels.csv")["split"]) == {"train"}
@@ -72,3 +72,16 @@ def test_missing_subsets_and_annotations(tmp_path):
     (root / "annotations.csv").unlink()
     with pytest.raises(VoxelFMError, match="annotations.csv"):
         prepare_dataset("luna16", root, tmp_path / "out2")
+
+
+def test_scan_without_its_raw_file_is_skipped(tmp_path):
+    from voxelfm.datasets import prepare_dataset
+
+    root = tmp_path / "L"
+    truth = write_luna16(root, tiny_scans(4), subsets=[0, 0, 0, 0])
+    gone = sorted(truth)[1]
+    (root / "subset0" / f"{gone}.raw").unlink()
+    res = prepare_dataset("luna16", root, tmp_path / "out")
+    assert res.info["skipped"] == [{"id": gone, "reason": f"the .mhd's data file {gone}.raw is missing"}]
+    assert f"scan {gone}.mhd (has annotations)" in res.info["missing"] or not truth[gone]["nodules"]
+    assert res.n_scans == 3

@@ -17,7 +17,7 @@ def ts(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ts") / "Totalsegmentator_dataset_v201"
     splits = ["train", "train", "train", "val", "test", "test"]
-    scans = write_totalsegmentator(root, tiny_scans(6, seed=9), splits)
+    scans = write_totalsegmentator(root, tiny_scans(6), splits)
     (root / "s0099").mkdir()  # a subject folder without its files: not a subject
     # an overlap: the later class in the fixed order wins
     s = scans["s0000"]
@@ -71,9 +71,41 @@ def test_study_type_split_and_missing_meta(tmp_path):
     from voxelfm.errors import VoxelFMError
 
     root = tmp_path / "TS"
-    write_totalsegmentator(root, tiny_scans(3, seed=10), ["train", "val", "test"])
+    write_totalsegmentator(root, tiny_scans(3), ["train", "val", "test"])
     res = prepare_dataset("totalsegmentator", root, tmp_path / "o", split="study_type")
     assert set(pd.read_csv(res.out / "labels.csv")["split"]) == {"train"}  # < 20 scans of the type: train
     (root / "meta.csv").unlink()
     with pytest.raises(VoxelFMError, match="meta.csv"):
         prepare_dataset("totalsegmentator", root, tmp_path / "o2")
+
+
+def test_real_sample_round_trip(tmp_path):
+    """TotalSegmentator's own sample (its sdist's test files): the label map split into the
+    dataset's 117 per-structure files is merged back exactly, on the CT's grid."""
+    import shutil
+    from pathlib import Path
+
+    import nibabel as nib
+
+    from voxelfm.datasets import prepare_dataset
+    from voxelfm.datasets.totalsegmentator import CLASSES
+
+    data = Path(__file__).parent / "data" / "totalsegmentator"
+    seg = nib.load(str(data / "example_seg.nii.gz"))
+    full = np.asarray(seg.dataobj)
+    root = tmp_path / "Totalsegmentator_dataset_v201"
+    subjects = ["s0001", "s0002", "s0003"]
+    for sid in subjects:
+        (root / sid / "segmentations").mkdir(parents=True)
+        shutil.copy(data / "example_ct_sm.nii.gz", root / sid / "ct.nii.gz")
+        for value, name in CLASSES.items():
+            nib.save(nib.Nifti1Image((full == value).astype(np.uint8), seg.affine),
+                     str(root / sid / "segmentations" / f"{name}.nii.gz"))
+    pd.DataFrame({"image_id": subjects, "study_type": "ct abdomen", "split": ["train", "val", "test"]}).to_csv(
+        root / "meta.csv", sep=";", index=False)
+    res = prepare_dataset("totalsegmentator", root, tmp_path / "out")
+    assert res.info["complete"] and not res.info["notes"]
+    merged = nib.load(str(res.out / "labelmaps" / "s0002.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(merged.dataobj), full)
+    np.testing.assert_allclose(merged.affine, seg.affine)
+    assert len(np.unique(full)) - 1 == int(pd.read_csv(res.out / "labels.csv")["n_classes_present"].iloc[0])

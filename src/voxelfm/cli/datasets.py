@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 
@@ -17,13 +16,6 @@ EPILOG = """examples:
 
 The prepared folder holds manifest.csv (voxelfm extract -i), labels.csv + splits.csv (probe format),
 suite.yaml (voxelfm probe run) and prepare.json (what was found, missing, skipped). See docs/datasets.md."""
-
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +53,8 @@ def _info(name: str) -> int:
     r = get_recipe(name)
     wrap = lambda s: textwrap.fill(s, 100, initial_indent="  ", subsequent_indent="  ")  # noqa: E731
     print(f"{r.title} ({r.name}, recipe v{r.version})\n{wrap(r.description)}\n")
-    print(f"download: {r.url}\nlicence:  {r.licence}\n\nlayout expected under --root:\n{textwrap.indent(r.layout, '  ')}\n")
+    print(f"download: {r.url}\nlicence:  {r.licence}\n")
+    print(f"layout expected under --root:\n{textwrap.indent(r.layout, '  ')}\n")
     print(f"paper's protocol:\n{wrap(r.paper)}")
     if r.options:
         print("\noptions (--set KEY=VALUE):")
@@ -74,12 +67,9 @@ def _info(name: str) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from voxelfm.datasets import prepare_dataset
 
-    opts = {}
-    for item in args.set:
-        key, sep, val = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-        opts[key.strip()] = _value(val)
+    from voxelfm.cli._options import parse_set_options
+
+    opts = parse_set_options(args.set)
     result = prepare_dataset(args.name, args.root, args.output, seed=args.seed, overwrite=args.overwrite, **opts)
     print(result.summary())
     for w in result.info["warnings"]:

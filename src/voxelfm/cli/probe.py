@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -15,14 +14,6 @@ _TASKS = ("binary", "multilabel", "multiclass", "regression", "survival", "local
 _HEADS = ("linear", "logistic", "ridge", "mlp", "attentive", "knn", "cox", "localisation", "segmentation",
           "cosine")
 _FEATURES = ("cls", "patch", "mean_patch", "registers", "cls+mean_patch")
-
-
-def _value(text: str):
-    """Parse ``--set key=value`` values: JSON where possible (numbers, lists, null), else a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,12 +66,9 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "train":
         from voxelfm.probes import train_probe
 
-        hp = {}
-        for item in args.set:
-            key, sep, val = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-            hp[key.strip()] = _value(val)
+        from voxelfm.cli._options import parse_set_options
+
+        hp = parse_set_options(args.set)
         for key in ("epochs", "lr", "batch_size", "fraction"):
             if getattr(args, key) is not None:
                 hp[key] = getattr(args, key)

@@ -183,14 +183,14 @@ def _write_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def _prepare_array(
-    path: str, series_uid: str | None, preset_dict: dict, crop_background: bool
+    path: str, series_uid: str | None, preset_dict: dict, crop_background: bool, overrides: Any = None
 ) -> tuple[Any, tuple[float, float, float], dict[str, Any]]:
     """Read → HU window → optional background crop → isotropic resampling (float32 HU tensor)."""
     from voxelfm.io import read_volume
     from voxelfm.preprocess import Preset, apply_hu_window, crop_to_box, foreground_box, resample_isotropic, source_grid
 
     preset = Preset.from_dict(preset_dict)
-    vol = read_volume(path, series_uid=series_uid)
+    vol = read_volume(path, series_uid=series_uid, overrides=overrides)  # overrides: manifest override_* columns
     x, sp, info = source_grid(vol, preset)
     meta = {"input_shape": list(x.shape), "input_spacing": [round(float(s), 6) for s in sp], "crop_box": None}
     if info["hu_clip"] is not None:
@@ -219,7 +219,7 @@ def _to_int16(y) -> np.ndarray:
 
 def _process(job: tuple) -> dict[str, Any]:
     """Prepare one input; never raises (failures become records)."""
-    item_id, path, series_uid, root, preset_dict, crop_background, min_side = job
+    item_id, path, series_uid, root, preset_dict, crop_background, min_side, overrides = job
     t0 = time.perf_counter()
     rec: dict[str, Any] = {
         "id": item_id,
@@ -232,7 +232,7 @@ def _process(job: tuple) -> dict[str, Any]:
         "spacing": None,
     }
     try:
-        y, sp, meta = _prepare_array(path, series_uid, preset_dict, crop_background)
+        y, sp, meta = _prepare_array(path, series_uid, preset_dict, crop_background, overrides)
         rec.update(meta)
         shape = tuple(int(v) for v in y.shape)
         rec["shape"], rec["spacing"] = list(shape), [round(s, 6) for s in sp]
@@ -374,7 +374,8 @@ def prepare_volumes(
             ):
                 summary.already += 1
                 continue
-        jobs.append((it.id, str(it.path), it.series_uid, str(root), preset_dict, bool(crop_background), int(min_side)))
+        jobs.append((it.id, str(it.path), it.series_uid, str(root), preset_dict, bool(crop_background), int(min_side),
+                     it.overrides))
     log = root / _LOG
     bar = progress_bar(total=len(jobs), desc="prepare", unit="vol", disable=None if progress else True)
     try:

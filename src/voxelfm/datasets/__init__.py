@@ -9,13 +9,14 @@ Example::
     print(result.summary())
 """
 
-from voxelfm.datasets.prepare import OUTPUT_FILES, PrepareResult, prepare_dataset
+from voxelfm.datasets.prepare import OUTPUT_FILES, PreparedFolderExistsError, PrepareResult, prepare_dataset
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
 from voxelfm.datasets.registry import get_recipe, recipes
 
 __all__ = [
     "OUTPUT_FILES",
     "Prepared",
+    "PreparedFolderExistsError",
     "PrepareReport",
     "PrepareResult",
     "Recipe",

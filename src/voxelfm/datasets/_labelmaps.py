@@ -73,15 +73,17 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], *, workers
 
     if workers <= 1 or len(jobs) <= 1:
         return [call(j) for j in progress(jobs, total=len(jobs), desc=desc, unit="scan")]
+    from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
     from voxelfm.utils.pool import process_pool
 
     out: list[Any] = [None] * len(jobs)
     with process_pool(workers, what=desc) as ex:
         futures = {ex.submit(fn, *j): k for k, j in enumerate(jobs)}
-        from concurrent.futures import as_completed
-
         for f in progress(as_completed(futures), total=len(jobs), desc=desc, unit="scan"):
-            k = futures[f]
             exc = f.exception()
-            out[k] = exc if exc is not None else f.result()
+            if isinstance(exc, BrokenProcessPool):  # a dead worker: process_pool says what to do
+                raise exc
+            out[futures[f]] = exc if exc is not None else f.result()
     return out

@@ -24,7 +24,7 @@ import pandas as pd
 
 from voxelfm.datasets._labelmaps import write_classes
 from voxelfm.datasets._tables import patient_splits
-from voxelfm.datasets.protocols import SUITE_COMMON, segmentation_heads
+from voxelfm.datasets.protocols import segmentation_suite
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
 
 __all__ = ["RECIPE", "CTOrgRecipe", "CLASSES", "TEST_CASES"]
@@ -47,7 +47,8 @@ ROOT/   (the TCIA download; the pairs may sit in ROOT/OrganSegmentations/ or any
   volume-0.nii.gz   labels-0.nii.gz
   volume-1.nii.gz   labels-1.nii.gz
   ...
-  volume-139.nii.gz labels-139.nii.gz      labels: 0 background, 1 liver, 2 bladder, 3 lungs, 4 kidneys, 5 bone, 6 brain"""
+  volume-139.nii.gz labels-139.nii.gz
+  labels: 0 background, 1 liver, 2 bladder, 3 lungs, 4 kidneys, 5 bone, 6 brain"""
     paper = ("not one of the paper's evaluation sets (listed with CT-RATE among the field's public 3D CT datasets); "
              "the suite uses the paper's segmentation protocol (patch-token decoder, as for TotalSegmentator) with "
              "7 classes")
@@ -95,17 +96,9 @@ ROOT/   (the TCIA download; the pairs may sit in ROOT/OrganSegmentations/ or any
             split = patient_splits(list(table["id"]), list(table["patient_id"]), report, seed=seed)
         table.insert(2, "split", pd.Series(split).to_numpy())
         write_classes(out, CLASSES)
-        return Prepared(manifest, table, _suite(), {"classes": len(CLASSES) + 1})
-
-
-def _suite() -> dict[str, Any]:
-    return {
-        "description": "CT-ORG: liver, bladder, lungs, kidneys, bone, brain + background from patch tokens",
-        **SUITE_COMMON,
-        "head_defaults": segmentation_heads(),
-        "tasks": [{"name": "organs", "task": "segmentation", "target": "seg_path", "probes": ["segmentation"],
-                   "hparams": {"num_classes": len(CLASSES) + 1}}],
-    }
+        return Prepared(manifest, table, segmentation_suite(
+            "CT-ORG: liver, bladder, lungs, kidneys, bone, brain + background from patch tokens",
+            "organs", len(CLASSES) + 1), {"classes": len(CLASSES) + 1})
 
 
 RECIPE = CTOrgRecipe()

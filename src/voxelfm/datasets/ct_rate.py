@@ -211,7 +211,8 @@ ROOT/  (the Hugging Face repository, or its dataset/ folder)
         if rep is not None:
             _write_reports(table, rep, out)
         counts = {"positives": {c: int(table[c].fillna(0).sum()) for c in LABEL_COLUMNS},
-                  "retrieval_volumes": int(len(first)), "reports": int(rep is not None and table["id"].isin(rep.index).sum())}
+                  "retrieval_volumes": int(len(first)),
+                  "reports": 0 if rep is None else int(table["id"].isin(rep.index).sum())}
         return Prepared(manifest, table, _suite(rep is not None), counts)
 
 

@@ -42,6 +42,21 @@ def nodule_voxels(mhd: str | Path, world_lps: np.ndarray) -> tuple[np.ndarray, t
     return g.lps_to_index(np.asarray(world_lps, dtype=np.float64)), g.shape
 
 
+def _element_data_file(mhd: Path) -> Path | None:
+    """The data file a MetaImage header names (``ElementDataFile = <uid>.raw``); the header itself
+    for ``LOCAL``; ``None`` when the header names none."""
+    try:
+        head = mhd.read_text(encoding="latin-1", errors="replace")[:4096]
+    except OSError:
+        return None
+    for line in head.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "ElementDataFile":
+            value = value.strip()
+            return mhd if value == "LOCAL" else mhd.parent / value
+    return None
+
+
 class Luna16Recipe(Recipe):
     name = "luna16"
     title = "LUNA16"
@@ -62,7 +77,8 @@ ROOT/
     version = "1"
     options = {
         "split": RecipeOption("random", "random: seeded 70/15/15 stratified by nodule presence (the reference's "
-                              "proportions); subsets: subset0-7 train, subset8 val, subset9 test", ("random", "subsets")),
+                              "proportions); subsets: subset0-7 train, subset8 val, subset9 test",
+                              ("random", "subsets")),
     }
 
     def build(self, root: Path, out: Path, report: PrepareReport, *, seed: int, **options: Any) -> Prepared:
@@ -73,8 +89,9 @@ ROOT/
                 report.missing.append(f"subset{k}/")
             for d in folders:
                 for mhd in sorted(d.glob("*.mhd")):
-                    if not mhd.with_suffix(".raw").is_file() and not mhd.with_suffix(".zraw").is_file():
-                        report.skip(mhd.stem, "the .mhd has no .raw data file next to it")
+                    data_file = _element_data_file(mhd)
+                    if data_file is None or not data_file.is_file():
+                        report.skip(mhd.stem, f"the .mhd's data file {data_file.name if data_file else '?'} is missing")
                         continue
                     scans.setdefault(mhd.stem, (mhd, k))
         report.found["scans"] = len(scans)

@@ -10,6 +10,9 @@ Traps handled:
   PREDICTED" — plus the FVC and percent of the visit closest to the CT.
 * The reference z-scored the target over the whole label file (MAE in SD units); the probe here
   z-scores on the training split and reports MAE in ml.
+* The reference itself read another OSIC release: ``baselines.csv`` (``PATIENT ID``, ``FVC
+  PREDICTED``) with NIfTI scans ``ct/<PATIENT ID>_<n>.nii.gz`` (the baseline scan ``_0``). When
+  ``--root`` holds that layout it is prepared the same way.
 """
 
 from __future__ import annotations
@@ -42,13 +45,18 @@ ROOT/   (kaggle competitions download -c osic-pulmonary-fibrosis-progression, un
   train.csv            Patient, Weeks, FVC (ml), Percent (of predicted), Age, Sex, SmokingStatus
   train/<Patient>/1.dcm, 2.dcm, ...      one CT per patient
   test.csv, test/<Patient>/...           (the five test patients are also in train.csv; used when train/ lacks them)
-  sample_submission.csv                  (ignored)"""
+  sample_submission.csv                  (ignored)
+or the release the reference read:
+  baselines.csv        PATIENT ID, FVC PREDICTED (ml), ...
+  ct/<PATIENT ID>_0.nii.gz               the baseline CT of each patient"""
     paper = ("regression of the predicted FVC ('FVC PREDICTED', z-scored over the label file), one CT per patient; "
              "MLP 1024/0.5 on CLS, SGD 0.9 lr 1e-3, 20 epochs, batch 16 × 4, noise p 1.0 σ 0.1, MSE; MAE with "
              "bootstrap CI; split 70/15/15 random, seed 4")
     version = "1"
 
     def build(self, root: Path, out: Path, report: PrepareReport, *, seed: int, **options: Any) -> Prepared:
+        if (root / "baselines.csv").is_file() and not (root / "train.csv").is_file():
+            return _build_baselines(root, report, seed)
         if not (root / "train.csv").is_file():
             report.missing.append("train.csv")
             visits = None
@@ -93,6 +101,39 @@ ROOT/   (kaggle competitions download -c osic-pulmonary-fibrosis-progression, un
         table.insert(2, "split", patient_splits(list(table["id"]), list(table["patient_id"]), report,
                                                 seed=seed).to_numpy())
         return Prepared(manifest, table, _suite(), {"visits": int(table["n_visits"].sum())})
+
+
+def _build_baselines(root: Path, report: PrepareReport, seed: int) -> Prepared:
+    """The reference's OSIC layout: baselines.csv + ct/<PATIENT ID>_0.nii.gz."""
+    base = read_official_csv(root / "baselines.csv", ("PATIENT ID", "FVC PREDICTED"))
+    base["PATIENT ID"] = base["PATIENT ID"].str.strip()
+    base["FVC PREDICTED"] = pd.to_numeric(base["FVC PREDICTED"], errors="coerce")
+    base = base.drop_duplicates("PATIENT ID").set_index("PATIENT ID")
+    files = {p.name[: -len(".nii.gz")]: p for p in sorted((root / "ct").glob("*.nii.gz"))} if (root / "ct").is_dir() \
+        else {}
+    if not files:
+        report.missing.append("ct/<PATIENT ID>_0.nii.gz")
+    report.found["baselines.csv rows"] = len(base)
+    report.found["ct files"] = len(files)
+    man, rows = [], []
+    for sid, path in files.items():
+        patient, _, n = sid.rpartition("_")
+        if n != "0":
+            report.skip(sid, "not the baseline scan (_0)")
+            continue
+        if patient not in base.index or pd.isna(base.loc[patient, "FVC PREDICTED"]):
+            report.skip(sid, "no FVC PREDICTED in baselines.csv")
+            continue
+        man.append({"id": sid, "path": str(path)})
+        rows.append({"id": sid, "patient_id": patient, "fvc_predicted_ml": float(base.loc[patient, "FVC PREDICTED"])})
+    table = pd.DataFrame(rows)
+    manifest = pd.DataFrame(man, columns=["id", "path"])
+    if table.empty:
+        return Prepared(manifest, table, {})
+    table.insert(2, "split", patient_splits(list(table["id"]), list(table["patient_id"]), report, seed=seed).to_numpy())
+    suite = _suite()
+    suite["tasks"] = suite["tasks"][:1]
+    return Prepared(manifest, table, suite)
 
 
 def _suite() -> dict[str, Any]:

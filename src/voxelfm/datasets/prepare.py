@@ -36,7 +36,7 @@ import pandas as pd
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe
 from voxelfm.errors import VoxelFMError
 
-__all__ = ["PrepareResult", "prepare_dataset", "OUTPUT_FILES"]
+__all__ = ["OUTPUT_FILES", "PreparedFolderExistsError", "PrepareResult", "prepare_dataset"]
 
 #: files every prepared folder holds.
 OUTPUT_FILES: tuple[str, ...] = ("manifest.csv", "labels.csv", "splits.csv", "suite.yaml", "prepare.json")
@@ -47,6 +47,10 @@ _SUITE_HEADER = """\
 #   voxelfm extract -i {out}/manifest.csv -o stores/NAME --weights W --preset paper --max-patches 25000
 #   voxelfm probe run {out}/suite.yaml -o results/{name} --store NAME=stores/NAME
 """
+
+
+class PreparedFolderExistsError(VoxelFMError, FileExistsError):
+    """The output folder exists and ``overwrite`` was not given."""
 
 
 class PrepareResult:
@@ -127,7 +131,7 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
         os.replace(tmp, out)
         return
     if not overwrite:
-        raise FileExistsError(f"{out} exists; choose another -o folder or pass --overwrite")
+        raise PreparedFolderExistsError(f"{out} exists; choose another -o folder or pass --overwrite")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     os.replace(out, old)
     os.replace(tmp, out)
@@ -151,7 +155,7 @@ def prepare_dataset(name: str | Recipe, root: str | os.PathLike[str], out: str |
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
-        FileExistsError: ``out`` exists and ``overwrite`` is False.
+        PreparedFolderExistsError: ``out`` exists and ``overwrite`` is False (a FileExistsError).
         VoxelFMError: nothing complete was found (the message lists what is missing), or the recipe
             produced tables that break the contract.
     """
@@ -165,7 +169,7 @@ def prepare_dataset(name: str | Recipe, root: str | os.PathLike[str], out: str |
         raise FileNotFoundError(f"download folder {root_p} does not exist (see `voxelfm datasets info {recipe.name}` "
                                 "for the layout expected)")
     if out_p.exists() and not overwrite:
-        raise FileExistsError(f"{out_p} exists; choose another -o folder or pass --overwrite")
+        raise PreparedFolderExistsError(f"{out_p} exists; choose another -o folder or pass --overwrite")
     if out_p == root_p or root_p in out_p.parents:
         raise ValueError(f"write the prepared folder outside the download folder {root_p}")
     opts = recipe.resolve_options(options)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["SUITE_COMMON", "classification_heads", "localisation_heads", "regression_heads", "segmentation_heads",
-           "survival_heads"]
+           "segmentation_suite", "survival_heads"]
 
 #: bootstrap resamples and Holm adjustment over the whole table, seed 4 (the reference's).
 SUITE_COMMON: dict[str, Any] = {"seed": 4, "n_resamples": 1000, "holm": "table"}
@@ -61,3 +61,11 @@ def segmentation_heads() -> dict[str, dict[str, Any]]:
                              "warmup_epochs": 20, "schedule": "cosine", "weight_decay": 1.0e-2, "optimizer": "adamw",
                              "noise_p": 0.2, "noise_sigma": 0.1, "hidden_dim": 64, "min_channels": 64, "num_steps": 3,
                              "final_norm": "identity", "seg_size": 112, "patience": None}}
+
+
+def segmentation_suite(description: str, task_name: str, num_classes: int, target: str = "seg_path") -> dict[str, Any]:
+    """A suite with one segmentation task (label-map paths in ``target``, ``num_classes`` including
+    background) under the reference's segmentation settings."""
+    return {"description": description, **SUITE_COMMON, "head_defaults": segmentation_heads(),
+            "tasks": [{"name": task_name, "task": "segmentation", "target": target, "probes": ["segmentation"],
+                       "hparams": {"num_classes": int(num_classes)}}]}

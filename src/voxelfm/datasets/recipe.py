@@ -118,6 +118,7 @@ class Recipe(abc.ABC):
         for k, v in given.items():
             opt = self.options[k]
             if opt.choices is not None and v not in opt.choices:
-                raise ValueError(f"{self.name}: option {k} must be one of {', '.join(map(str, opt.choices))}, got {v!r}")
+                valid = ", ".join(map(str, opt.choices))
+                raise ValueError(f"{self.name}: option {k} must be one of {valid}, got {v!r}")
             out[k] = v
         return out

@@ -21,7 +21,7 @@ import pandas as pd
 
 from voxelfm.datasets._labelmaps import merge_masks, run_jobs, write_classes
 from voxelfm.datasets._tables import patient_splits, read_official_csv
-from voxelfm.datasets.protocols import SUITE_COMMON, segmentation_heads
+from voxelfm.datasets.protocols import segmentation_suite
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
 
 __all__ = ["RECIPE", "TotalSegmentatorRecipe", "CLASSES"]
@@ -90,7 +90,8 @@ ROOT/   (the unzipped Totalsegmentator_dataset_v201)
         report.found["subjects with ct.nii.gz"] = len(subjects)
         report.found["meta.csv rows"] = 0 if meta is None else len(meta)
         if meta is not None:
-            report.missing.extend(f"{s}/ct.nii.gz (listed in meta.csv)" for s in sorted(set(meta.index) - set(subjects)))
+            absent = sorted(set(meta.index) - set(subjects))
+            report.missing.extend(f"{s}/ct.nii.gz (listed in meta.csv)" for s in absent)
         jobs, rows = [], []
         for s in subjects:
             seg_dir = root / s / "segmentations"
@@ -130,7 +131,9 @@ ROOT/   (the unzipped Totalsegmentator_dataset_v201)
             split = _study_type_splits(table, report, seed)
         table.insert(2, "split", split)
         write_classes(out, CLASSES)
-        return Prepared(manifest, table, _suite(), {"classes": len(CLASSES) + 1})
+        return Prepared(manifest, table, segmentation_suite(
+            "TotalSegmentator: 117 structures + background from patch tokens (label maps in labelmaps/)",
+            "structures", len(CLASSES) + 1), {"classes": len(CLASSES) + 1})
 
 
 def _study_type_splits(table: pd.DataFrame, report: PrepareReport, seed: int) -> Any:
@@ -143,16 +146,6 @@ def _study_type_splits(table: pd.DataFrame, report: PrepareReport, seed: int) ->
                            stratify=list(table.loc[big, "study_type"]))
         split[big] = s.to_numpy()
     return split.to_numpy()
-
-
-def _suite() -> dict[str, Any]:
-    return {
-        "description": "TotalSegmentator: 117 structures + background from patch tokens (label maps in labelmaps/)",
-        **SUITE_COMMON,
-        "head_defaults": segmentation_heads(),
-        "tasks": [{"name": "structures", "task": "segmentation", "target": "seg_path", "probes": ["segmentation"],
-                   "hparams": {"num_classes": len(CLASSES) + 1}}],
-    }
 
 
 RECIPE = TotalSegmentatorRecipe()

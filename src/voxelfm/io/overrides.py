@@ -13,7 +13,9 @@ read); :func:`voxelfm.io.read_volume` applies them before the volume is reorient
   posterior, left), i.e. the slice spacing and the two in-plane pixel spacings. Replaces the
   header's voxel sizes.
 * ``override_rescale_slope, override_rescale_intercept``: ``HU = stored * slope + intercept`` on the file's *stored*
-  values (any scaling in the header is undone first).
+  values (any scaling in the header is undone first). A file with a stated geometry, no header
+  scaling and values already in HU (minimum below -500 while the intercept is below -500) is left
+  as it is, with a warning: it was rescaled when it was written.
 
 A header that states a geometry or scaling different from the override gets a warning naming both
 (the override is used); a blank header (NIfTI without sform/qform, unit voxel sizes, no scaling)
@@ -154,6 +156,16 @@ def _header_is_blank(img: Any) -> bool:
     return img.source.get("nifti_affine") == "pixdim"
 
 
+def _already_hu(img: Any, stored: np.ndarray, blank: bool, intercept: float) -> bool:
+    """A file with a stated geometry, no header scaling and air already near -1000 holds HU: a
+    re-released file whose values were rescaled when it was written (CT-RATE's ``*_fixed`` volumes
+    may be such). Stored values of a file that still needs a -1024 intercept are >= 0 outside
+    padding, so their minimum is far above -500."""
+    if blank or intercept > -500 or img.source.get("scl_slope") is not None or img.source.get("scl_inter") is not None:
+        return False
+    return bool(stored[::4, ::4, ::4].min() < -500)
+
+
 def apply_overrides(img: Any, ov: ReadOverrides, fmt: str) -> None:
     """Apply ``ov`` to a reader's :class:`~voxelfm.io._source.SourceImage` in place (before
     :func:`~voxelfm.io._source.build_volume`). Contradicting headers are noted in
@@ -204,7 +216,11 @@ def apply_overrides(img: Any, ov: ReadOverrides, fmt: str) -> None:
         h_slope = img.source.get("scl_slope")
         h_inter = img.source.get("scl_inter")
         stored = np.asarray(img.array, dtype=np.float32)
-        if h_slope is not None or h_inter is not None:  # the reader scaled: undo it
+        if _already_hu(img, stored, blank, inter):
+            warn.append(f"the file's values are already Hounsfield units (minimum {float(stored.min()):g}) although "
+                        f"the metadata gives a rescale intercept of {inter:g}; the rescale was not applied")
+            slope, inter = 1.0, 0.0
+        elif h_slope is not None or h_inter is not None:  # the reader scaled: undo it
             hs, hi = float(h_slope if h_slope is not None else 1.0), float(h_inter if h_inter is not None else 0.0)
             if not (math.isclose(hs, slope, rel_tol=_REL_TOL) and math.isclose(hi, inter, abs_tol=1e-3)):
                 warn.append(f"the header rescale (slope {hs:g}, intercept {hi:g}) contradicts the metadata "

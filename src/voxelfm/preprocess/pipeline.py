@@ -80,6 +80,8 @@ def _jsonable_source(src: Any) -> dict[str, Any]:
             out[k] = os.fspath(v)
         elif isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) for x in v):
             out[k] = list(v)
+        elif isinstance(v, dict):  # e.g. the read_overrides a manifest applied
+            out[k] = _jsonable_source(v)
     return out
 
 
