@@ -41,13 +41,15 @@ def test_read_roots_prepared_download_and_long_form(tmp_path):
     dl.mkdir()
     roots = tmp_path / "roots.yaml"
     roots.write_text(f"extract: {{max_patches: 8000}}\nct: prep\nluna: {dl}\n"
-                     f"nsclc: {{root: download, prepared: p2, extract: {{crop_background: false}}}}\n")
+                     f"nsclc: {{root: download, prepared: p2, extract: {{crop_background: false}}, "
+                     f"options: {{seed_split: 1}}}}\n")
     entries, glob = read_roots(roots, tmp_path / "out")
     assert glob == {"max_patches": 8000}
     ct, luna, nsclc = entries
     assert ct.prepared == prep and ct.root is None and not ct.needs_preparation
     assert luna.root == dl and luna.prepared == tmp_path / "out" / "prepared" / "luna" and luna.needs_preparation
     assert nsclc.prepared == tmp_path / "p2" and nsclc.extract == {"crop_background": False}
+    assert nsclc.options == {"seed_split": 1} and ct.options == {}
     roots.write_text("ct: {prepared: prep, extract: {spacing: 1}}\n")
     with pytest.raises(ConfigError, match="unknown extraction option"):
         read_roots(roots, tmp_path / "out")

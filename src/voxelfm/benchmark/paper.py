@@ -141,7 +141,7 @@ def _prepare(entry: DatasetEntry, quiet: bool) -> None:
     from voxelfm.datasets import prepare_dataset
 
     _say(f"preparing {entry.name} from {entry.root} into {entry.prepared}", quiet)
-    result = prepare_dataset(entry.name, entry.root, entry.prepared)
+    result = prepare_dataset(entry.name, entry.root, entry.prepared, **entry.options)
     _say(result.summary(), quiet)
 
 

@@ -9,6 +9,7 @@
     nsclc_radiomics:                    # the long form
       root: /data/downloads/NSCLC-Radiomics
       prepared: /data/prepared/nsclc    # where the prepared folder is (or goes)
+      options: {}                       # recipe options for the preparation (voxelfm datasets info NAME)
       extract: {max_patches: 8000}      # extraction options for this dataset only
 
 A top-level ``datasets:`` mapping holding the same entries and a top-level ``extract:`` mapping
@@ -32,7 +33,7 @@ __all__ = ["DatasetEntry", "EXTRACT_OPTIONS", "is_prepared", "read_roots", "read
 #: extraction options a ROOTS.yaml may set (globally or per dataset); as :func:`voxelfm.extract_batch`
 EXTRACT_OPTIONS = ("preset", "crop_background", "max_patches", "mode", "window", "overlap", "dtype",
                    "memory_budget_gb")
-_ENTRY_KEYS = {"root", "prepared", "extract"}
+_ENTRY_KEYS = {"root", "prepared", "extract", "options"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -45,12 +46,14 @@ class DatasetEntry:
         prepared: the prepared folder (exists, or is written from ``root``).
         root: the download root to prepare from (``None``: ``prepared`` must already exist).
         extract: extraction options for this dataset (:data:`EXTRACT_OPTIONS`).
+        options: recipe options used when preparing from ``root`` (``--set`` of ``voxelfm datasets prepare``).
     """
 
     name: str
     prepared: Path
     root: Path | None = None
     extract: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def needs_preparation(self) -> bool:
@@ -142,5 +145,9 @@ def read_roots(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> tup
                                     "and no download 'root' is given to prepare it from")
         if root is not None and not root.is_dir():
             raise FileNotFoundError(f"{where}: download root {root} does not exist")
-        entries.append(DatasetEntry(name, prepared, root=root, extract=_check_extract(value.get("extract"), where)))
+        options = value.get("options") or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"{where}: 'options' must be a mapping of recipe options")
+        entries.append(DatasetEntry(name, prepared, root=root, extract=_check_extract(value.get("extract"), where),
+                                    options=dict(options)))
     return entries, global_extract
