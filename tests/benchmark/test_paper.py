@@ -100,6 +100,27 @@ def test_second_run_does_no_work(bench):
     assert len(res.table) == 6
 
 
+def test_interrupted_cell_resumes_from_its_files(bench):
+    """A cell killed after its work was written resumes: nothing is embedded or trained again, and
+    the dataset's tables are rebuilt with every backbone. (In place: the suite runner keys finished
+    probe runs by the store's absolute path, so a moved benchmark folder trains its probes again.)"""
+    out = bench["out"]
+    state = json.loads((out / "benchmark.json").read_text())
+    state["cells"]["alpha/b"]["status"] = "started"  # as a killed run leaves it
+    (out / "benchmark.json").write_text(json.dumps(state))
+    logs = {p: p.read_bytes() for p in out.glob("stores/alpha/*/index/*.jsonl")}
+    runs = {p: p.stat().st_mtime_ns for p in out.glob("suites/alpha/runs/**/results.json")}
+    res = run_paper_benchmark(bench["roots"], f"a={bench['a']},b={bench['b']}", out, extract=EXTRACT,
+                              n_resamples=200, only=["alpha"], quiet=True)
+    assert res.ran == ["alpha/b"] and res.skipped == ["alpha/a"]
+    assert {p: p.read_bytes() for p in logs} == logs  # no scan embedded again
+    assert {p: p.stat().st_mtime_ns for p in out.glob("suites/alpha/runs/**/results.json")} == runs
+    rec = json.loads((out / "benchmark.json").read_text())["cells"]["alpha/b"]
+    assert rec["status"] == "finished" and rec["embedded"] == 24
+    assert set(pd.read_csv(out / "suites" / "alpha" / "results.csv")["backbone"]) == {"a", "b"}
+    assert list(pd.read_csv(out / "table1.csv").columns[4:]) == ["a", "b", "p a vs b"]
+
+
 @pytest.mark.slow
 def test_changed_weights_rerun_only_their_cells(bench, tmp_path):
     """New weights under the same path: that backbone's cells are embedded and probed again, with
