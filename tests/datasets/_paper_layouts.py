@@ -152,17 +152,46 @@ def write_merlin(root: Path, scans: list[TinyScan], *, unlabelled: int) -> dict[
 
 
 # ------------------------------------------------------------------------------------------- CT Lymph Nodes
+def write_dicom_seg(folder: Path, ct_paths: list[Path], mask: np.ndarray) -> Path:
+    """A DICOM Segmentation object (BINARY, one segment, empty frames omitted) of canonical ``mask``
+    over the CT series ``ct_paths``, as TCIA publishes them (made with highdicom)."""
+    import highdicom as hd
+    import pydicom
+    from highdicom.seg import SegmentAlgorithmTypeValues, SegmentationTypeValues, SegmentDescription
+    from pydicom.sr.codedict import codes
+
+    cts = sorted((pydicom.dcmread(p) for p in ct_paths), key=lambda d: float(d.ImagePositionPatient[2]))
+    for ds in cts:  # type 2 attributes highdicom copies from the source images
+        ds.PatientBirthDate, ds.ReferringPhysicianName, ds.AccessionNumber, ds.StudyID = "", "", "", "1"
+    desc = SegmentDescription(segment_number=1, segment_label="lymph node",
+                              segmented_property_category=codes.SCT.Tissue,
+                              segmented_property_type=codes.SCT.LymphNode,
+                              algorithm_type=SegmentAlgorithmTypeValues.MANUAL)
+    seg = hd.seg.Segmentation(source_images=cts, pixel_array=mask.astype(np.uint8),  # slice d = canonical d
+                              segmentation_type=SegmentationTypeValues.BINARY, segment_descriptions=[desc],
+                              series_instance_uid=hd.UID(), series_number=300, sop_instance_uid=hd.UID(),
+                              instance_number=1, manufacturer="phantom", manufacturer_model_name="phantom",
+                              software_versions="0", device_serial_number="0")
+    folder.mkdir(parents=True, exist_ok=True)
+    seg.save_as(folder / "1-1.dcm")
+    return folder / "1-1.dcm"
+
+
 def write_ct_lymph_nodes(root: Path, scans: list[TinyScan], organ: int) -> dict[str, TinyScan]:
-    """NBIA download: metadata.csv + 'CT Lymph Nodes/<Subject>/<study>/<series>/*.dcm', a CT and a
-    SEG series (0/255, the phantom organ ``organ`` standing in for the nodes) per subject; one
-    abdominal subject."""
+    """NBIA download: metadata.csv + 'CT Lymph Nodes/<Subject>/<study>/<series>/*.dcm', a CT series
+    and a DICOM-SEG (the phantom organ ``organ`` standing in for the nodes) per subject; the first
+    subject's mask is a legacy 0/255 image series instead, the last subject is abdominal."""
     rows, out = [], {}
     for k, s in enumerate(scans):
         subject = f"ABD_LYMPH_{k:03d}" if k == len(scans) - 1 else f"MED_LYMPH_{k:03d}"
         study = f"CT Lymph Nodes/{subject}/09-14-2014-NA-Chest-{k}"
         ct = write_series(root / study / "1.000000-CT", s.hu, s.spacing, f"ln{k}")
-        seg = write_series(root / study / "300.000000-Segmentation", (s.labels == organ) * 255.0, s.spacing,
-                           f"lnseg{k}", modality="SEG", intercept=0.0)
+        seg_dir = root / study / "300.000000-Segmentation"
+        if k == 0:
+            seg = write_series(seg_dir, (s.labels == organ) * 255.0, s.spacing, f"lnseg{k}", modality="SEG",
+                               intercept=0.0)
+        else:
+            seg = [write_dicom_seg(seg_dir, ct, s.labels == organ)]
         for paths, modality, folder in ((ct, "CT", "1.000000-CT"), (seg, "SEG", "300.000000-Segmentation")):
             rows.append({"Series UID": series_uid(paths[0]), "Collection": "CT Lymph Nodes", "3rd Party Analysis": "NO",
                          "Subject ID": subject, "Study UID": f"1.2.3.{k}", "Study Description": "CHEST",

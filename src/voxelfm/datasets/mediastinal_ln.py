@@ -2,13 +2,14 @@
 added 2023), 90 mediastinal (``MED_LYMPH_*``) and 86 abdominal (``ABD_LYMPH_*``) contrast CTs with
 voxel-wise lymph-node segmentations.
 
-The recipe reads the NBIA Data Retriever download as the paper's script did: ``metadata.csv``
-lists every series with ``Series UID``, ``Subject ID``, ``Modality`` (CT / SEG) and ``File Location``;
-per subject the CT series and its SEG are read with SimpleITK, the mask (0/255 or 0/1) is
-binarised and resampled onto the CT grid, and written as ``labels/<subject>.nii.gz``. Only the
-mediastinal subjects by default (``--set subset=all`` adds the abdominal ones). Whether GDCM reads
-every DICOM-SEG of the collection as an image series was not confirmed here beyond the paper's use
-of it; a subject whose SEG cannot be read is skipped with the error.
+The recipe reads the NBIA Data Retriever download: ``metadata.csv`` lists every series with
+``Series UID``, ``Subject ID``, ``Modality`` (CT / SEG) and ``File Location``; per subject the CT
+series is read with SimpleITK and its SEG is put on the CT grid — a DICOM Segmentation object
+frame by frame from its own plane positions (GDCM, which the paper's script used, stacks only the
+frames present, 0/255, with a spacing of its own), a legacy mask image series by resampling —
+binarised and written as ``labels/<subject>.nii.gz``. Only the mediastinal subjects by default
+(``--set subset=all`` adds the abdominal ones). A subject whose CT or SEG cannot be read is
+skipped with the reason.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from voxelfm.datasets._mask_resample import read_sitk, write_label_map
+from voxelfm.datasets._mask_resample import dicom_seg_on_reference, is_dicom_seg, read_sitk, write_label_map
 from voxelfm.datasets._protocol import segmentation_prepared
 from voxelfm.datasets._tables import read_official_csv
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
@@ -72,8 +73,10 @@ ROOT/  (the NBIA Data Retriever download folder, manifest-<number>/)
                 report.skip(subject, "series folder not downloaded")
                 continue
             try:
-                counts = write_label_map(read_sitk(seg_dir), read_sitk(ct_dir), out / "labels" / f"{subject}.nii.gz",
-                                         binary=True)
+                ct_img = read_sitk(ct_dir)
+                seg_file = is_dicom_seg(seg_dir)
+                mask = dicom_seg_on_reference(seg_file, ct_img) if seg_file is not None else read_sitk(seg_dir)
+                counts = write_label_map(mask, ct_img, out / "labels" / f"{subject}.nii.gz", binary=True)
             except Exception as exc:  # noqa: BLE001 - one unreadable subject is skipped, not fatal
                 report.skip(subject, f"unreadable CT or SEG ({type(exc).__name__})")
                 continue
