@@ -52,6 +52,11 @@ def test_contract_splits_and_suite(luna):
     assert set(lab["split"]) == {"train", "val", "test"}
     assert result.info["counts"]["scans_with_nodules"] == 6 and result.info["counts"]["nodules"] == 12
     assert result.info["found"]["candidates (candidates_V2.csv)"] == 12
+    cand = pd.read_csv(result.out / "candidates.csv", dtype={"id": str})
+    nod = pd.read_csv(result.out / "nodules.csv", dtype={"id": str})
+    assert len(cand) == 12 and (cand["class"] == 1).all() and cand["inside"].all()
+    np.testing.assert_allclose(cand.sort_values(["id", "coordX"])[["d", "h", "w"]].to_numpy(),
+                               nod.sort_values(["id", "coordX"])[["d", "h", "w"]].to_numpy(), atol=1e-9)
     s = load_suite(result.out / "suite.yaml", stores={"x": result.out})
     t = next(t for t in s.tasks if t.task == "localisation")
     assert t.target == ["nodule_d", "nodule_h", "nodule_w"] and t.hparams["coords"] == "voxel"

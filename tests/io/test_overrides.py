@@ -121,7 +121,8 @@ def test_rescale_not_applied_twice_to_a_file_already_in_hu(tmp_path):
     from voxelfm.io import read_volume
     from voxelfm.io.overrides import ReadOverrides
 
-    hu = np.random.default_rng(2).integers(-1024, 1500, size=(8, 7, 6)).astype(np.int16)
+    hu = np.full((40, 36, 32), -1000, dtype=np.int16)                    # air ...
+    hu[8:32, 6:30, 6:26] = np.random.default_rng(2).integers(-100, 300, size=(24, 24, 20))  # ... around a body
     img = nib.Nifti1Image(hu, np.diag([-1.0, -1.0, 1.0, 1.0]))
     img.header.set_sform(img.affine, code=1)
     path = tmp_path / "fixed.nii.gz"

@@ -11,6 +11,8 @@ Traps handled:
   into the token frame of each embedding through its preprocessing record (``coords: voxel``).
 * Scans have several nodules, a localisation probe predicts one point: the target is the largest
   nodule (``nodule_count`` says how many there are; ``nodules.csv`` lists them all).
+* ``candidates_V2.csv`` (or ``candidates.csv``), when present, is mapped the same way into the
+  prepared ``candidates.csv`` (canonical voxel, class, inside) for candidate-classification work.
 * The download is ten ``subsetN`` folders (zip extraction sometimes nests them as
   ``subsetN/subsetN/``); both are found.
 """
@@ -26,6 +28,7 @@ import pandas as pd
 from voxelfm.datasets._tables import patient_splits, read_official_csv
 from voxelfm.datasets.protocols import SUITE_COMMON, classification_heads, localisation_heads
 from voxelfm.datasets.recipe import Prepared, PrepareReport, Recipe, RecipeOption
+from voxelfm.io.header import HeaderGeometry, read_header_geometry
 
 __all__ = ["RECIPE", "Luna16Recipe", "nodule_voxels"]
 
@@ -36,10 +39,15 @@ _CANDIDATE_FILES = ("candidates_V2/candidates_V2.csv", "candidates_V2.csv", "can
 def nodule_voxels(mhd: str | Path, world_lps: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Canonical SPL voxel indices ``[K, 3]`` (d, h, w; fractional) of LUNA16 world points ``[K, 3]``
     (``coordX, coordY, coordZ`` mm) in the scan ``mhd``, and the canonical shape."""
-    from voxelfm.io.header import read_header_geometry
-
     g = read_header_geometry(mhd)
     return g.lps_to_index(np.asarray(world_lps, dtype=np.float64)), g.shape
+
+
+def _voxels(geometry: HeaderGeometry, points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical voxels ``[K, 3]`` of the ``coordX, coordY, coordZ`` rows and whether each lies in the scan."""
+    vox = geometry.lps_to_index(points[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float))
+    inside = ((vox >= -0.5) & (vox <= np.asarray(geometry.shape) - 0.5)).all(axis=1)
+    return vox, inside
 
 
 def _element_data_file(mhd: Path) -> Path | None:
@@ -68,7 +76,7 @@ class Luna16Recipe(Recipe):
 ROOT/
   subset0/ ... subset9/            <seriesuid>.mhd + <seriesuid>.raw  (also subsetN/subsetN/ as some unzip tools make)
   annotations.csv                  seriesuid,coordX,coordY,coordZ,diameter_mm   (world mm, LPS, of the .mhd space)
-  candidates_V2.csv or candidates.csv   seriesuid,coordX,coordY,coordZ,class  (optional, counted only)
+  candidates_V2.csv or candidates.csv   seriesuid,coordX,coordY,coordZ,class  (optional: candidates.csv out)
   seg-lungs-LUNA16/, evaluationScript/, sampleSubmission.csv                  (optional, ignored)"""
     paper = ("nodule localisation from annotations.csv: the reference resampled to 1 mm and cut 6 cubic crops per "
              "nodule (side U(max(40, 2·diameter), 240) mm) resized to 224³, target = relative position in the "
@@ -104,28 +112,41 @@ ROOT/
             report.missing.append("annotations.csv")
             ann = None
         report.found["annotations"] = 0 if ann is None else len(ann)
-        cand = next((root / c for c in _CANDIDATE_FILES if (root / c).is_file()), None)
-        if cand is not None:
-            report.found[f"candidates ({cand.name})"] = sum(1 for _ in open(cand, encoding="utf-8")) - 1
+        cand_path = next((root / c for c in _CANDIDATE_FILES if (root / c).is_file()), None)
+        cand = None
+        if cand_path is not None:
+            cand = read_official_csv(cand_path, (*_ANNOTATION_COLUMNS[:4], "class"), dtype={"seriesuid": str})
+            for c in ("coordX", "coordY", "coordZ", "class"):
+                cand[c] = pd.to_numeric(cand[c], errors="coerce")
+            report.found[f"candidates ({cand_path.name})"] = len(cand)
         if ann is None:
             return Prepared(pd.DataFrame(columns=["id", "path"]), pd.DataFrame(), {})
         missing_scans = sorted(set(ann["seriesuid"]) - set(scans))
         report.missing.extend(f"scan {u}.mhd (has annotations)" for u in missing_scans)
 
-        rows, nodules = [], []
+        rows, nodules, candidates = [], [], []
         by_uid = {u: g for u, g in ann.groupby("seriesuid")}
+        cand_by_uid = {u: g for u, g in cand.groupby("seriesuid")} if cand is not None else {}
         for uid in sorted(scans):
             mhd, subset = scans[uid]
             g = by_uid.get(uid)
             row: dict[str, Any] = {"id": uid, "patient_id": uid, "subset": subset, "has_nodule": int(g is not None),
                                    "nodule_count": 0 if g is None else len(g)}
+            try:
+                geometry = read_header_geometry(mhd)
+            except Exception as exc:  # noqa: BLE001 - an unreadable header skips the scan, recorded
+                report.skip(uid, f"unreadable .mhd header ({type(exc).__name__})")
+                continue
+            c = cand_by_uid.get(uid)
+            if c is not None:
+                cvox, cin = _voxels(geometry, c)
+                frame = c[["coordX", "coordY", "coordZ", "class"]].reset_index(drop=True)
+                frame.insert(0, "id", uid)
+                frame[["d", "h", "w"]] = cvox
+                frame["inside"] = cin
+                candidates.append(frame)
             if g is not None:
-                try:
-                    vox, shape = nodule_voxels(mhd, g[["coordX", "coordY", "coordZ"]].to_numpy(dtype=float))
-                except Exception as exc:  # noqa: BLE001 - an unreadable header skips the scan, recorded
-                    report.skip(uid, f"unreadable .mhd header ({type(exc).__name__})")
-                    continue
-                inside = ((vox >= -0.5) & (vox <= np.asarray(shape) - 0.5)).all(axis=1)
+                vox, inside = _voxels(geometry, g)
                 for j, (r, v, ok) in enumerate(zip(g.itertuples(index=False), vox, inside)):
                     nodules.append({"id": uid, "nodule": j, "coordX": r.coordX, "coordY": r.coordY, "coordZ": r.coordZ,
                                     "diameter_mm": r.diameter_mm, "d": v[0], "h": v[1], "w": v[2], "inside": bool(ok)})
@@ -153,6 +174,10 @@ ROOT/
         pd.DataFrame(nodules, columns=["id", "nodule", "coordX", "coordY", "coordZ", "diameter_mm", "d", "h", "w",
                                        "inside"]).to_csv(out / "nodules.csv", index=False, lineterminator="\n")
         counts = {"scans_with_nodules": int(table["has_nodule"].sum()), "nodules": len(nodules)}
+        if candidates:
+            cands = pd.concat(candidates, ignore_index=True)
+            cands.to_csv(out / "candidates.csv", index=False, lineterminator="\n")
+            counts["candidates"] = len(cands)
         return Prepared(manifest, table, _suite(), counts)
 
 

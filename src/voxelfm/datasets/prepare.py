@@ -134,7 +134,11 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
         raise PreparedFolderExistsError(f"{out} exists; choose another -o folder or pass --overwrite")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     os.replace(out, old)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)  # put the previous folder back
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

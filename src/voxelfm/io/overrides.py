@@ -14,8 +14,8 @@ read); :func:`voxelfm.io.read_volume` applies them before the volume is reorient
   header's voxel sizes.
 * ``override_rescale_slope, override_rescale_intercept``: ``HU = stored * slope + intercept`` on the file's *stored*
   values (any scaling in the header is undone first). A file with a stated geometry, no header
-  scaling and values already in HU (minimum below -500 while the intercept is below -500) is left
-  as it is, with a warning: it was rescaled when it was written.
+  scaling and values already in HU (air at -1000 while the intercept is below -500) is left as it
+  is, with a warning: it was rescaled when it was written.
 
 A header that states a geometry or scaling different from the override gets a warning naming both
 (the override is used); a blank header (NIfTI without sform/qform, unit voxel sizes, no scaling)
@@ -157,13 +157,15 @@ def _header_is_blank(img: Any) -> bool:
 
 
 def _already_hu(img: Any, stored: np.ndarray, blank: bool, intercept: float) -> bool:
-    """A file with a stated geometry, no header scaling and air already near -1000 holds HU: a
+    """A file with a stated geometry, no header scaling and air already at -1000 holds HU: a
     re-released file whose values were rescaled when it was written (CT-RATE's ``*_fixed`` volumes
-    may be such). Stored values of a file that still needs a -1024 intercept are >= 0 outside
-    padding, so their minimum is far above -500."""
+    may be such). In stored values that still need a -1024 intercept, air is near +24 and the
+    range around -1000 (HU -2000) holds at most padding, which sits elsewhere (-2000 stored, or 0);
+    so >= 0.5 % of voxels in [-1050, -950] means air in HU."""
     if blank or intercept > -500 or img.source.get("scl_slope") is not None or img.source.get("scl_inter") is not None:
         return False
-    return bool(stored[::4, ::4, ::4].min() < -500)
+    sub = stored[::4, ::4, ::4]
+    return bool(np.mean((sub >= -1050) & (sub <= -950)) >= 0.005)
 
 
 def apply_overrides(img: Any, ov: ReadOverrides, fmt: str) -> None:
@@ -217,8 +219,8 @@ def apply_overrides(img: Any, ov: ReadOverrides, fmt: str) -> None:
         h_inter = img.source.get("scl_inter")
         stored = np.asarray(img.array, dtype=np.float32)
         if _already_hu(img, stored, blank, inter):
-            warn.append(f"the file's values are already Hounsfield units (minimum {float(stored.min()):g}) although "
-                        f"the metadata gives a rescale intercept of {inter:g}; the rescale was not applied")
+            warn.append(f"the file's values are already Hounsfield units (air at -1000) although the metadata gives a "
+                        f"rescale intercept of {inter:g}; the rescale was not applied")
             slope, inter = 1.0, 0.0
         elif h_slope is not None or h_inter is not None:  # the reader scaled: undo it
             hs, hi = float(h_slope if h_slope is not None else 1.0), float(h_inter if h_inter is not None else 0.0)
