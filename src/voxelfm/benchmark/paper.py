@@ -372,6 +372,7 @@ def run_paper_benchmark(data: str | os.PathLike[str], backbones: str | Sequence[
         state.save()
         try:
             if cell.backbone.name not in models:
+                models.clear()  # cells come backbone by backbone: one model in memory at a time
                 models[cell.backbone.name] = loader(cell.backbone)
             rec.update(_run_cell(cell, out, models[cell.backbone.name], device=device, read_workers=read_workers,
                                  probe_workers=probe_workers, n_resamples=n_resamples, quiet=quiet))
@@ -470,6 +471,7 @@ def plan_paper_benchmark(data: str | os.PathLike[str], backbones: str | Sequence
         row["status"] = "done" if done else ("resume" if rec else "to run")
         b = cell.backbone.name
         if b not in models:
+            models.clear()  # backbone by backbone, as the run
             models[b] = loader(cell.backbone)
             calibrations[b] = calibrate(models[b], device=dev)
         model, calib = models[b], calibrations[b]
