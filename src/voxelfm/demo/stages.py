@@ -200,9 +200,10 @@ class StageRunner:
         try:
             summary = fn(resuming) or {}
         except BaseException:  # interrupted or failed: keep the time spent, the stage stays "started"
-            rec.seconds += time.monotonic() - t
+            dt = time.monotonic() - t  # once: the CPU-time reading in between takes time under load
+            rec.seconds += dt
             rec.cpu_seconds += cpu_seconds() - c
-            rec.runs.append(time.monotonic() - t)
+            rec.runs.append(dt)
             self.state.save()
             raise
         dt, dc = time.monotonic() - t, cpu_seconds() - c
