@@ -110,3 +110,26 @@ def test_only_and_reference_are_checked(tmp_path):
         _resolve(roots, "x=vit_tiny", tmp_path / "out", None, ["c"])
     with pytest.raises(ConfigError, match="--reference 'z' is not one of the backbones"):
         _resolve(roots, "x=vit_tiny", tmp_path / "out", "z", None)
+
+
+def test_paper_table_mean_rows_and_holm():
+    import pandas as pd
+
+    from voxelfm.benchmark.table import paper_table
+
+    rows, comps = [], []
+    for t, (va, vb) in {"f1": (0.9, 0.7), "f2": (0.8, 0.6), "f3": (0.7, 0.75)}.items():
+        for b, v in (("a", va), ("b", vb)):
+            rows.append({"dataset": "d", "task_name": t, "task": "binary", "head": "mlp", "feature": "cls",
+                         "fraction": 1.0, "backbone": b, "metric": "auroc", "primary": True, "value": v,
+                         "ci_low": v - 0.05, "ci_high": v + 0.05, "status": "ok"})
+        comps.append({"dataset": "d", "task_name": t, "task": "binary", "head": "mlp", "feature": "cls",
+                      "fraction": 1.0, "metric": "auroc", "backbone_a": "a", "backbone_b": "b", "n": 10,
+                      "diff": va - vb, "p_value": {"f1": 0.01, "f2": 0.02, "f3": 0.5}[t], "method": "delong",
+                      "p_holm": 0.0})
+    table, comp = paper_table(pd.DataFrame(rows), pd.DataFrame(comps), ["a", "b"])
+    assert list(table["task"]) == ["f1", "f2", "f3", "mean of 3 tasks"]
+    mean = table.iloc[-1]
+    assert mean["a"] == "0.800" and mean["b"] == "0.683" and mean["_best"] == ("a",) and mean["p a vs b"] == "—"
+    assert mean["metric"] == "auroc ↑ (mean)"
+    np.testing.assert_allclose(comp.set_index("task_name")["p_holm"].loc[["f1", "f2", "f3"]], [0.03, 0.04, 0.5])

@@ -3,7 +3,8 @@ backbones (value with 95 % CI) and the paired test of each backbone against the 
 
 Built from the per-dataset suite outputs (``results.csv`` and ``comparisons.csv`` of
 :func:`voxelfm.probes.run_suite`): the rows are each task's primary metric at its largest
-training fraction; the p-values are the suite's paired tests (DeLong for a binary AUROC, else a
+training fraction (plus, per dataset and probe, the mean over tasks that share a metric); the
+p-values are the suite's paired tests (DeLong for a binary AUROC, else a
 paired bootstrap) re-adjusted with Holm over the whole table — one family for the paper's table,
 not one per dataset (the per-dataset adjustment is kept as ``p_holm_dataset``).
 """
@@ -63,7 +64,35 @@ def paper_table(results: pd.DataFrame, comparisons: pd.DataFrame, backbones: Seq
     others = [c for c in table.columns if c not in present and c not in ("dataset", "task", "probe", "metric")]
     table = table[["dataset", "task", "probe", "metric", *present, *others]]
     comp["task_name"] = comp["task_name"].str.split(_SEP, n=1).str[1]
-    return table, comp
+    return _with_mean_rows(table, res, present), comp
+
+
+def _with_mean_rows(table: pd.DataFrame, res: pd.DataFrame, backbones: Sequence[str]) -> pd.DataFrame:
+    """After each dataset's rows, one row per probe whose metric two or more of the dataset's tasks
+    share: the unweighted mean over the tasks every backbone finished (CT-RATE's 18 findings,
+    Merlin's 30), as the paper summarises them. No CI and no test (they are per task)."""
+    from voxelfm.probes.tasks import get_task
+
+    ok = res[res["status"] == "ok"]  # task_name is "dataset<SEP>task" here, task the task type
+    blocks = []
+    for dataset, block in table.groupby("dataset", sort=False):
+        blocks.append(block)
+        d = ok[ok["dataset"] == dataset]
+        for (head, feature, metric, task_type), g in d.groupby(["head", "feature", "metric", "task"], sort=False):
+            wide = g.pivot_table(index="task_name", columns="backbone", values="value").dropna()
+            if len(wide) < 2:
+                continue
+            higher = get_task(task_type).higher_is_better
+            means = {b: float(wide[b].mean()) for b in backbones if b in wide.columns}
+            row = {c: "—" for c in table.columns}
+            row.update(dataset=dataset, task=f"mean of {len(wide)} tasks", probe=f"{head}/{feature}",
+                       metric=f"{metric} {'↑' if higher else '↓'} (mean)")
+            row.update({b: f"{v:.3f}" for b, v in means.items()})
+            top = max(means.values()) if higher else min(means.values())
+            best = tuple(b for b, v in means.items() if v == top)
+            row["_best"] = () if len(best) == len(means) else best
+            blocks.append(pd.DataFrame([row], columns=table.columns))
+    return pd.concat(blocks, ignore_index=True)
 
 
 def write_paper_table(out: Path, table: pd.DataFrame, comparisons: pd.DataFrame, *, n_datasets: int,
