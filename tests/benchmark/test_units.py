@@ -32,11 +32,16 @@ def test_parse_backbones_errors(text, msg):
         parse_backbones(text)
 
 
+def _empty_prepared(folder):
+    """A folder that counts as prepared (manifest.csv + suite.yaml)."""
+    folder.mkdir()
+    (folder / "manifest.csv").write_text("id,path\n")
+    (folder / "suite.yaml").write_text("tasks: []\n")
+    return folder
+
+
 def test_read_roots_prepared_download_and_long_form(tmp_path):
-    prep = tmp_path / "prep"
-    prep.mkdir()
-    (prep / "manifest.csv").write_text("id,path\n")
-    (prep / "suite.yaml").write_text("tasks: []\n")
+    prep = _empty_prepared(tmp_path / "prep")
     dl = tmp_path / "download"
     dl.mkdir()
     roots = tmp_path / "roots.yaml"
@@ -98,10 +103,7 @@ def test_vit_flops_formula():
 def test_only_and_reference_are_checked(tmp_path):
     from voxelfm.benchmark.paper import _resolve
 
-    prep = tmp_path / "prep"
-    prep.mkdir()
-    (prep / "manifest.csv").write_text("id,path\n")
-    (prep / "suite.yaml").write_text("tasks: []\n")
+    _empty_prepared(tmp_path / "prep")
     roots = tmp_path / "roots.yaml"
     roots.write_text("a: prep\nb: prep\n")
     entries, _, specs, ref = _resolve(roots, "x=vit_tiny,y=vit_small", tmp_path / "out", None, ["b"])
