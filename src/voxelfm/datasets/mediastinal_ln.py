@@ -39,7 +39,7 @@ class MediastinalLNRecipe(Recipe):
     title = "Mediastinal lymph nodes (TCIA CT Lymph Nodes)"
     description = ("contrast chest CT with voxel-wise mediastinal lymph-node masks (TCIA CT Lymph Nodes, DICOM-SEG): "
                    "binary lymph-node segmentation")
-    licence = "CC BY 3.0 (TCIA); cite Roth et al., MICCAI 2014, and the TCIA collection DOI 10.7937/K9/TCIA.2015.AQIIDCNM"
+    licence = "CC BY 3.0 (TCIA); cite Roth et al., MICCAI 2014, and the collection as its TCIA page asks"
     url = "https://www.cancerimagingarchive.net/collection/ct-lymph-nodes/"
     layout = """\
 ROOT/  (the NBIA Data Retriever download folder, manifest-<number>/)

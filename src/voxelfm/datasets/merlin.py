@@ -62,7 +62,7 @@ class MerlinRecipe(Recipe):
     description = "25,494 abdominal CT studies with reports: 30 binary findings with the official train/val/test split"
     licence = ("Stanford AIMI dataset research use agreement (non-commercial research; register on the AIMI "
                "portal); cite Blankemeier et al., Merlin: a vision language foundation model for 3D CT, 2024")
-    url = "https://stanfordaimi.azurewebsites.net/datasets/60b9c7ff-877b-48ce-96c3-0194c8205c40"
+    url = "https://aimi.stanford.edu (Stanford AIMI shared datasets: Merlin)"
     layout = """\
 ROOT/  (merlinabdominalctdataset/ as downloaded from the AIMI portal)
   merlin_data/<study id>.nii.gz
