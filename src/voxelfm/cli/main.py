@@ -27,7 +27,7 @@ __all__ = ["main", "build_parser"]
 
 # Order shown in --help: the pipeline, left to right.
 SUBCOMMANDS: tuple[str, ...] = (
-    "phantoms", "info", "extract", "prepare", "pretrain", "export", "probe", "report", "demo",
+    "phantoms", "info", "extract", "prepare", "pretrain", "export", "probe", "compare", "report", "demo",
 )
 
 
