@@ -6,7 +6,7 @@ import csv
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from voxelfm.errors import VoxelFMError, VolumeReadError
@@ -26,11 +26,14 @@ class InputItem:
             make file names with :func:`voxelfm.utils.safe_id`.
         path: file or folder.
         series_uid: the series to read when ``path`` is a DICOM folder (None: the largest CT series).
+        columns: the other (non-empty) columns of its manifest row, as text (e.g. FMCIB seed points
+            ``coordX, coordY, coordZ``); empty for files and folders.
     """
 
     id: str
     path: Path
     series_uid: str | None = None
+    columns: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 def volume_id_from_path(path: str | Path) -> str:
@@ -60,7 +63,8 @@ def _from_manifest(csv_path: Path) -> list[InputItem]:
                 p = Path(os.path.expanduser(row["path"]))
                 if not p.is_absolute():
                     p = csv_path.parent / p
-                items.append(InputItem(row["id"], p, row.get("series_uid") or None))
+                extra = {k: v for k, v in row.items() if k and k not in ("id", "path", "series_uid") and v}
+                items.append(InputItem(row["id"], p, row.get("series_uid") or None, extra))
             return items
     except UnicodeDecodeError as exc:
         raise VoxelFMError(f"{csv_path}: not a UTF-8 text CSV ({exc})") from None
@@ -108,7 +112,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[InputItem]:
     """Expand files, folders and CSV manifests into :class:`InputItem` s, in input order.
 
     * a CSV file is a manifest with columns ``id`` and ``path`` (optional ``series_uid``; other
-      columns ignored); relative paths are resolved against the CSV's folder;
+      columns are kept in ``InputItem.columns`` for backbones that use them, e.g. FMCIB seed
+      points); relative paths are resolved against the CSV's folder;
     * a folder gives one item per DICOM CT series found anywhere below it (scouts, localizers,
       non-CT and < 4-slice series skipped; id = SeriesInstanceUID) and one per volume file below it
       (NIfTI, NRRD, MHA/MHD, npy/npz, zip; id = file name without extensions);
