@@ -123,15 +123,31 @@ def load_spec(spec: BackboneSpec, *, device: str = "cpu") -> Any:
 
     ``weights=None`` gives the family's seeded random init with a one-line warning.
     """
-    import inspect
-
     import voxelfm
 
-    if "weights" not in inspect.signature(voxelfm.load_backbone).parameters:  # TEMP until `baselines` merges
-        if spec.family != "voxelfm" or spec.weights is None:
-            raise ValueError(f"backbone family {spec.family!r} needs the baselines registry")
-        return voxelfm.load_backbone(spec.weights, device=device, **dict(spec.options))
-    return voxelfm.load_backbone(spec.family, weights=spec.weights, device=device, **dict(spec.options))
+    options = dict(spec.options)
+    if spec.family == "voxelfm":  # the ViT's architecture option is load_backbone's config=
+        return voxelfm.load_backbone(spec.family, weights=spec.weights, device=device,
+                                     config=options.pop("config", None), **options)
+    return voxelfm.load_backbone(spec.family, weights=spec.weights, device=device, **options)
+
+
+#: extraction options of the ViT pipeline and their neutral values (what a baseline family gets)
+_VIT_ONLY: dict[str, Any] = {"preset": "default", "crop_background": False, "max_patches": None, "window": None}
+
+
+def _options_for(model: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The extraction options for one backbone: the ViT pipeline's options (preset, background crop,
+    token budget, chunked windows) apply to voxelfm backbones only; a baseline family preprocesses
+    exactly as its authors did and runs one forward pass unless it supports chunked inference."""
+    from voxelfm.inference.extract import is_baseline
+
+    opts = dict(options)
+    if is_baseline(model):
+        opts.update({k: v for k, v in _VIT_ONLY.items() if k in opts})
+        if opts.get("mode") == "chunked" and not getattr(model, "supports_chunked", False):
+            opts["mode"] = "auto"
+    return opts
 
 
 def extract_backbones(specs: Sequence[BackboneSpec], items: Any, root: str | os.PathLike[str], *,
@@ -143,9 +159,9 @@ def extract_backbones(specs: Sequence[BackboneSpec], items: Any, root: str | os.
         items: as :func:`voxelfm.inference.extract_batch` (paths, manifests, InputItems, tuples).
         root: parent folder of the stores.
         show_progress: progress bars (one per backbone, with ETA).
-        **extract_options: passed to :func:`~voxelfm.inference.extract_batch` for every backbone
-            (``preset``, ``crop_background``, ``max_patches`` apply to voxelfm backbones; the
-            baselines preprocess as their authors did).
+        **extract_options: passed to :func:`~voxelfm.inference.extract_batch` for every backbone;
+            ``preset``, ``crop_background``, ``max_patches``, ``window`` and ``mode="chunked"``
+            apply to voxelfm backbones only (the baselines preprocess as their authors did).
 
     Returns:
         ``{label: BatchSummary}`` (counts summed over ranks under ``torchrun``).
@@ -164,7 +180,7 @@ def extract_backbones(specs: Sequence[BackboneSpec], items: Any, root: str | os.
                 print(f"extract {spec.label} ({spec.family}, {spec.weights or 'random init'}) "
                       f"-> {Path(root) / spec.label}", flush=True)
             summaries[spec.label] = extract_batch(model, all_items, Path(root) / spec.label,
-                                                  show_progress=show_progress, **extract_options)
+                                                  show_progress=show_progress, **_options_for(model, extract_options))
             del model
             gc.collect()
             if torch.cuda.is_available():
