@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from tests.inference.conftest import body_volume, randomised_tiny
+from tests.inference.test_batch import _free_port
 from voxelfm.inference.backbones import BackboneSpec, extract_backbones
 
 
@@ -28,12 +28,6 @@ def _setup(tmp_path: Path, n: int = 5) -> tuple[Path, list[BackboneSpec]]:
         save_backbone(randomised_tiny(10 + i), tmp_path / f"m{i}")
         specs.append(BackboneSpec(label=f"m{i}", family="voxelfm", weights=str(tmp_path / f"m{i}")))
     return folder, specs
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, world: int, port: int, folder: str, tmp: str) -> None:
