@@ -387,7 +387,7 @@ class Clip2DBackbone(BaselineBackbone):
         x, sp, info = source_grid(source, "default", spacing=None if spacing is None else tuple(spacing))
         d, h, w = x.shape
         lo, hi = self.window
-        grey = ((x.clamp(lo, hi) - lo) / (hi - lo) * 255.0).round() / 255.0  # [D, H, W], 8-bit levels
+        grey = x.clamp(lo, hi).sub_(lo).div_(hi - lo).mul_(255.0).round_().div_(255.0)  # [D, H, W], 8-bit levels
         size = self.spec.image_size
         steps: list[dict[str, Any]] = [
             {"op": "canonical_orientation", "orientation": info.get("orientation")},

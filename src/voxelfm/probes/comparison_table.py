@@ -160,7 +160,8 @@ def format_comparison_markdown(table: pd.DataFrame, *, title: str = "", note: st
 def format_comparison_latex(table: pd.DataFrame, *, caption: str = "", label: str = "tab:compare") -> str:
     """A booktabs LaTeX table of :func:`comparison_table` (best in bold, letters as superscripts)."""
     cols = _visible(table)
-    out = [r"\begin{table}[t]", r"\centering", r"\small", r"\resizebox{\textwidth}{!}{%",
+    out = [r"% needs \usepackage{booktabs,graphicx}", r"\begin{table}[t]", r"\centering", r"\small",
+           r"\resizebox{\textwidth}{!}{%",
            r"\begin{tabular}{" + "l" * 4 + "r" + "c" * (len(cols) - 5) + "}", r"\toprule",
            " & ".join(_esc_tex(c) for c in cols) + r" \\", r"\midrule"]
     for cells in _cells(table, lambda s: f"$^{{{s}}}$", lambda s: r"\textbf{" + s + "}", _esc_tex):
