@@ -265,4 +265,16 @@ def test_compare_cli_usage_errors_are_one_line(tiny_cohort, capsys):
                  "--targets", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not in the label table" in err
+    # a bad backbone anywhere in the list stops the run before the first extraction
+    good = f"voxelfm@a={root / 'm0'}"
+    for spec, opts, match in ((f"{good},nosuch", [], "unknown backbone 'nosuch'"),
+                              (f"{good},voxelfm@b={root / 'missing'}", [], "do not exist"),
+                              (f"{good},clip2d@c", ["c:colour=1"], "has no option"),
+                              (f"{good},clip2d@c=org/not-cached", [], "download")):
+        argv = ["compare", "--backbones", spec, *base]
+        for o in opts:
+            argv += ["--option", o]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and match in err, err
     assert not (root / "bad" / "stores" / "a" / "embeddings").exists()  # nothing extracted

@@ -51,7 +51,7 @@ from voxelfm.baselines.base import BaselineBackbone, dinov2_output, make_preproc
 from voxelfm.baselines.registry import BackboneFamily
 from voxelfm.errors import CheckpointError, ConfigError
 
-__all__ = ["FAMILY", "MODELS", "WINDOWS", "Clip2DBackbone", "Clip2DModel", "load"]
+__all__ = ["FAMILY", "MODELS", "WINDOWS", "Clip2DBackbone", "Clip2DModel", "check_weights", "load"]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -508,6 +508,14 @@ def _family_for(spec: Clip2DModel) -> BackboneFamily:
     return replace(FAMILY, hub_repo=spec.hub_repo, weight_files=spec.weight_files, weights_help=spec.weights_help)
 
 
+def check_weights(weights: str | os.PathLike[str], *, model: str | None = None, **_: Any) -> Path:
+    """The local weights file of ``model`` named by ``weights`` (file, folder, hub id in the local
+    cache), without loading it; one-line :class:`CheckpointError` when it is not there."""
+    from voxelfm.baselines._weights import resolve_weights
+
+    return resolve_weights(weights, _family_for(_variant(model, weights)))
+
+
 def load(weights: str | os.PathLike[str] | None, *, device: Any = "cpu", model: str | None = None,
          window: Any = "wide", slice_stride: int = 1, slice_batch: int = 32,
          tower: Mapping[str, Any] | None = None) -> Clip2DBackbone:
@@ -529,7 +537,7 @@ def load(weights: str | os.PathLike[str] | None, *, device: Any = "cpu", model: 
         ConfigError: unknown model / window / bad numbers. CheckpointError: weights not found
             (one line: what to download, from where, where to put it) or of another model.
     """
-    from voxelfm.baselines._weights import load_matching, random_init, read_state_dict, resolve_weights
+    from voxelfm.baselines._weights import load_matching, random_init, read_state_dict
 
     spec = _variant(model, weights)
     win = _window(window)
@@ -537,7 +545,7 @@ def load(weights: str | os.PathLike[str] | None, *, device: Any = "cpu", model: 
         raise ConfigError(f"slice_stride and slice_batch must be >= 1, got {slice_stride} and {slice_batch}")
     path: Path | None = None
     if weights is not None:
-        path = resolve_weights(weights, _family_for(spec))
+        path = check_weights(weights, model=spec.name)
         spec = _config_from_files(spec, path.parent)
     tower = _json_option("tower", tower)
     if tower and not isinstance(tower, Mapping):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BackboneSpec", "extract_backbones", "load_spec", "parse_backbones", "parse_options"]
+__all__ = ["BackboneSpec", "check_specs", "extract_backbones", "load_spec", "parse_backbones", "parse_options"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
@@ -116,6 +116,53 @@ def parse_backbones(specs: str | Sequence[str], options: Mapping[str, Mapping[st
         raise ValueError(f"a comparison needs at least two backbones, got {len(out)}; "
                          "e.g. --backbones voxelfm=WEIGHTS,voxelfm@random")
     return out
+
+
+def check_specs(specs: Sequence[BackboneSpec]) -> None:
+    """Fail fast, before hours of extraction: every family exists and has its dependencies, its
+    options are ones it takes, and weights given as files / folders / hub ids can be found.
+
+    Raises:
+        ConfigError, MissingDependencyError, CheckpointError, FileNotFoundError: one line each.
+    """
+    import inspect
+
+    from voxelfm.baselines import check_requirements, get_family
+    from voxelfm.errors import ConfigError
+
+    for spec in specs:
+        family = get_family(spec.family)
+        check_requirements(family)
+        options = dict(spec.options)
+        if spec.family == "voxelfm":
+            options.pop("config", None)
+            if options:
+                raise ConfigError(f"backbone {spec.label}: voxelfm takes only the option config, got {', '.join(options)}")
+            if spec.weights is not None and not Path(spec.weights).exists():
+                from voxelfm.models.config import CONFIGS
+
+                if spec.weights not in CONFIGS:
+                    raise FileNotFoundError(f"backbone {spec.label}: weights {spec.weights} do not exist "
+                                            f"(a file, a folder or a config name: {', '.join(CONFIGS)})")
+            continue
+        try:
+            inspect.signature(family.load).bind(None, device="cpu", **options)
+        except TypeError:
+            params = [p.name for p in inspect.signature(family.load).parameters.values()
+                      if p.kind == p.KEYWORD_ONLY and p.name != "device"]
+            raise ConfigError(f"backbone {spec.label} ({spec.family}) has no option(s) "
+                              f"{', '.join(sorted(set(options) - set(params)))}; its options: "
+                              f"{', '.join(params) or 'none'}") from None
+        if spec.weights is None:
+            continue
+        if family.resolve:
+            from voxelfm.baselines._weights import resolve_weights
+
+            resolve_weights(spec.weights, family)
+        else:  # a family that resolves its own weights may say so through its module's check_weights
+            check = getattr(inspect.getmodule(family.load), "check_weights", None)
+            if callable(check):
+                check(spec.weights, **options)
 
 
 def load_spec(spec: BackboneSpec, *, device: str = "cpu") -> Any:

@@ -223,7 +223,7 @@ def compare_backbones(backbones: Any, inputs: Any, labels: str | os.PathLike[str
     Raises:
         ValueError / ConfigError: bad specs, options or suite, before any extraction.
     """
-    from voxelfm.inference.backbones import BackboneSpec, extract_backbones, parse_backbones
+    from voxelfm.inference.backbones import BackboneSpec, check_specs, extract_backbones, parse_backbones
     from voxelfm.io import collect_inputs
 
     if holm is not None and holm not in ("table", "task", "none"):
@@ -234,6 +234,7 @@ def compare_backbones(backbones: Any, inputs: Any, labels: str | os.PathLike[str
         and all(isinstance(b, BackboneSpec) for b in backbones) else parse_backbones(backbones, options)
     if len(specs) < 2:
         raise ValueError("a comparison needs at least two backbones")
+    check_specs(specs)  # unknown family / option, missing dependency or weights: before any extraction
     out = Path(output_dir)
     raw = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     items = collect_inputs(raw) if raw and all(isinstance(i, (str, os.PathLike)) for i in raw) else raw
