@@ -30,7 +30,7 @@ from voxelfm.errors import CheckpointError
 if TYPE_CHECKING:  # pragma: no cover
     from voxelfm.baselines.registry import BackboneFamily
 
-__all__ = ["resolve_weights", "read_state_dict", "load_matching", "LoadReport", "random_init",
+__all__ = ["resolve_weights", "read_state_dict", "load_matching", "LoadReport", "random_init", "uninitialised",
            "hub_cache_dirs", "RANDOM_INIT_SEED", "WEIGHT_SUFFIXES"]
 
 #: Seed of every family's random initialisation (``weights=None``).
@@ -271,3 +271,12 @@ def random_init(name: str, build: Callable[[], _M], *, seed: int = RANDOM_INIT_S
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
+
+
+def uninitialised(build: Callable[[], _M]) -> _M:
+    """``build()`` without running its weight initialisation (built on the meta device, then given
+    empty CPU storage): for modules about to receive **every** tensor from a checkpoint through
+    :func:`load_matching` without ``allow_missing`` (which guarantees nothing stays uninitialised)."""
+    with torch.device("meta"):
+        module = build()
+    return module.to_empty(device="cpu")
