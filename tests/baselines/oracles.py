@@ -211,6 +211,23 @@ def fmcib_modules() -> tuple[types.ModuleType, types.ModuleType]:
     return prep, crop
 
 
+def fmcib_transforms(reader: str):
+    """``fmcib.preprocessing.get_transforms()`` exactly, except that LoadImaged uses ``reader``:
+    the original asks for ITKReader (itk is not installed here); for a NIfTI or a DICOM series,
+    MONAI's nibabel / pydicom readers give the same RAS image."""
+    from monai import transforms as mt
+
+    prep, _ = fmcib_modules()
+    proxy = types.SimpleNamespace(**{k: getattr(mt, k) for k in dir(mt) if not k.startswith("_")})
+    proxy.LoadImaged = lambda *a, **kw: mt.LoadImaged(*a, **{**kw, "reader": reader})
+    saved, prep.monai_transforms = prep.monai_transforms, proxy
+    try:
+        with torchvision_stub():
+            return prep.get_transforms()
+    finally:
+        prep.monai_transforms = saved
+
+
 def fmcib_load_model_cls() -> type:
     """``fmcib.models.load_model.LoadModel`` (the class that reads ``model_weights.torch``)."""
     root = _package_dir("fmcib", "foundation-cancer-image-biomarker")

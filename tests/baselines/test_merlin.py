@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import voxelfm
-from tests.baselines import oracles
+from tests.baselines import _volumes, oracles
 from tests.io import synth
 from voxelfm.errors import CheckpointError
 
@@ -108,23 +108,14 @@ def _ours(path):
         return preprocess_merlin(path)
 
 
-def _phantom(shape=(30, 44, 40)):
-    d, h, w = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
-    return (-1100.0 + 60.0 * d + 25.0 * h + 9.0 * w + 300 * np.sin(w / 3.0)).astype(np.float32)
-
-
 def _as_ras(spl: torch.Tensor) -> torch.Tensor:
     return spl.flip(1, 2).permute(2, 1, 0)
 
 
 def test_preprocessing_matches_monai_oblique_lps_nifti(tmp_path):
-    th = np.radians(8.0)
-    rot = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]])
-    aff = synth.canonical_affine_lps(spacing=(3.7, 1.9, 2.3))
-    aff[:3, :3] = rot @ aff[:3, :3]
-    synth.write_nifti(tmp_path / "o.nii.gz", _phantom(), "LPS", affine_lps=aff, dtype=np.float32)
-    ref = _oracle_preprocess(tmp_path / "o.nii.gz")
-    pre = _ours(tmp_path / "o.nii.gz")
+    path = _volumes.oblique_lps_nifti(tmp_path / "o.nii.gz")
+    ref = _oracle_preprocess(path)
+    pre = _ours(path)
     assert tuple(ref.shape) == (1, 224, 224, 160) and tuple(pre.array.shape) == (160, 224, 224)
     np.testing.assert_allclose(_as_ras(pre.array).numpy(), ref[0].numpy(), atol=2e-6, rtol=0)
     assert float(ref.max()) > 0.5  # the phantom survives the centre crop
@@ -133,9 +124,9 @@ def test_preprocessing_matches_monai_oblique_lps_nifti(tmp_path):
 
 
 def test_preprocessing_matches_monai_dicom_series(tmp_path):
-    synth.write_axial_series(tmp_path, _phantom(), spacing=(2.5, 0.9, 0.8))
-    ref = _oracle_preprocess(tmp_path, reader="PydicomReader")
-    pre = _ours(tmp_path)
+    folder = _volumes.dicom_series(tmp_path / "dcm")
+    ref = _oracle_preprocess(folder, reader="PydicomReader")
+    pre = _ours(folder)
     np.testing.assert_allclose(_as_ras(pre.array).numpy(), ref[0].numpy(), atol=2e-6, rtol=0)
 
 

@@ -199,7 +199,7 @@ def _matches(key: str, patterns: Iterable[str]) -> bool:
 
 
 def load_matching(module: nn.Module, state_dict: Mapping[str, Tensor], *, strip: Iterable[str] = (),
-                  drop: Iterable[str] = (), select: bool = False, allow_missing: Iterable[str] = (),
+                  drop: Iterable[str] = (), select: bool | str = False, allow_missing: Iterable[str] = (),
                   source: str = "checkpoint", family: str = "") -> LoadReport:
     """Load the matching part of ``state_dict`` into ``module``; anything else is one clear error.
 
@@ -207,7 +207,8 @@ def load_matching(module: nn.Module, state_dict: Mapping[str, Tensor], *, strip:
         strip: key prefixes removed (the first one that matches), e.g. ``"encode_image.i3_resnet."``.
         drop: prefixes (after stripping) of keys to leave out on purpose (unused heads, text towers).
         select: keep only keys that carried one of the ``strip`` prefixes (the rest of a bigger
-            checkpoint, e.g. a language model, is dropped without being compared).
+            checkpoint, e.g. a language model, is dropped without being compared); ``"auto"``:
+            select when any key carries one (a bare state dict is then taken whole).
         allow_missing: prefixes or regular expressions of module keys that may be absent (e.g.
             buffers a newer library version added).
         source, family: named in error messages.
@@ -220,6 +221,8 @@ def load_matching(module: nn.Module, state_dict: Mapping[str, Tensor], *, strip:
             or shape mismatches (a wrong config) — first keys of each list in the message.
     """
     strip, drop, allow_missing = tuple(strip), tuple(drop), tuple(allow_missing)
+    if select == "auto":
+        select = any(k.startswith(strip) for k in state_dict) if strip else False
     expected = module.state_dict()
     sd: dict[str, Tensor] = {}
     report = LoadReport(dropped_prefixes=list(drop))
