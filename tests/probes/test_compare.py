@@ -198,30 +198,34 @@ def tiny_cohort(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:An ill-conditioned matrix")
-@pytest.mark.filterwarnings("ignore:random-init fake weights")
+@pytest.mark.filterwarnings("ignore:random-init")
 def test_compare_cli_end_to_end_and_resume(tiny_cohort, capsys, monkeypatch):
-    """Two voxelfm ViTs (different weights) and a random-init baseline family (the contract's test
-    family, with its own preprocessing and an option) through extraction, suite and table."""
+    """Two voxelfm ViTs (different weights), a random-init baseline family (the contract's test
+    family, with its own preprocessing and an option) and a small random-init clip2d tower (JSON
+    options) through extraction, suite and table."""
     from voxelfm.baselines.registry import FAMILY_MODULES
     from voxelfm.cli.main import main
 
     monkeypatch.setitem(FAMILY_MODULES, "fake", "tests.baselines.fake_family:FAMILY")
     root = tiny_cohort
     out = root / "out"
-    argv = ["compare", "--backbones", f"voxelfm@a={root / 'm0'},voxelfm@b={root / 'm1'}", "-b", "fake",
-            "--option", "fake:width=8",
+    tower = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "image_size": 16, "patch_size": 8, "projection_dim": 8}
+    argv = ["compare", "--backbones", f"voxelfm@a={root / 'm0'},voxelfm@b={root / 'm1'}", "-b", "fake,clip2d@c2",
+            "--option", "fake:width=8", "--option", f"c2:tower={json.dumps(tower)}", "--option", "c2:slice_stride=16",
+            "--option", "c2:window=lung",
             "--inputs", str(root / "ph" / "cohort.csv"), "--labels", str(root / "ph" / "cohort.csv"),
             "--targets", "lung_nodule", "fev1_percent", "--max-patches", "64", "--workers", "0",
             "--n-resamples", "200", "-o", str(out)]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "| task | probe | fraction | metric | n | a (a) | b (b) | fake (c) | a vs b | a vs fake | b vs fake |" \
-        in captured.out
-    assert "fake is randomly initialised: a pipeline check, not a result" in captured.err
+    assert "| task | probe | fraction | metric | n | a (a) | b (b) | fake (c) | c2 (d) | a vs b | a vs fake | a vs c2 " \
+        "| b vs fake | b vs c2 | fake vs c2 |" in captured.out
+    assert "fake, c2 are randomly initialised: a pipeline check, not a result" in captured.err
     summary = json.loads((out / "compare.json").read_text())
-    assert {k: v["ok"] for k, v in summary["extraction"].items()} == {"a": 24, "b": 24, "fake": 24}
-    assert summary["random_init"] == ["fake"]
-    for label in ("a", "b", "fake"):
+    assert {k: v["ok"] for k, v in summary["extraction"].items()} == {"a": 24, "b": 24, "fake": 24, "c2": 24}
+    assert summary["random_init"] == ["fake", "c2"]
+    for label in ("a", "b", "fake", "c2"):
         assert len(list((out / "stores" / label / "embeddings").glob("*.safetensors"))) == 24
     # different embeddings (three backbones) of the same ids; the baseline used its own preprocessing
     from voxelfm.inference import EmbeddingStore
@@ -231,11 +235,14 @@ def test_compare_cli_end_to_end_and_resume(tiny_cohort, capsys, monkeypatch):
     assert not np.allclose(sa.load(sa.ids[0]).cls.numpy(), sb.load(sa.ids[0]).cls.numpy())
     fake = sf.load(sa.ids[0])
     assert fake.cls.shape == (8,) and fake.record["preset"] == "fake" and fake.record["final_shape"] == [16, 16, 16]
+    c2 = EmbeddingStore(out / "stores" / "c2").load(sa.ids[0])
+    assert c2.record["preset"] == "clip2d" and c2.record["window"] == [-1350.0, 150.0]
+    assert c2.patch.shape[1:] == (1, 1, 8) and c2.patch.shape[0] == -(-c2.record["final_shape"][0] // 16)
     table = pd.read_csv(out / "table.csv")
     assert list(table["task"]) == ["lung_nodule", "lung_nodule", "fev1_percent"]
     assert list(table["probe"]) == ["logistic/cls", "knn/cls", "ridge/cls"]
     comp = pd.read_csv(out / "probes" / "comparisons.csv")
-    assert len(comp) == 3 * 3  # every pair on every row
+    assert len(comp) == 3 * 6  # every pair on every row
     np.testing.assert_allclose(comp["p_holm"], adjust_pvalues(comp["p_value"].to_numpy(), "holm"))
     assert (out / "table.md").read_text().count("\n|") >= 4 and r"\begin{tabular}" in (out / "table.tex").read_text()
     assert (out / "figures" / "backbones.png").stat().st_size > 5000
@@ -246,9 +253,9 @@ def test_compare_cli_end_to_end_and_resume(tiny_cohort, capsys, monkeypatch):
     capsys.readouterr()
     again = json.loads((out / "compare.json").read_text())
     assert {k: (v["ok"], v["skipped"]) for k, v in again["extraction"].items()} == \
-        {"a": (0, 24), "b": (0, 24), "fake": (0, 24)}
+        {"a": (0, 24), "b": (0, 24), "fake": (0, 24), "c2": (0, 24)}
     assert {p: p.stat().st_mtime_ns for p in (out / "stores").rglob("*.safetensors")} == stamps
-    assert json.loads((out / "probes" / "summary.json").read_text())["resumed"] == 9
+    assert json.loads((out / "probes" / "summary.json").read_text())["resumed"] == 12
     pd.testing.assert_frame_equal(pd.read_csv(out / "table.csv"), table)
 
 
