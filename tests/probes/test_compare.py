@@ -246,6 +246,7 @@ def test_compare_cli_end_to_end_and_resume(tiny_cohort, capsys, monkeypatch):
     np.testing.assert_allclose(comp["p_holm"], adjust_pvalues(comp["p_value"].to_numpy(), "holm"))
     assert (out / "table.md").read_text().count("\n|") >= 4 and r"\begin{tabular}" in (out / "table.tex").read_text()
     assert (out / "figures" / "backbones.png").stat().st_size > 5000
+    assert (out / "figures" / "pairwise.png").stat().st_size > 5000
     assert (out / "probes" / "figures" / "roc_lung_nodule_logistic-cls.png").exists()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "stores").rglob("*.safetensors")}
     # resume: nothing is extracted or trained again, the table is the same

@@ -15,7 +15,8 @@ Folder ``OUT/``::
     probes/                the suite's runs, results.csv, comparisons.csv (raw and Holm p), figures/
     suite.yaml             the suite that was run (derived from the label table when none is given)
     table.md/.csv/.tex     the comparison table
-    figures/backbones.png  primary metric with 95 % CI per task, one point per backbone
+    figures/backbones.png  primary metric with 95 % CI per task, one bar per backbone
+    figures/pairwise.png   every pair's difference and Holm-adjusted p, one matrix per table row
     compare.json           backbones, extraction counts, settings
 """
 
@@ -282,6 +283,14 @@ def compare_backbones(backbones: Any, inputs: Any, labels: str | os.PathLike[str
         fig = _backbone_figure(res.results, labels_order, out / "figures" / "backbones.png")
         if fig is not None:
             paths["figure_backbones"] = fig
+        if len(res.comparisons):
+            from voxelfm.probes.figures import pairwise_figure
+            from voxelfm.probes.tasks import get_task
+
+            comp = res.comparisons.assign(higher_is_better=[get_task(t).higher_is_better
+                                                            for t in res.comparisons["task"]])
+            paths["figure_pairwise"] = pairwise_figure(comp, labels_order, out / "figures" / "pairwise.png",
+                                                       alpha=alpha, title="Paired tests between backbones")
     paths.update({f"suite_{k}": v for k, v in res.paths.items()})
     summary = {"backbones": [s.to_dict() for s in specs], "letters": letters, "alpha": alpha, "holm": parsed.holm,
                "n_resamples": parsed.n_resamples, "suite": parsed.name, "inputs": len(items),
