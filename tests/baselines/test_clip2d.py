@@ -98,18 +98,42 @@ def _attention(x, wqkv, bqkv, wo, bo):
     return F.linear((a @ v).transpose(1, 2).reshape(b, n, c), wo, bo)
 
 
+#: one transformer block's keys in each original layout
+_OPEN_CLIP_BLOCK = {"ln1": "ln_1", "ln2": "ln_2", "qkv_w": "attn.in_proj_weight", "qkv_b": "attn.in_proj_bias",
+                    "out": "attn.out_proj", "fc1": "mlp.c_fc", "fc2": "mlp.c_proj"}
+_TIMM_BLOCK = {"ln1": "norm1", "ln2": "norm2", "qkv_w": "attn.qkv.weight", "qkv_b": "attn.qkv.bias",
+               "out": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
+
+def _reference_blocks(x, w, prefix, names, eps):
+    """Pre-norm transformer blocks (attention + GELU MLP) read from keys ``prefix{i}.<names>``."""
+    for i in range(LAYERS):
+        p = f"{prefix}{i}."
+        n = {k: p + v for k, v in names.items()}
+        x = x + _attention(_ln(x, w, n["ln1"], eps), w[n["qkv_w"]], w[n["qkv_b"]], w[n["out"] + ".weight"],
+                           w[n["out"] + ".bias"])
+        h = F.gelu(F.linear(_ln(x, w, n["ln2"], eps), w[n["fc1"] + ".weight"], w[n["fc1"] + ".bias"]))
+        x = x + F.linear(h, w[n["fc2"] + ".weight"], w[n["fc2"] + ".bias"])
+    return x
+
+
+def _random_blocks(r, prefix, names):
+    out = {}
+    for i in range(LAYERS):
+        n = {k: f"{prefix}{i}.{v}" for k, v in names.items()}
+        out.update({n["ln1"] + ".weight": 1 + r(C), n["ln1"] + ".bias": r(C), n["ln2"] + ".weight": 1 + r(C),
+                    n["ln2"] + ".bias": r(C), n["qkv_w"]: r(3 * C, C), n["qkv_b"]: r(3 * C),
+                    n["out"] + ".weight": r(C, C), n["out"] + ".bias": r(C), n["fc1"] + ".weight": r(2 * C, C),
+                    n["fc1"] + ".bias": r(2 * C), n["fc2"] + ".weight": r(C, 2 * C), n["fc2"] + ".bias": r(C)})
+    return out
+
+
 def _reference_open_clip_vit(sd, pixels):
     """open_clip ``VisionTransformer`` (OpenAI layout, GELU) written out from its keys."""
     v = {k[len("visual."):]: t for k, t in sd.items() if k.startswith("visual.")}
     x = F.conv2d(pixels, v["conv1.weight"], stride=PATCH).flatten(2).transpose(1, 2)
     x = torch.cat([v["class_embedding"].expand(x.shape[0], 1, -1), x], 1) + v["positional_embedding"]
-    x = _ln(x, v, "ln_pre", 1e-5)
-    for i in range(LAYERS):
-        p = f"transformer.resblocks.{i}."
-        x = x + _attention(_ln(x, v, p + "ln_1", 1e-5), v[p + "attn.in_proj_weight"], v[p + "attn.in_proj_bias"],
-                           v[p + "attn.out_proj.weight"], v[p + "attn.out_proj.bias"])
-        h = F.gelu(F.linear(_ln(x, v, p + "ln_2", 1e-5), v[p + "mlp.c_fc.weight"], v[p + "mlp.c_fc.bias"]))
-        x = x + F.linear(h, v[p + "mlp.c_proj.weight"], v[p + "mlp.c_proj.bias"])
+    x = _reference_blocks(_ln(x, v, "ln_pre", 1e-5), v, "transformer.resblocks.", _OPEN_CLIP_BLOCK, 1e-5)
     return _ln(x[:, 0], v, "ln_post", 1e-5) @ v["proj"]
 
 
@@ -118,12 +142,7 @@ def _reference_timm_vit(sd, pixels):
     t = {k[len("visual.trunk."):]: v for k, v in sd.items() if k.startswith("visual.trunk.")}
     x = F.conv2d(pixels, t["patch_embed.proj.weight"], t["patch_embed.proj.bias"], stride=PATCH).flatten(2).transpose(1, 2)
     x = torch.cat([t["cls_token"].expand(x.shape[0], -1, -1), x], 1) + t["pos_embed"]
-    for i in range(LAYERS):
-        p = f"blocks.{i}."
-        x = x + _attention(_ln(x, t, p + "norm1", 1e-6), t[p + "attn.qkv.weight"], t[p + "attn.qkv.bias"],
-                           t[p + "attn.proj.weight"], t[p + "attn.proj.bias"])
-        h = F.gelu(F.linear(_ln(x, t, p + "norm2", 1e-6), t[p + "mlp.fc1.weight"], t[p + "mlp.fc1.bias"]))
-        x = x + F.linear(h, t[p + "mlp.fc2.weight"], t[p + "mlp.fc2.bias"])
+    x = _reference_blocks(x, t, "blocks.", _TIMM_BLOCK, 1e-6)
     return F.linear(_ln(x, t, "norm", 1e-6)[:, 0], sd["visual.head.proj.weight"])
 
 
@@ -137,14 +156,7 @@ def _random_open_clip_vit():
           # the text tower and the temperature are in the file too and must be left out
           "token_embedding.weight": r(10, C), "text_projection": r(C, E), "logit_scale": torch.tensor(4.6),
           "transformer.resblocks.0.ln_1.weight": r(C)}
-    for i in range(LAYERS):
-        p = f"visual.transformer.resblocks.{i}."
-        sd.update({p + "ln_1.weight": 1 + r(C), p + "ln_1.bias": r(C), p + "ln_2.weight": 1 + r(C), p + "ln_2.bias": r(C),
-                   p + "attn.in_proj_weight": r(3 * C, C), p + "attn.in_proj_bias": r(3 * C),
-                   p + "attn.out_proj.weight": r(C, C), p + "attn.out_proj.bias": r(C),
-                   p + "mlp.c_fc.weight": r(2 * C, C), p + "mlp.c_fc.bias": r(2 * C),
-                   p + "mlp.c_proj.weight": r(C, 2 * C), p + "mlp.c_proj.bias": r(C)})
-    return sd
+    return sd | _random_blocks(r, "visual.transformer.resblocks.", _OPEN_CLIP_BLOCK)
 
 
 def _random_open_clip_timm():
@@ -155,14 +167,7 @@ def _random_open_clip_timm():
           t + "patch_embed.proj.bias": r(C), t + "norm.weight": 1 + r(C), t + "norm.bias": r(C),
           "visual.head.proj.weight": r(E, C), "text.transformer.embeddings.word_embeddings.weight": r(10, C),
           "text.proj.0.weight": r(E, C), "logit_scale": torch.tensor(4.6)}
-    for i in range(LAYERS):
-        p = f"{t}blocks.{i}."
-        sd.update({p + "norm1.weight": 1 + r(C), p + "norm1.bias": r(C), p + "norm2.weight": 1 + r(C), p + "norm2.bias": r(C),
-                   p + "attn.qkv.weight": r(3 * C, C), p + "attn.qkv.bias": r(3 * C),
-                   p + "attn.proj.weight": r(C, C), p + "attn.proj.bias": r(C),
-                   p + "mlp.fc1.weight": r(2 * C, C), p + "mlp.fc1.bias": r(2 * C),
-                   p + "mlp.fc2.weight": r(C, 2 * C), p + "mlp.fc2.bias": r(C)})
-    return sd
+    return sd | _random_blocks(r, t + "blocks.", _TIMM_BLOCK)
 
 
 def _pixels(model, images):
