@@ -59,6 +59,7 @@ def test_default_suite_from_label_columns():
         "nodule": rng.integers(0, 2, n), "stage": rng.integers(1, 4, n), "fev1": rng.normal(80, 10, n),
         "sex": rng.choice(["F", "M"], n), "survival_time": rng.uniform(1, 9, n), "event": rng.integers(0, 2, n),
         "constant": np.ones(n), "report": [f"free text {i}" for i in range(n)],
+        "spacing_z": rng.uniform(0.5, 5, n), "scan_index": rng.integers(0, 2, n),
         "partial": [np.nan] + [float(i % 2) for i in range(1, n)],
     })
     suite = default_suite(table)

@@ -51,6 +51,10 @@ DEFAULT_PROBES: dict[str, list[str]] = {
 #: columns of a label table that are never targets of the derived suite
 _NOT_TARGETS = {"path", "seg_path", "patient_id", "patient", "series_uid", "study_uid", "report", "text",
                 "split", "fold", "shape", "orientation", "source"}
+#: acquisition / geometry metadata, not findings (kept out of the derived suite; --targets can name them)
+_ACQUISITION = re.compile(r"^(spacing|voxel_size|pixel_spacing|slice_thickness|scan_index|noise|kvp|mas|"
+                          r"manufacturer|scanner|series|study|acquisition|reconstruction|kernel)",
+                          re.I)
 _TIME = re.compile(r"(^|_)(time|survival_time|os_time|pfs_time|duration|days|months)$", re.I)
 _EVENT = re.compile(r"(^|_)(event|status|death|dead)$", re.I)
 #: at most this many distinct integer / text values make a column a multiclass target
@@ -107,7 +111,8 @@ def default_suite(labels: str | os.PathLike[str] | pd.DataFrame, *, id_col: str 
                   name: str = "compare", n_resamples: int = 1000, seed: int = 4) -> dict[str, Any]:
     """A probe suite (dict, see :mod:`voxelfm.probes.suite`) derived from a label table's columns.
 
-    Every column except the id, split and metadata columns (path, seg_path, patient_id, report, ...)
+    Every column except the id, split and metadata columns (path, seg_path, patient_id, report, ...;
+    acquisition columns such as spacing_*, slice_thickness, scan_index, noise_*, kvp, manufacturer)
     becomes a task on the rows of ``ids``: 0/1 → binary (logistic, kNN), a few integer or text
     classes → multiclass (logistic), other numbers → regression (ridge), a time column with an
     event column (``survival_time`` + ``event``, ``os_time`` + ``os_event``...) → survival (Cox).
@@ -134,7 +139,8 @@ def default_suite(labels: str | os.PathLike[str] | pd.DataFrame, *, id_col: str 
                               f"(columns: {', '.join(map(str, table.columns[:20]))})")
         cols = list(dict.fromkeys(targets))
     else:
-        cols = [c for c in table.columns if c != id_col and str(c).lower() not in _NOT_TARGETS]
+        cols = [c for c in table.columns if c != id_col and str(c).lower() not in _NOT_TARGETS
+                and not _ACQUISITION.match(str(c))]
     cols = [c for c in cols if table[c].notna().all()] if not targets else cols
     tasks: list[dict[str, Any]] = []
     used: set[str] = set()
@@ -261,17 +267,24 @@ def compare_backbones(backbones: Any, inputs: Any, labels: str | os.PathLike[str
     if n_resamples is not None:
         parsed.n_resamples = int(n_resamples)
 
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if suite is None and rank0:
+        import yaml
+
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "suite.yaml", yaml.safe_dump(suite_data, sort_keys=False))
+        if show_progress:
+            names = [t["name"] for t in suite_data["tasks"]]
+            print(f"suite derived from the label columns: {len(names)} task(s) ({', '.join(names[:12])}"
+                  f"{', ...' if len(names) > 12 else ''}); edit {out / 'suite.yaml'} and pass --suite to change it",
+                  flush=True)
     summaries = extract_backbones(specs, items, out / "stores", show_progress=None if show_progress else False,
                                   **dict(extract or {}))
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not rank0:
         return None
     for label, summ in summaries.items():
         if summ.ok + summ.skipped - summ.failed_before == 0:
             raise ValueError(f"backbone {label}: no volume could be embedded; see {stores[label] / 'index.csv'}")
-    if suite is None:
-        import yaml
-
-        atomic_write_text(out / "suite.yaml", yaml.safe_dump(suite_data, sort_keys=False))
     res = run_suite(parsed, out / "probes", resume=resume, show_progress=show_progress, figures=figures,
                     workers=probe_workers)
     labels_order = [s.label for s in specs]
