@@ -140,7 +140,8 @@ def _reference_open_clip_vit(sd, pixels):
 def _reference_timm_vit(sd, pixels):
     """open_clip ``TimmModel`` over timm ``vit_base_patch16_224`` (token pool, linear head), from its keys."""
     t = {k[len("visual.trunk."):]: v for k, v in sd.items() if k.startswith("visual.trunk.")}
-    x = F.conv2d(pixels, t["patch_embed.proj.weight"], t["patch_embed.proj.bias"], stride=PATCH).flatten(2).transpose(1, 2)
+    x = F.conv2d(pixels, t["patch_embed.proj.weight"], t["patch_embed.proj.bias"], stride=PATCH)
+    x = x.flatten(2).transpose(1, 2)
     x = torch.cat([t["cls_token"].expand(x.shape[0], -1, -1), x], 1) + t["pos_embed"]
     x = _reference_blocks(x, t, "blocks.", _TIMM_BLOCK, 1e-6)
     return F.linear(_ln(x, t, "norm", 1e-6)[:, 0], sd["visual.head.proj.weight"])
@@ -163,7 +164,8 @@ def _random_open_clip_timm():
     g = torch.Generator().manual_seed(4)
     r = lambda *s: torch.randn(*s, generator=g) * 0.2  # noqa: E731
     t = "visual.trunk."
-    sd = {t + "cls_token": r(1, 1, C), t + "pos_embed": r(1, N_TOK, C), t + "patch_embed.proj.weight": r(C, 3, PATCH, PATCH),
+    sd = {t + "cls_token": r(1, 1, C), t + "pos_embed": r(1, N_TOK, C),
+          t + "patch_embed.proj.weight": r(C, 3, PATCH, PATCH),
           t + "patch_embed.proj.bias": r(C), t + "norm.weight": 1 + r(C), t + "norm.bias": r(C),
           "visual.head.proj.weight": r(E, C), "text.transformer.embeddings.word_embeddings.weight": r(10, C),
           "text.proj.0.weight": r(E, C), "logit_scale": torch.tensor(4.6)}
@@ -209,7 +211,8 @@ def test_transformers_clip_checkpoint_and_its_config_files(tmp_path):
     preprocessor_config.json next to the weights set the architecture and normalisation."""
     from transformers import CLIPConfig, CLIPModel
 
-    cfg = CLIPConfig(vision_config={k: v for k, v in VIT.items() if k != "projection_dim"} | {"hidden_act": "quick_gelu"},
+    vision = {k: v for k, v in VIT.items() if k != "projection_dim"} | {"hidden_act": "quick_gelu"}
+    cfg = CLIPConfig(vision_config=vision,
                      text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
                                   "num_attention_heads": 2, "vocab_size": 50},
                      projection_dim=E)
@@ -230,7 +233,8 @@ def test_transformers_clip_checkpoint_and_its_config_files(tmp_path):
 
 _V4 = ((".attention.q_proj.", ".attention.self.query."), (".attention.k_proj.", ".attention.self.key."),
        (".attention.v_proj.", ".attention.self.value."), (".attention.o_proj.", ".attention.output.dense."),
-       (".attention.relative_position_bias.relative_position_bias_table", ".attention.self.relative_position_bias_table"),
+       (".attention.relative_position_bias.relative_position_bias_table",
+        ".attention.self.relative_position_bias_table"),
        (".mlp.fc1.", ".intermediate.dense."), (".mlp.fc2.", ".output.dense."))
 
 

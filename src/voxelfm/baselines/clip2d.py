@@ -133,7 +133,8 @@ MODELS: dict[str, Clip2DModel] = {
         mean=(0.5862785803043838,), std=(0.27950088968644304,), resize="pad_square", grey=True,
         licence="see the repository",
         description="MedCLIP-ViT (Swin-T, CheXpert + MIMIC-CXR), 512-d projected pooled output",
-        weights_help="the MedCLIP-ViT release zip linked from github.com/RyanWangZf/MedCLIP (unzip; pytorch_model.bin)"),
+        weights_help="the MedCLIP-ViT release zip linked from github.com/RyanWangZf/MedCLIP "
+                     "(unzip; pytorch_model.bin)"),
 }
 
 
@@ -421,7 +422,8 @@ class Clip2DBackbone(BaselineBackbone):
                    "embedding": f"{self.spec.name} projected image embedding, one per slice; cls = mean"}]
         # model voxel (k, i, j) -> source voxel (k, (i + crop + 0.5) / scale - 0.5 + pad offset, ...)
         to_source = {"scale": [1.0, 1.0 / scale_h, 1.0 / scale_w],
-                     "offset": [0.0, (crop_top + 0.5) / scale_h - 0.5 + off_h, (crop_left + 0.5) / scale_w - 0.5 + off_w]}
+                     "offset": [0.0, (crop_top + 0.5) / scale_h - 0.5 + off_h,
+                                (crop_left + 0.5) / scale_w - 0.5 + off_w]}
         affine = info.get("affine")
         if affine is not None:
             m = torch.eye(4, dtype=torch.float64)

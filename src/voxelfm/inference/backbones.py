@@ -97,7 +97,8 @@ def parse_backbones(specs: str | Sequence[str], options: Mapping[str, Mapping[st
         family, at, label = name.strip().partition("@")
         family, label = family.strip(), (label.strip() if at else family.strip())
         if not family:
-            raise ValueError(f"backbone spec {item!r} has no family; write FAMILY[@LABEL][=WEIGHTS], e.g. voxelfm=teacher/")
+            raise ValueError(f"backbone spec {item!r} has no family; write FAMILY[@LABEL][=WEIGHTS], "
+                             "e.g. voxelfm=teacher/")
         if not _LABEL.match(label):
             raise ValueError(f"backbone label {label!r} must be 1-64 letters, digits, '_', '.', '+' or '-' "
                              "(it names a table column and a folder)")
@@ -137,7 +138,8 @@ def check_specs(specs: Sequence[BackboneSpec]) -> None:
         if spec.family == "voxelfm":
             options.pop("config", None)
             if options:
-                raise ConfigError(f"backbone {spec.label}: voxelfm takes only the option config, got {', '.join(options)}")
+                raise ConfigError(f"backbone {spec.label}: voxelfm takes only the option config, "
+                                  f"got {', '.join(options)}")
             if spec.weights is not None and not Path(spec.weights).exists():
                 from voxelfm.models.config import CONFIGS
 

@@ -199,7 +199,8 @@ def _note(n_resamples: int, holm: str, alpha: float, letters: Mapping[str, str])
 
 
 def compare_backbones(backbones: Any, inputs: Any, labels: str | os.PathLike[str] | pd.DataFrame,
-                      output_dir: str | os.PathLike[str], *, suite: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+                      output_dir: str | os.PathLike[str], *,
+                      suite: str | os.PathLike[str] | Mapping[str, Any] | None = None,
                       options: Any = (), id_col: str = "id", targets: Sequence[str] | None = None,
                       holm: str | None = None, alpha: float = 0.05, n_resamples: int | None = None,
                       extract: Mapping[str, Any] | None = None, probe_workers: int = 1, resume: bool = True,
