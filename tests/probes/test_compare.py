@@ -262,6 +262,23 @@ def test_compare_cli_end_to_end_and_resume(tiny_cohort, capsys, monkeypatch):
     pd.testing.assert_frame_equal(pd.read_csv(out / "table.csv"), table)
 
 
+def test_a_suite_with_a_reference_compares_every_pair(tmp_path):
+    """A suite (like the packaged ones) names a reference backbone; compare replaces the stores and
+    tests all pairs."""
+    from voxelfm.probes.suite import load_suite
+
+    _, labels = make_store(tmp_path / "x", 20, seed=1)
+    make_store(tmp_path / "y", 20, seed=1)
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    stores = {"x": str(tmp_path / "x"), "y": str(tmp_path / "y")}
+    suite = {"reference": "pretrained", "stores": {"pretrained": "p", "random_init": "r"},
+             "tasks": [{"task": "binary", "target": "y", "probes": ["logistic"]}]}
+    with pytest.raises(ConfigError, match="reference 'pretrained'"):
+        load_suite(suite, stores=stores, labels=tmp_path / "labels.csv")
+    s = load_suite(suite, stores=stores, labels=tmp_path / "labels.csv", all_pairs=True)
+    assert s.reference is None and list(s.stores) == ["x", "y"]
+
+
 def test_compare_cli_usage_errors_are_one_line(tiny_cohort, capsys):
     from voxelfm.cli.main import main
 

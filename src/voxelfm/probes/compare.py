@@ -261,8 +261,7 @@ def compare_backbones(backbones: Any, inputs: Any, labels: str | os.PathLike[str
         if targets:
             raise ConfigError("--targets selects columns of the derived suite; with --suite list the tasks there")
         suite_data = suite
-    parsed = load_suite(suite_data, stores={k: str(v) for k, v in stores.items()}, labels=labels)
-    parsed.reference = None  # every pair of backbones
+    parsed = load_suite(suite_data, stores={k: str(v) for k, v in stores.items()}, labels=labels, all_pairs=True)
     if holm is not None:
         parsed.holm = holm
     if n_resamples is not None:

@@ -158,7 +158,7 @@ def _resolve_path(value: Any, base: Path) -> Any:
 
 
 def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
-               stores: Mapping[str, Any] | None = None, labels: Any = None) -> Suite:
+               stores: Mapping[str, Any] | None = None, labels: Any = None, all_pairs: bool = False) -> Suite:
     """Parse and validate a suite YAML file or dict.
 
     Args:
@@ -166,6 +166,8 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
         stores: override / provide the ``stores`` mapping (backbone name → store folder or
             :class:`~voxelfm.inference.store.EmbeddingStore`).
         labels: override the default label table.
+        all_pairs: ignore the suite's ``reference`` and compare every pair of backbones
+            (``voxelfm compare``, whose backbones replace the suite's stores).
 
     Raises:
         ConfigError: unknown keys, unknown tasks/heads, head/feature mismatches, unknown options,
@@ -175,6 +177,8 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
         s = suite
         if stores is not None:
             s.stores = dict(stores)
+        if all_pairs:
+            s.reference = None
         return s
     base = Path(".")
     if isinstance(suite, (str, os.PathLike)):
@@ -236,7 +240,8 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
     if not tasks:
         raise ConfigError("the suite lists no tasks")
     s = Suite(name=str(data.get("name", "suite")), stores=st, tasks=tasks, seed=int(data.get("seed", 4)),
-              reference=data.get("reference"), n_resamples=int(data.get("n_resamples", 1000)),
+              reference=None if all_pairs else data.get("reference"),
+              n_resamples=int(data.get("n_resamples", 1000)),
               holm=str(data.get("holm", "table")), defaults=dict(data.get("defaults") or {}),
               head_defaults={str(k): dict(v or {}) for k, v in (data.get("head_defaults") or {}).items()},
               figures=dict(data.get("figures") or {}), base_dir=base)
