@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from voxelfm.probes.suite import _esc_md, _esc_tex, _fmt_est, _fmt_p
+from voxelfm.probes.suite import _booktabs, _esc_md, _esc_tex, _fmt_est, _fmt_p
 from voxelfm.probes.tasks import get_task
 from voxelfm.utils import atomic_write, atomic_write_text
 
@@ -160,17 +160,9 @@ def format_comparison_markdown(table: pd.DataFrame, *, title: str = "", note: st
 def format_comparison_latex(table: pd.DataFrame, *, caption: str = "", label: str = "tab:compare") -> str:
     """A booktabs LaTeX table of :func:`comparison_table` (best in bold, letters as superscripts)."""
     cols = _visible(table)
-    out = [r"% needs \usepackage{booktabs,graphicx}", r"\begin{table}[t]", r"\centering", r"\small",
-           r"\resizebox{\textwidth}{!}{%",
-           r"\begin{tabular}{" + "l" * 4 + "r" + "c" * (len(cols) - 5) + "}", r"\toprule",
-           " & ".join(_esc_tex(c) for c in cols) + r" \\", r"\midrule"]
-    for cells in _cells(table, lambda s: f"$^{{{s}}}$", lambda s: r"\textbf{" + s + "}", _esc_tex):
-        out.append(" & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}}"]
-    if caption:
-        out.append(r"\caption{" + _esc_tex(caption) + "}")
-    out += [r"\label{" + label + "}", r"\end{table}"]
-    return "\n".join(out) + "\n"
+    rows = _cells(table, lambda s: f"$^{{{s}}}$", lambda s: r"\textbf{" + s + "}", _esc_tex)
+    return _booktabs([_esc_tex(c) for c in cols], rows, col_spec="l" * 4 + "r" + "c" * (len(cols) - 5),
+                    caption=caption, label=label, wide=True)
 
 
 def _csv_frame(table: pd.DataFrame) -> pd.DataFrame:

@@ -673,12 +673,24 @@ def _esc_tex(x: Any) -> str:
     return "".join(_TEX.get(ch, ch) for ch in str(x))
 
 
+def _booktabs(header: list[str], rows: list[list[str]], *, col_spec: str, caption: str = "", label: str = "",
+             wide: bool = False) -> str:
+    """A booktabs LaTeX ``table`` of already escaped cells (``wide``: scaled to the text width)."""
+    out = [r"% needs \usepackage{booktabs,graphicx}"] if wide else []
+    out += [r"\begin{table}[t]", r"\centering", r"\small"] + ([r"\resizebox{\textwidth}{!}{%"] if wide else [])
+    out += [r"\begin{tabular}{" + col_spec + "}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+    out += [" & ".join(cells) + r" \\" for cells in rows]
+    out += [r"\bottomrule", r"\end{tabular}" + ("}" if wide else "")]
+    if caption:
+        out.append(r"\caption{" + _esc_tex(caption) + "}")
+    out += [r"\label{" + label + "}", r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
 def format_latex(table: pd.DataFrame, *, caption: str = "", label: str = "tab:probes") -> str:
     """A booktabs LaTeX table of :func:`results_table` (best backbone per row in bold)."""
     cols = [c for c in table.columns if not c.startswith("_")]
-    out = [r"\begin{table}[t]", r"\centering", r"\small",
-           r"\begin{tabular}{" + "l" * 4 + "c" * (len(cols) - 4) + "}", r"\toprule",
-           " & ".join(_esc_tex(c) for c in cols) + r" \\", r"\midrule"]
+    rows = []
     for _, r in table.iterrows():
         cells = []
         for c in cols:
@@ -688,12 +700,9 @@ def format_latex(table: pd.DataFrame, *, caption: str = "", label: str = "tab:pr
             if c in (r.get("_best") or ()):
                 cell = r"\textbf{" + cell + "}"
             cells.append(cell)
-        out.append(" & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        out.append(r"\caption{" + _esc_tex(caption) + "}")
-    out += [r"\label{" + label + "}", r"\end{table}"]
-    return "\n".join(out) + "\n"
+        rows.append(cells)
+    return _booktabs([_esc_tex(c) for c in cols], rows, col_spec="l" * 4 + "c" * (len(cols) - 4), caption=caption,
+                    label=label)
 
 
 def _write_tables(out: Path, results: pd.DataFrame, comparisons: pd.DataFrame, table: pd.DataFrame,
