@@ -13,6 +13,9 @@ EPILOG = """examples:
       --crop-background --max-patches 25000
   voxelfm extract -i cohort.csv -o emb/ --weights vit_base --workers 4 --dtype bf16
   torchrun --nproc_per_node=4 -m voxelfm extract -i cohort.csv -o emb/ --weights model/
+  voxelfm extract -i scans/ -o emb_merlin/ --backbone merlin --weights stanfordmimi/Merlin
+  voxelfm extract -i lesions.csv -o emb_fmcib/ --backbone fmcib --weights model_weights.torch
+      (lesions.csv: id,path,coordX,coordY,coordZ with LPS mm seed points, one row per lesion)
 
 Re-running with the same -o skips finished ids (--retry-failed re-tries failures).
 Exit status: 0 all ok, 1 some items failed now or in an earlier run (see OUT/index.csv),
@@ -26,8 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", nargs="+", required=True, metavar="INPUT",
                         help="volume files, folders (every DICOM series found is one item) or CSV manifests (id,path)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="embedding store folder")
-    parser.add_argument("--weights", required=True, metavar="W",
-                        help="weights file or folder, or a config name (vit_tiny, vit_small, vit_base) for random init")
+    parser.add_argument("--backbone", default="voxelfm", metavar="NAME",
+                        help="backbone family: voxelfm (default), merlin, ctfm, fmcib, m3d_clip, radfm, ct_clip, "
+                             "clip2d (see docs/baselines.md)")
+    parser.add_argument("--weights", default=None, metavar="W",
+                        help="weights file or folder, or a config name (vit_tiny, vit_small, vit_base) for random init; "
+                             "for other backbones their released file, a folder holding it or a Hugging Face repo id "
+                             "in the local cache (omitted: seeded random init, a pipeline check)")
+    parser.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE", dest="backbone_options",
+                        help="backbone option (repeatable), e.g. input_size=96x96x64 for merlin")
     parser.add_argument("--config", default=None, metavar="CONFIG",
                         help="architecture + normalisation: reference config.yaml or voxelfm config.json")
     parser.add_argument("--preset", default="default", choices=("default", "paper"),
@@ -56,6 +66,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else 1 mm with a warning); other formats store their own")
 
 
+def parse_options(pairs: list[str]) -> dict[str, object]:
+    """``["input_size=96x96x64", "window=lung"]`` → options; numbers become int/float, ``AxBxC``
+    a tuple of ints, ``true``/``false`` booleans, anything else stays text."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--backbone-option needs KEY=VALUE, got {pair!r}")
+        v = value.strip()
+        parsed: object = v
+        if v.lower() in ("true", "false"):
+            parsed = v.lower() == "true"
+        elif all(part.strip().lstrip("-").isdigit() for part in v.lower().split("x")) and "x" in v.lower():
+            parsed = tuple(int(part) for part in v.lower().split("x"))
+        else:
+            for cast in (int, float):
+                try:
+                    parsed = cast(v)
+                    break
+                except ValueError:
+                    continue
+        out[key.strip()] = parsed
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     # Reader warnings (oblique image, assumed spacing, several series...) print as one line each
     # (voxelfm.cli.main), also in the reading workers; the full text is in each embedding's record.
@@ -78,7 +113,22 @@ def run(args: argparse.Namespace) -> int:
 
     if "OMP_NUM_THREADS" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"])))
-    model = load_backbone(args.weights, config=args.config, device="cpu")
+    backbone = args.backbone.strip().lower()
+    if backbone == "voxelfm":
+        if args.weights is None:
+            raise ValueError("--weights is required for the voxelfm backbone (a weights file, folder or config "
+                             "name such as vit_base)")
+        if args.backbone_options:
+            raise ValueError("--backbone-option is for the other backbones; voxelfm takes --config")
+        model = load_backbone(args.weights, config=args.config, device="cpu")
+    else:
+        from voxelfm.baselines import family_names
+
+        if backbone not in family_names():
+            raise ValueError(f"unknown --backbone {args.backbone!r}; choose one of {', '.join(family_names())}")
+        if args.config is not None:
+            raise ValueError(f"--config is for the voxelfm backbone; {backbone} takes --backbone-option KEY=VALUE")
+        model = load_backbone(backbone, weights=args.weights, device="cpu", **parse_options(args.backbone_options))
     summary = extract_batch(
         model, items, args.output, preset=args.preset, crop_background=args.crop_background,
         max_patches=args.max_patches, mode=args.mode, window=args.window, overlap=args.overlap,

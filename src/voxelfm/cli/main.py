@@ -27,8 +27,8 @@ __all__ = ["main", "build_parser"]
 
 # Order shown in --help: the pipeline, left to right.
 SUBCOMMANDS: tuple[str, ...] = (
-    "phantoms", "datasets", "info", "extract", "prepare", "pretrain", "export", "probe", "benchmark", "report",
-    "demo",
+    "phantoms", "datasets", "info", "extract", "prepare", "pretrain", "export", "probe", "compare", "benchmark",
+    "report", "demo",
 )
 
 

@@ -24,7 +24,15 @@ from typing import Any
 import torch
 
 from voxelfm.inference.chunked import parse_window
-from voxelfm.inference.extract import MODES, extract_preprocessed, resolve_device, resolve_dtype, resolve_preset
+from voxelfm.inference.extract import (
+    MODES,
+    check_baseline_options,
+    extract_preprocessed,
+    is_baseline,
+    resolve_device,
+    resolve_dtype,
+    resolve_preset,
+)
 from voxelfm.inference.store import EmbeddingStore
 from voxelfm.preprocess import Preset, preprocess_volume
 from voxelfm.utils import atomic_write_text, progress, safe_id
@@ -38,12 +46,15 @@ FORMATS: tuple[str, ...] = ("safetensors", "pth", "both")
 class BatchItem:
     """One volume of a batch: ``id`` plus a path (``series_uid`` picks a DICOM series;
     ``overrides`` replace the header's spacing / orientation / rescale, see
-    :mod:`voxelfm.io.overrides`) or an in-memory source (``Volume`` / array)."""
+    :mod:`voxelfm.io.overrides`) or an in-memory source (``Volume`` / array); ``columns``: extra
+    manifest columns (or extra dict keys) that a baseline backbone turns into preprocess options
+    (``options_from_columns``)."""
 
     id: str
     source: Any
     series_uid: str | None = None
     overrides: Any = None
+    columns: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def source_text(self) -> str:
@@ -102,9 +113,12 @@ def _as_items(items: Iterable[Any]) -> list[BatchItem]:
         if isinstance(it, BatchItem):
             bi = it
         elif hasattr(it, "id") and hasattr(it, "path"):  # voxelfm.io.InputItem
-            bi = BatchItem(str(it.id), it.path, getattr(it, "series_uid", None), getattr(it, "overrides", None))
+            bi = BatchItem(str(it.id), it.path, getattr(it, "series_uid", None), getattr(it, "overrides", None),
+                           dict(getattr(it, "columns", {})))
         elif isinstance(it, dict):
-            bi = BatchItem(str(it["id"]), it.get("path", it.get("source")), it.get("series_uid"), it.get("overrides"))
+            extra = {k: v for k, v in it.items() if k not in ("id", "path", "source", "series_uid", "overrides")}
+            bi = BatchItem(str(it["id"]), it.get("path", it.get("source")), it.get("series_uid"), it.get("overrides"),
+                           extra)
         elif isinstance(it, (tuple, list)) and len(it) in (2, 3):
             bi = BatchItem(str(it[0]), it[1], it[2] if len(it) == 3 else None)
         else:
@@ -124,13 +138,14 @@ class _ReadPreprocess(torch.utils.data.Dataset):
 
     def __init__(self, items: Sequence[BatchItem], preset: Preset, crop_background: bool,
                  max_patches: int | None, patch_size: int,
-                 spacing: tuple[float, float, float] | None = None) -> None:
+                 spacing: tuple[float, float, float] | None = None, baseline: Any = None) -> None:
         self.items = list(items)
         self.preset = preset
         self.crop_background = crop_background
         self.max_patches = max_patches
         self.patch_size = patch_size
         self.spacing = spacing
+        self.baseline = baseline  # a baseline backbone: its own preprocess (+ options from columns)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -147,8 +162,13 @@ class _ReadPreprocess(torch.utils.data.Dataset):
                 # --spacing applies to numpy files only (other formats store their own geometry)
                 sp = self.spacing if self.spacing is not None and detect_format(src) in ("npy", "npz") else None
                 src = read_volume(src, series_uid=item.series_uid, spacing=sp, overrides=item.overrides)
-            pre = preprocess_volume(src, self.preset, crop_background=self.crop_background,
-                                    max_patches=self.max_patches, patch_size=self.patch_size, normalise=True)
+            if self.baseline is not None:
+                options = self.baseline.options_from_columns(item.columns)
+                arr_spacing = self.spacing if not hasattr(src, "spacing") else None
+                pre = self.baseline.preprocess(src, spacing=arr_spacing, **options)
+            else:
+                pre = preprocess_volume(src, self.preset, crop_background=self.crop_background,
+                                        max_patches=self.max_patches, patch_size=self.patch_size, normalise=True)
             return i, pre, None, time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - recorded as a failure of this item
             return i, None, _error_text(exc), time.perf_counter() - t0
@@ -206,7 +226,10 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     for name, t in model.state_dict().items():
         flat = t.detach().reshape(-1)
         if flat.numel() > 4096:
-            flat = flat[torch.linspace(0, flat.numel() - 1, 4096, device=flat.device).long()]
+            # float32 linspace can round the last index up to numel for > 2^24 values: clamp (same
+            # indices as before for every tensor that worked)
+            idx = torch.linspace(0, flat.numel() - 1, 4096, device=flat.device).long().clamp_(max=flat.numel() - 1)
+            flat = flat[idx]
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(flat.to("cpu", torch.float64).numpy().tobytes())
     return h.hexdigest()
@@ -215,6 +238,11 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 def _settings(model: Any, preset: Preset, crop_background: bool, max_patches: int | None,
               dtype: torch.dtype | None) -> dict[str, Any]:
     cfg = getattr(model, "config", None)
+    if is_baseline(model):
+        desc = model.describe() if hasattr(model, "describe") else {"family": getattr(model, "family", "")}
+        return {"preset": desc.get("family"), "crop_background": False, "max_patches": None,
+                "model": {k: v for k, v in desc.items() if k != "source"}, "weights": weights_fingerprint(model),
+                "dtype": "fp32" if dtype is None else str(dtype).removeprefix("torch.")}
     return {"preset": preset.to_dict(), "crop_background": bool(crop_background),
             "max_patches": max_patches, "model": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
             "weights": weights_fingerprint(model),
@@ -250,7 +278,9 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
     """Extract features of many volumes into the store at ``out`` (resumable).
 
     Args:
-        model: the backbone (same as :func:`voxelfm.extract_features`).
+        model: the backbone (same as :func:`voxelfm.extract_features`); a baseline backbone uses its
+            own preprocessing, with options from each item's extra manifest columns
+            (``model.options_from_columns``, e.g. FMCIB seed points).
         items: paths (files, folders, CSV manifests — expanded by :func:`voxelfm.io.collect_inputs`),
             :class:`voxelfm.io.InputItem` s, ``(id, path_or_array)`` tuples or ``{"id", "path"}``
             dicts. Ids become file names only through :func:`voxelfm.utils.safe_id`.
@@ -288,7 +318,12 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
         raise ValueError(f"memory_budget_gb must be > 0, got {memory_budget_gb}")
     if max_patches is not None and max_patches < 1:
         raise ValueError(f"max_patches must be a positive number of tokens, got {max_patches}")
-    parse_window(window, int(model.patch_size))
+    baseline = is_baseline(model)
+    if baseline:
+        check_baseline_options(model, preset=preset, crop_background=crop_background, max_patches=max_patches,
+                               mode=mode, window=window)
+    else:
+        parse_window(window, int(model.patch_size))
     ac_dtype = resolve_dtype(dtype)
     if spacing is not None:
         spacing = tuple(float(v) for v in spacing)
@@ -326,7 +361,8 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
 
     ok = failed = 0
     failed_ids: list[str] = []
-    ds = _ReadPreprocess(todo, resolved, crop_background, max_patches, int(model.patch_size), spacing)
+    ds = _ReadPreprocess(todo, resolved, crop_background, max_patches, 0 if baseline else int(model.patch_size),
+                         spacing, baseline=model if baseline else None)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=_identity, worker_init_fn=_worker_init if workers else None,
                                          prefetch_factor=2 if workers else None,

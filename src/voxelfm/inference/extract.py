@@ -28,7 +28,7 @@ from voxelfm.inference.features import Features
 from voxelfm.preprocess import PRESETS, Preprocessed, Preset, preprocess_volume
 
 __all__ = ["extract_features", "extract_preprocessed", "resolve_preset", "resolve_device", "resolve_dtype",
-           "MODES"]
+           "MODES", "is_baseline", "check_baseline_options"]
 
 MODES: tuple[str, ...] = ("auto", "full", "chunked")
 
@@ -121,6 +121,8 @@ def extract_preprocessed(model: torch.nn.Module, pre: Preprocessed, *, mode: str
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if is_baseline(model):
+        return _extract_baseline(model, pre, mode=mode, window=window, device=device, dtype=dtype)
     if not pre.record.get("normalised", True):
         raise ValueError("extract_preprocessed needs a normalised volume (preprocess_volume(normalise=True))")
     p = int(model.patch_size)
@@ -192,11 +194,77 @@ def extract_preprocessed(model: torch.nn.Module, pre: Preprocessed, *, mode: str
     )
 
 
+def is_baseline(model: Any) -> bool:
+    """Whether ``model`` carries its own preprocessing (a :class:`voxelfm.baselines.BaselineBackbone`)."""
+    return callable(getattr(model, "preprocess", None))
+
+
+def check_baseline_options(model: Any, *, preset: Any = "default", crop_background: bool = False,
+                           max_patches: int | None = None, mode: str = "auto", window: Any = None) -> None:
+    """Options of the ViT pipeline that a baseline backbone cannot honour are errors, not silently ignored."""
+    name = getattr(model, "family", type(model).__name__)
+    bad = [opt for opt, used in (("preset", not (isinstance(preset, str) and preset == "default")),
+                                 ("crop_background", bool(crop_background)),
+                                 ("max_patches", max_patches is not None)) if used]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} do(es) not apply to the {name} backbone: it preprocesses exactly as its "
+                         "authors' code (see docs/baselines.md); leave them unset")
+    if (mode == "chunked" or window is not None) and not getattr(model, "supports_chunked", False):
+        raise ValueError(f"the {name} backbone runs one forward pass per volume at its own input size; "
+                         "mode='chunked' / window= are for the VoxelFM ViT (use mode='auto' or 'full')")
+
+
+def _extract_baseline(model: Any, pre: Preprocessed, *, mode: str, window: Any,
+                      device: str | torch.device | None, dtype: str | torch.dtype | None) -> Features:
+    """One forward of a baseline backbone on its own preprocessed input."""
+    check_baseline_options(model, mode=mode, window=window)
+    family = getattr(model, "family", "")
+    if pre.record.get("preset") != family:
+        raise ValueError(f"volume was preprocessed for {pre.record.get('preset')!r}, the model is {family!r}; "
+                         "use model.preprocess(...)")
+    dev = resolve_device(device, model)
+    ac_dtype = resolve_dtype(dtype)
+    try:
+        mdev = next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - parameter-free model
+        mdev = dev
+    if mdev != dev:
+        model.to(dev)
+    x = pre.array.to(dev, torch.float32)
+    autocast = _autocast_factory(dev, ac_dtype)
+    grid = tuple(pre.record["token_grid"])
+    t0 = time.perf_counter()
+    with torch.inference_mode(), _eval_mode(model):
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            out = model(x[None])
+        cls = out["x_norm_clstoken"][0].float()
+        tokens = out["x_norm_patchtokens"][0].float()
+        if tokens.shape[0] != grid[0] * grid[1] * grid[2]:
+            raise RuntimeError(f"{family}: {tokens.shape[0]} patch tokens, record token_grid {list(grid)}")
+        patch = tokens.reshape(*grid, -1)
+        regs = out.get("x_norm_regtokens")
+        registers = regs[0].float() if regs is not None else torch.zeros(0, cls.shape[0], device=dev)
+    seconds = time.perf_counter() - t0
+    record = dict(pre.record)
+    record.update({
+        "mode": "full", "windows": None, "memory": {}, "device": str(dev),
+        "dtype": "fp32" if ac_dtype is None else str(ac_dtype).removeprefix("torch."),
+        "model": {"config": None, "backbone": model.describe() if hasattr(model, "describe") else {"family": family},
+                  **{k: v for k, v in _model_record(model).items() if k == "source"}},
+        "forward_seconds": round(seconds, 4),
+    })
+    return Features(cls=cls.detach().to("cpu", torch.float32).contiguous(),
+                    patch=patch.detach().to("cpu", torch.float32).contiguous(),
+                    registers=registers.detach().to("cpu", torch.float32).contiguous(),
+                    patch_size_mm=tuple(float(v) for v in pre.record["patch_size_mm"]), record=record)
+
+
 def extract_features(model: torch.nn.Module, source: Any, *, preset: str | Preset = "default",
                      crop_background: bool = False, max_patches: int | None = None, mode: str = "auto",
                      window: int | str | Sequence[int] | None = None, overlap: float = 0.25,
                      device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                     memory_budget_gb: float | None = None) -> Features:
+                     memory_budget_gb: float | None = None, spacing: Sequence[float] | None = None,
+                     **options: Any) -> Features:
     """Embed one CT volume with a frozen backbone.
 
     Args:
@@ -221,6 +289,14 @@ def extract_features(model: torch.nn.Module, source: Any, *, preset: str | Prese
         dtype: ``None``/``"fp32"`` (exact), ``"bf16"`` or ``"fp16"`` (autocast).
         memory_budget_gb: activation-memory budget for ``auto``/window choice; default
             ``VOXELFM_MEMORY_BUDGET_GB`` or 60 % of free GPU memory or 4 GiB on CPU.
+        spacing: ``(sz, sy, sx)`` mm of an array ``source`` (default 1 mm).
+        options: backbone preprocessing options, only for a baseline backbone
+            (``voxelfm.load_backbone("fmcib", ...)``: ``seed=``/``seed_space=``; see docs/baselines.md).
+
+    A **baseline backbone** (one with a ``preprocess`` method: Merlin, CT-FM, FMCIB, ...) runs its
+    own original preprocessing (``model.preprocess(source, spacing=..., **options)``) and one
+    forward pass; ``preset``, ``crop_background``, ``max_patches``, chunked mode and ``window`` do
+    not apply to it (an error if set).
 
     Returns:
         :class:`Features` — ``cls [C]``, ``patch [d, h, w, C]``, ``registers [R, C]`` (float32,
@@ -235,10 +311,18 @@ def extract_features(model: torch.nn.Module, source: Any, *, preset: str | Prese
     """
     if not hasattr(model, "patch_size"):
         raise TypeError("model must be a voxelfm backbone (see voxelfm.load_backbone / build_backbone)")
+    if is_baseline(model):
+        check_baseline_options(model, preset=preset, crop_background=crop_background, max_patches=max_patches,
+                               mode=mode, window=window)
+        pre = model.preprocess(source, spacing=spacing, **options)
+        return _extract_baseline(model, pre, mode=mode, window=window, device=device, dtype=dtype)
+    if options:
+        raise TypeError(f"extract_features got unexpected option(s) {', '.join(sorted(options))} "
+                        "(backbone options are only for baseline backbones)")
     resolved = resolve_preset(model, preset)
     dev = resolve_device(device, model)
     pre = preprocess_volume(source, resolved, crop_background=crop_background, max_patches=max_patches,
-                            patch_size=int(model.patch_size), normalise=True,
+                            patch_size=int(model.patch_size), normalise=True, spacing=spacing,
                             device=dev if dev.type == "cuda" else None)
     return extract_preprocessed(model, pre, mode=mode, window=window, overlap=overlap, device=dev,
                                 dtype=dtype, memory_budget_gb=memory_budget_gb)

@@ -6,7 +6,7 @@ import csv
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from voxelfm.errors import VoxelFMError, VolumeReadError
@@ -29,12 +29,15 @@ class InputItem:
         series_uid: the series to read when ``path`` is a DICOM folder (None: the largest CT series).
         overrides: spacing / orientation / rescale from a manifest's override columns
             (:mod:`voxelfm.io.overrides`), or None.
+        columns: the other (non-empty) columns of its manifest row, as text (e.g. FMCIB seed points
+            ``coordX, coordY, coordZ``); empty for files and folders.
     """
 
     id: str
     path: Path
     series_uid: str | None = None
     overrides: ReadOverrides | None = None
+    columns: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 def volume_id_from_path(path: str | Path) -> str:
@@ -68,7 +71,9 @@ def _from_manifest(csv_path: Path) -> list[InputItem]:
                     overrides = ReadOverrides.from_mapping(row)
                 except ValueError as exc:
                     raise VoxelFMError(f"{csv_path}, line {line}: {exc}") from None
-                items.append(InputItem(row["id"], p, row.get("series_uid") or None, overrides))
+                extra = {k: v for k, v in row.items()
+                         if k and k not in ("id", "path", "series_uid") and not k.startswith("override_") and v}
+                items.append(InputItem(row["id"], p, row.get("series_uid") or None, overrides, extra))
             return items
     except UnicodeDecodeError as exc:
         raise VoxelFMError(f"{csv_path}: not a UTF-8 text CSV ({exc})") from None
@@ -118,8 +123,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[InputItem]:
     * a CSV file is a manifest with columns ``id`` and ``path`` (optional ``series_uid`` and
       reading overrides ``override_spacing_z/_y/_x``, ``override_rescale_slope``,
       ``override_rescale_intercept``, ``override_orientation`` — see :mod:`voxelfm.io.overrides`;
-      other columns ignored); relative paths are
-      resolved against the CSV's folder;
+      other columns are kept in ``InputItem.columns`` for backbones that use them, e.g. FMCIB seed
+      points); relative paths are resolved against the CSV's folder;
     * a folder gives one item per DICOM CT series found anywhere below it (scouts, localizers,
       non-CT and < 4-slice series skipped; id = SeriesInstanceUID) and one per volume file below it
       (NIfTI, NRRD, MHA/MHD, npy/npz, zip; id = file name without extensions);

@@ -390,9 +390,34 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- load_backbone
+_UNSET: Any = object()
+
+
+def _family_name(source: Any, weights: Any) -> str | None:
+    """The backbone family ``source`` names, if it is one (``load_backbone("merlin", weights=...)``)."""
+    if not isinstance(source, str):
+        return None
+    from voxelfm.baselines.registry import FAMILY_MODULES
+
+    name = source.strip().lower()
+    if name not in FAMILY_MODULES:
+        return None
+    # an existing file/folder called like a family is a path unless weights= says otherwise
+    return name if weights is not _UNSET or not Path(source).exists() else None
+
+
 def load_backbone(source: str | os.PathLike[str] | Mapping[str, Any], *, config: ConfigLike | None = None,
-                  device: str | torch.device = "cpu") -> VisionTransformer3D:
+                  device: str | torch.device = "cpu", weights: Any = _UNSET, **options: Any) -> Any:
     """Load a backbone (eval mode, on ``device``) from any supported source.
+
+    Two forms:
+
+    * ``load_backbone(NAME, weights=PATH_OR_DIR_OR_HUB_ID, **options)`` — a backbone family of
+      :func:`voxelfm.baselines.family_names` (``voxelfm``, ``merlin``, ``ctfm``, ``fmcib``,
+      ``m3d_clip``, ``radfm``, ``ct_clip``, ``clip2d``) with its released weights in their original
+      layout; ``weights=None`` is a seeded random init (with a warning). ``voxelfm`` goes to the
+      ViT loader below (``config=`` allowed). See ``docs/baselines.md``.
+    * ``load_backbone(source, config=...)`` — the VoxelFM ViT, as documented below.
 
     Args:
         source: a weights file (reference ``.pth`` teacher dump or training checkpoint, bare state dict
@@ -421,6 +446,25 @@ def load_backbone(source: str | os.PathLike[str] | Mapping[str, Any], *, config:
         model = load_backbone("99999.pth", config="config.yaml")
         out = model(x)            # x: [B, D, H, W] normalised with model.preset.mean / .std
     """
+    family = _family_name(source, weights)
+    if family is not None:
+        if family == "voxelfm":
+            if options:
+                raise ConfigError(f"voxelfm takes no backbone options ({', '.join(options)}); use config=")
+            from voxelfm.baselines.voxelfm_vit import load as load_voxelfm
+
+            return load_voxelfm(None if weights is _UNSET else weights, device=device, config=config)
+        if config is not None:
+            raise ConfigError(f"config= is for the VoxelFM ViT; {family} takes options instead "
+                              "(see docs/baselines.md)")
+        from voxelfm.baselines import load_baseline
+
+        return load_baseline(family, None if weights is _UNSET else weights, device=device, **options)
+    if weights is not _UNSET or options:
+        from voxelfm.baselines.registry import family_names
+
+        raise ConfigError(f"weights=/backbone options need a backbone name as the first argument "
+                          f"({', '.join(family_names())}), got {source!r}")
     cfg: ViTConfig | None = None
     preset: Preset | None = None
     provenance: dict[str, Any] = {}

@@ -9,6 +9,9 @@ Typical use::
     from voxelfm.probes import run_suite
     run_suite("suite.yaml", "results/")    # tasks × backbones × heads × data fractions → tables + figures
 
+    from voxelfm.probes import compare_backbones   # extract with each backbone + one suite + one table
+    compare_backbones("voxelfm=teacher/,merlin=merlin.pt", "cohort.csv", "labels.csv", "compare/")
+
 See ``docs/probes.md`` for tasks, heads, defaults, metrics and the suite YAML format.
 """
 
@@ -29,6 +32,7 @@ _LAZY: dict[str, str] = {
     "nested_fractions": "voxelfm.probes.splits",
     "cox_ph_loss": "voxelfm.probes.losses",
     "run_suite": "voxelfm.probes.suite",
+    "compare_backbones": "voxelfm.probes.compare",
     "load_suite": "voxelfm.probes.suite",
     "SuiteResult": "voxelfm.probes.suite",
     "results_table": "voxelfm.probes.suite",
@@ -37,7 +41,8 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [  # noqa: RUF022 (grouped like _LAZY)
-    "HEADS", "HEAD_DEFAULTS", "ProbeRun", "SuiteResult", "TASKS", "TrainConfig", "Trainer", "cox_ph_loss",
+    "HEADS", "HEAD_DEFAULTS", "ProbeRun", "SuiteResult", "TASKS", "TrainConfig", "Trainer", "compare_backbones",
+    "cox_ph_loss",
     "get_task", "load_suite", "make_splits", "nested_fractions", "pca_rgb_figure", "results_table", "roc_figure",
     "run_suite", "train_probe",
 ]

@@ -5,6 +5,8 @@
 * :func:`fraction_figure` — primary metric against the training-data fraction, per backbone,
   with CI bars (learning curves over nested subsets);
 * :func:`cls_vs_patch_figure` — class-token heads against patch-token heads per task and backbone;
+* :func:`pairwise_figure` — the paired tests between every pair of backbones: one matrix per row of
+  the comparison table, coloured by Holm-adjusted p, annotated with the metric difference;
 * :func:`pca_rgb_figure` — the paper's Figure S4 analogue: a 3-component PCA of one scan's patch
   tokens mapped to RGB, upsampled to the model-input grid and shown beside the preprocessed CT in
   three planes.
@@ -21,7 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["cls_vs_patch_figure", "fraction_figure", "pca_rgb_figure", "pca_rgb_tokens", "roc_figure"]
+__all__ = ["cls_vs_patch_figure", "fraction_figure", "pairwise_figure", "pca_rgb_figure", "pca_rgb_tokens",
+           "roc_figure"]
 
 
 def _plt():
@@ -142,6 +145,67 @@ def cls_vs_patch_figure(rows: pd.DataFrame, path: str | os.PathLike[str], *, tit
     if title:
         fig.suptitle(title, y=1.0)
     fig.tight_layout(rect=(0, 0, 1, 0.88))
+    return _save(fig, path)
+
+
+def pairwise_figure(comparisons: pd.DataFrame, backbones: Sequence[str], path: str | os.PathLike[str], *,
+                    alpha: float = 0.05, title: str = "") -> Path:
+    """Paired tests between every pair of backbones: one matrix per (task, probe, fraction).
+
+    Cell (row ``i``, column ``j``): ``metric(i) − metric(j)`` and the Holm-adjusted p, coloured by
+    ``−log10 p``; significant cells (p < ``alpha``) are framed. The panel title gives the metric
+    and whether higher (↑) or lower (↓) is better.
+
+    Args:
+        comparisons: columns ``task_name, head, feature, fraction, metric, backbone_a, backbone_b,
+            diff, p_holm`` (the suite's comparisons) and ``higher_is_better`` (bool).
+        backbones: matrix order.
+    """
+    plt = _plt()
+    keys = list(dict.fromkeys(zip(comparisons["task_name"], comparisons["head"], comparisons["feature"],
+                                  comparisons["fraction"])))
+    k = len(backbones)
+    ncol = min(3, max(1, len(keys)))
+    nrow = max(1, math.ceil(len(keys) / ncol))
+    side = 0.6 * k + 1.8
+    fig, axes = plt.subplots(nrow, ncol, figsize=(side * ncol + 1.2, side * nrow), squeeze=False,
+                             layout="constrained")
+    index = {b: i for i, b in enumerate(backbones)}
+    vmax = 4.0  # -log10(1e-4)
+    image = None
+    for ax, key in zip(axes.ravel(), keys):
+        g = comparisons[(comparisons["task_name"] == key[0]) & (comparisons["head"] == key[1])
+                        & (comparisons["feature"] == key[2]) & (comparisons["fraction"] == key[3])]
+        mat = np.full((k, k), np.nan)
+        for _, r in g.iterrows():
+            a, b = index.get(r["backbone_a"]), index.get(r["backbone_b"])
+            if a is None or b is None or not np.isfinite(r["p_holm"]):
+                continue
+            d = float(r["diff"])  # metric(a) - metric(b)
+            p = float(r["p_holm"])
+            mat[a, b] = mat[b, a] = min(vmax, -math.log10(max(p, 1e-300)))
+            for i, j, dd in ((a, b, d), (b, a, -d)):
+                ax.text(j, i, f"{dd:+.3f}\np={p:.3f}" if p >= 0.001 else f"{dd:+.3f}\np<.001",
+                        ha="center", va="center", fontsize=6, color="white" if mat[a, b] > 2.5 else "black")
+                if p < alpha:
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, color="black"))
+        image = ax.imshow(mat, cmap="Oranges", vmin=0, vmax=vmax)
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        ax.set_xticklabels(backbones, rotation=30, ha="right", fontsize=7)
+        ax.set_yticklabels(backbones, fontsize=7)
+        metric = ""
+        if len(g):
+            metric = f"{g['metric'].iloc[0]} {'↑' if bool(g['higher_is_better'].iloc[0]) else '↓'}"
+        frac = f", f={key[3]:g}" if key[3] != 1 else ""
+        ax.set_title(f"{key[0]} ({key[1]}/{key[2]}{frac})\n{metric}: row − column", fontsize=8)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
+        bar.set_label("−log10 Holm-adjusted p (framed: p < %g)" % alpha, fontsize=7)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
 
 

@@ -160,7 +160,7 @@ def _resolve_path(value: Any, base: Path) -> Any:
 
 
 def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
-               stores: Mapping[str, Any] | None = None, labels: Any = None) -> Suite:
+               stores: Mapping[str, Any] | None = None, labels: Any = None, all_pairs: bool = False) -> Suite:
     """Parse and validate a suite YAML file or dict.
 
     Args:
@@ -168,6 +168,8 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
         stores: override / provide the ``stores`` mapping (backbone name → store folder or
             :class:`~voxelfm.inference.store.EmbeddingStore`).
         labels: override the default label table.
+        all_pairs: ignore the suite's ``reference`` and compare every pair of backbones
+            (``voxelfm compare``, whose backbones replace the suite's stores).
 
     Raises:
         ConfigError: unknown keys, unknown tasks/heads, head/feature mismatches, unknown options,
@@ -177,6 +179,8 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
         s = suite
         if stores is not None:
             s.stores = dict(stores)
+        if all_pairs:
+            s.reference = None
         return s
     base = Path(".")
     if isinstance(suite, (str, os.PathLike)):
@@ -238,7 +242,8 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
     if not tasks:
         raise ConfigError("the suite lists no tasks")
     s = Suite(name=str(data.get("name", "suite")), stores=st, tasks=tasks, seed=int(data.get("seed", 4)),
-              reference=data.get("reference"), n_resamples=int(data.get("n_resamples", 1000)),
+              reference=None if all_pairs else data.get("reference"),
+              n_resamples=int(data.get("n_resamples", 1000)),
               holm=str(data.get("holm", "table")), defaults=dict(data.get("defaults") or {}),
               head_defaults={str(k): dict(v or {}) for k, v in (data.get("head_defaults") or {}).items()},
               figures=dict(data.get("figures") or {}), base_dir=base)
@@ -670,12 +675,24 @@ def _esc_tex(x: Any) -> str:
     return "".join(_TEX.get(ch, ch) for ch in str(x))
 
 
+def _booktabs(header: list[str], rows: list[list[str]], *, col_spec: str, caption: str = "", label: str = "",
+             wide: bool = False) -> str:
+    """A booktabs LaTeX ``table`` of already escaped cells (``wide``: scaled to the text width)."""
+    out = [r"% needs \usepackage{booktabs,graphicx}"] if wide else []
+    out += [r"\begin{table}[t]", r"\centering", r"\small"] + ([r"\resizebox{\textwidth}{!}{%"] if wide else [])
+    out += [r"\begin{tabular}{" + col_spec + "}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+    out += [" & ".join(cells) + r" \\" for cells in rows]
+    out += [r"\bottomrule", r"\end{tabular}" + ("}" if wide else "")]
+    if caption:
+        out.append(r"\caption{" + _esc_tex(caption) + "}")
+    out += [r"\label{" + label + "}", r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
 def format_latex(table: pd.DataFrame, *, caption: str = "", label: str = "tab:probes") -> str:
     """A booktabs LaTeX table of :func:`results_table` (best backbone per row in bold)."""
     cols = [c for c in table.columns if not c.startswith("_")]
-    out = [r"\begin{table}[t]", r"\centering", r"\small",
-           r"\begin{tabular}{" + "l" * 4 + "c" * (len(cols) - 4) + "}", r"\toprule",
-           " & ".join(_esc_tex(c) for c in cols) + r" \\", r"\midrule"]
+    rows = []
     for _, r in table.iterrows():
         cells = []
         for c in cols:
@@ -685,12 +702,9 @@ def format_latex(table: pd.DataFrame, *, caption: str = "", label: str = "tab:pr
             if c in (r.get("_best") or ()):
                 cell = r"\textbf{" + cell + "}"
             cells.append(cell)
-        out.append(" & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        out.append(r"\caption{" + _esc_tex(caption) + "}")
-    out += [r"\label{" + label + "}", r"\end{table}"]
-    return "\n".join(out) + "\n"
+        rows.append(cells)
+    return _booktabs([_esc_tex(c) for c in cols], rows, col_spec="l" * 4 + "c" * (len(cols) - 4), caption=caption,
+                    label=label)
 
 
 def _write_tables(out: Path, results: pd.DataFrame, comparisons: pd.DataFrame, table: pd.DataFrame,
