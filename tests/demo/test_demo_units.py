@@ -419,3 +419,34 @@ def test_tiny_schedule_is_fitted_to_the_pretraining_budget():
     # a user's own schedule or another config is left alone
     assert _schedule_overrides(DemoSettings.create(pretrain_overrides=("optim.epochs = 3",))) == []
     assert _schedule_overrides(DemoSettings.create(pretrain_config="vit_small")) == []
+
+
+def test_pretraining_schedule_is_fitted_to_the_measured_speed(tmp_path, monkeypatch):
+    """The first piece of pre-training measures steps/s; the schedule then fits the rest of the budget
+    (a loaded machine gets a shorter, complete schedule instead of a long one cut off mid-decay)."""
+    from voxelfm.demo import workflow as W
+
+    paths = W.DemoPaths(tmp_path)
+    calls = []
+
+    def fake_pretrain(config, data, output, *, overrides, max_minutes, **kw):
+        calls.append((list(overrides), max_minutes))
+        output.mkdir(parents=True, exist_ok=True)  # 45 s at 1 step/s (startup included)
+        (output / "run.json").write_text(json.dumps({"steps_this_run": 45, "minutes_this_run": 0.75,
+                                                     "steps_done": 45}))
+
+    monkeypatch.setattr("voxelfm.ssl.pretrain", fake_pretrain)
+    monkeypatch.setattr(W, "_pretrain_elapsed", lambda run_dir: 45.0)
+    s = DemoSettings.create(pretrain_minutes=7)
+    assert W._fits_schedule(s) and W._schedule_overrides(s) == ["optim.epochs=46"]  # quiet: 5.5 steps/s
+    fitted = W._fit_schedule_to_machine(paths, s, ["train.seed=0"], 1)
+    # 45 steps done + 1 step/s × (420 − 45) s = 420 steps → 8 epochs of 50 steps
+    assert fitted == ["optim.epochs=8"]
+    assert calls == [(["train.seed=0", "optim.epochs=46"], W.CALIBRATION_MINUTES)]
+    rec = json.loads((paths.pretrain / W.SCHEDULE_FILE).read_text())
+    assert rec["steps_per_second"] == 1.0 and rec["epochs"] == 8
+    assert W._fit_schedule_to_machine(paths, s, ["train.seed=0"], 1) == ["optim.epochs=8"] and len(calls) == 1
+    longer = DemoSettings.create(pretrain_minutes=14)  # a longer budget continues: refit from the speed
+    assert W._fit_schedule_to_machine(paths, longer, ["train.seed=0"], 1) == ["optim.epochs=16"] and len(calls) == 1
+    assert W._fit_schedule_to_machine(W.DemoPaths(tmp_path / "q"), DemoSettings.create(quick=True),
+                                      [], 1) == W._schedule_overrides(DemoSettings.create(quick=True))
