@@ -450,3 +450,14 @@ def test_pretraining_schedule_is_fitted_to_the_measured_speed(tmp_path, monkeypa
     assert W._fit_schedule_to_machine(paths, longer, ["train.seed=0"], 1) == ["optim.epochs=16"] and len(calls) == 1
     assert W._fit_schedule_to_machine(W.DemoPaths(tmp_path / "q"), DemoSettings.create(quick=True),
                                       [], 1) == W._schedule_overrides(DemoSettings.create(quick=True))
+
+
+def test_measured_speed_leaves_out_the_start_up_step(tmp_path):
+    from voxelfm.demo.workflow import _measured_speed
+
+    rows = [{"step": 0, "step_time": 14.0}] + [{"step": i, "step_time": 0.5} for i in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = {"steps_this_run": 6, "minutes_this_run": 0.4}
+    assert _measured_speed(tmp_path, run) == pytest.approx(2.0)  # not 6 / 24 s = 0.25
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert _measured_speed(tmp_path, run) == pytest.approx(0.25)

@@ -227,6 +227,16 @@ def _schedule_overrides(s: DemoSettings, steps_per_second: float = TINY_STEPS_PE
     return [f"optim.epochs={_epochs_for(60.0 * float(s.pretrain_minutes) * steps_per_second)}"]
 
 
+def _measured_speed(run_dir: Path, run: dict[str, Any]) -> float:
+    """Steps per second of a short run: from the median step time of its steps after the first (the
+    first one carries the start-up: model build, data-loader processes), else from its wall time."""
+    times = [float(m["step_time"]) for m in read_jsonl(run_dir / "metrics.jsonl", missing_ok=True)[1:]
+             if isinstance(m.get("step_time"), (int, float)) and m["step_time"] > 0]
+    if len(times) >= 3:
+        return 1.0 / float(np.median(times))
+    return float(run["steps_this_run"]) / max(60.0 * float(run["minutes_this_run"]), 1e-6)
+
+
 def _fit_schedule_to_machine(paths: DemoPaths, s: DemoSettings, base: list[str], loader_workers: int) -> list[str]:
     """The schedule override for this machine as it is now: the first :data:`CALIBRATION_MINUTES`
     of pre-training run on the quiet-machine schedule, their measured speed (startup included)
@@ -252,7 +262,7 @@ def _fit_schedule_to_machine(paths: DemoPaths, s: DemoSettings, base: list[str],
         pretrain(s.pretrain_config, paths.prepared, paths.pretrain, overrides=[*base, *quiet], resume=True,
                  num_workers=loader_workers, show_progress=True, max_minutes=CALIBRATION_MINUTES)
         run = json.loads((paths.pretrain / "run.json").read_text())
-        fit = {"steps_per_second": float(run["steps_this_run"]) / max(60.0 * float(run["minutes_this_run"]), 1e-6),
+        fit = {"steps_per_second": _measured_speed(paths.pretrain, run),
                "calibration_steps": int(run["steps_this_run"]), "quiet_schedule": quiet}
     # a budget changed since the fit (a longer --pretrain-minutes continues the run): refit from the speed
     steps_done = int(json.loads((paths.pretrain / "run.json").read_text())["steps_done"])
