@@ -259,7 +259,7 @@ def test_findings_paragraph_states_numbers_and_failures():
     assert "on 2 of 3 tasks (1 significantly" in text
     assert "lung_nodule (AUROC 0.910 vs 0.620, p = 0.001)" in text
     assert "Better but not significantly: fev1_percent (MAE 10.0 vs 12.5, p = 0.080)" in text
-    assert "No improvement: survival (C-index 0.600 vs 0.660, p = 0.600)" in text
+    assert "Pre-training did not help on survival (C-index 0.600 vs 0.660, p = 0.600)." in text
     assert "classification 1/1" in text and "survival 0/1" in text
     assert "did not help on most tasks" not in text
 

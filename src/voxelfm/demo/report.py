@@ -211,11 +211,10 @@ def findings_paragraph(cmp: pd.DataFrame, *, cross_validated: bool = False) -> s
     if len(groups["better"]):
         parts.append("Better but not significantly: " + "; ".join(_short(r) for _, r in groups["better"].iterrows())
                      + ".")
-    if len(groups["not better"]):
-        parts.append("No improvement: " + "; ".join(_short(r) for _, r in groups["not better"].iterrows()) + ".")
-    if len(groups["worse"]):
-        parts.append("Significantly worse with pre-training: "
-                     + "; ".join(_short(r) for _, r in groups["worse"].iterrows()) + ".")
+    for _, r in groups["not better"].iterrows():
+        parts.append(f"Pre-training did not help on {_short(r)}.")
+    for _, r in groups["worse"].iterrows():
+        parts.append(f"Pre-training made {_short(r)} significantly worse.")
     und = rows[rows["verdict"] == "undefined"]
     if len(und):
         parts.append("Not evaluable on this cohort: " + ", ".join(str(t) for t in und["task_name"]) + ".")
