@@ -465,8 +465,8 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
                  + (", report generation" if (paths.reports / "results.json").exists() else "") + ".")
         L.append("")
     where = (f"the pooled out-of-fold predictions of every scan ({pr.get('folds')}-fold cross-validation grouped "
-             "by patient: each fold tested by a probe trained on three of the others and selected on the "
-             "remaining one)") if cv else "the held-out test split"
+             "by patient: each fold is predicted by a probe selected on the next fold and trained on the "
+             "others)") if cv else "the held-out test split"
     split_tasks = [t for t in (pr.get("split_tasks") or []) if len(cmp) and t in set(cmp["task_name"])]
     if cv and split_tasks:
         where += (f"; {', '.join(split_tasks)} on the held-out test split ({_summary(state, 'phantoms').get('splits', {}).get('test', '?')} "
