@@ -31,6 +31,17 @@ def quick_demo(tmp_path_factory):
     return out, report, log.getvalue(), first
 
 
+def _probes_summary(out):
+    return json.loads((out / "demo.json").read_text())["stages"]["probes"]["summary"]
+
+
+def _scored_categories(out) -> list[str]:
+    """Every category, except localisation when its target (the largest nodule) is below the resolution
+    of the model input — then the report says so instead of scoring it."""
+    unseen = _probes_summary(out).get("below_resolution") or {}
+    return [c for c in CATEGORIES if not (c == "localisation" and "nodule localisation" in unseen)]
+
+
 def test_report_exists_with_banner_findings_and_every_category(quick_demo):
     out, report, log, _ = quick_demo
     assert report == out / "report.md" and report.is_file()
@@ -38,8 +49,13 @@ def test_report_exists_with_banner_findings_and_every_category(quick_demo):
     assert "not clinical evidence" in text
     findings = text.split("## Findings", 1)[1].split("##", 1)[0]
     assert re.search(r"on \d+ of \d+ tasks", findings)  # the generated paragraph states the count
-    for cat in CATEGORIES:
+    for cat in _scored_categories(out):
         assert f"| {cat} |" in text, f"no {cat} row in the results table"
+    unseen = _probes_summary(out).get("below_resolution") or {}
+    assert "lung_nodule" in unseen  # 3-30 mm nodules on an ≈ 11 mm input grid
+    not_scored = text.split("Not scored — below the resolution of the model input:", 1)[1].split("\n", 1)[0]
+    for finding in unseen:
+        assert f"{finding} (drawn from" in not_scored, finding
     # the path is printed at the end, after the timing table
     assert log.rstrip().splitlines()[-2].startswith("report: ") and str(report) in log
     assert "stage" in log and "computed in" in log
@@ -55,10 +71,10 @@ def test_stage_headers_show_progress(quick_demo):
 def test_results_table_has_both_backbones_with_numbers_and_cis(quick_demo):
     out, report, _, _ = quick_demo
     cmp = pd.read_csv(out / "probes" / "pretrained_vs_random.csv")
-    assert set(cmp["category"]) == set(CATEGORIES)
+    assert set(cmp["category"]) == set(_scored_categories(out))
     full = cmp[cmp["fraction"] == 1.0]
     # every category has a row where both backbones got a number with a confidence interval
-    for cat in CATEGORIES:
+    for cat in _scored_categories(out):
         rows = full[full["category"] == cat]
         ok = rows[rows[["pre", "pre_lo", "pre_hi", "rnd", "rnd_lo", "rnd_hi"]].notna().all(axis=1)]
         assert len(ok), f"{cat}: no row with values and CIs for both backbones"
@@ -79,8 +95,9 @@ def test_figures_exist_and_are_linked(quick_demo):
     out, report, _, _ = quick_demo
     text = report.read_text()
     figs = out / "probes" / "figures"
+    lead = _probes_summary(out)["lead"]
     expected = [out / "figures" / "summary.png", out / "figures" / "pretrain_loss.png", figs / "fractions.png",
-                figs / "cls_vs_patch.png", figs / "roc_lung_nodule_linear-cls.png"]
+                figs / "cls_vs_patch.png", figs / f"roc_{lead}_linear-cls.png"]
     expected += sorted(figs.glob("pca_pretrained_*.png"))[:1] + sorted(figs.glob("pca_random_init_*.png"))[:1]
     assert len(expected) == 7
     for f in expected:

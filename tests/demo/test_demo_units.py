@@ -156,7 +156,8 @@ def test_suite_covers_every_category_and_skips_unusable_findings():
                        findings=["lung_nodule", "emphysema", "cardiomegaly", "hiatal_hernia"])
     tasks = {t["name"]: t for t in plan.suite["tasks"]}
     assert plan.findings == ["lung_nodule", "emphysema"]
-    assert "cardiomegaly" in plan.skipped and "val split" in plan.skipped["cardiomegaly"]
+    assert "cardiomegaly" in plan.skipped and "need 6 of each for 3 folds" in plan.skipped["cardiomegaly"]
+    assert plan.suite["protocol"] == "cv" and plan.suite["folds"] == 3 and plan.below_resolution == {}
     assert plan.skipped["hiatal_hernia"] == "not in the cohort table"
     kinds = {t["task"] for t in plan.suite["tasks"]}
     assert {category_of(k) for k in kinds} == set(CATEGORIES)
@@ -169,6 +170,24 @@ def test_suite_covers_every_category_and_skips_unusable_findings():
     assert plan.suite["reference"] == "pretrained"
     assert plan.suite["head_defaults"]["segmentation"] == {"epochs": 12}
     assert plan.suite["figures"]["pca"]["ids"] == ["c48"]  # first test scan with a nodule
+    split = build_suite(_cohort(), DemoSettings.create(quick=True, protocol="split"),
+                        findings=["lung_nodule", "emphysema", "cardiomegaly"])
+    assert "val split" in split.skipped["cardiomegaly"] and split.suite["protocol"] == "split"
+
+
+def test_suite_leaves_out_findings_below_the_input_resolution():
+    """On an 11-mm input grid a finding drawn under 22 mm across is listed, not scored; so is the
+    localisation of nodules (3–30 mm)."""
+    plan = build_suite(_cohort(), DemoSettings.create(quick=True), findings=["lung_nodule", "emphysema"],
+                       resolution={"voxel_mm": 11.0, "token_mm": 88.0})
+    assert plan.findings == ["emphysema"] and plan.lead == "emphysema"
+    assert set(plan.below_resolution) == {"lung_nodule", "nodule localisation"}
+    assert plan.below_resolution["lung_nodule"].startswith("drawn from 3 mm across; the model input has 11-mm")
+    names = {t["name"] for t in plan.suite["tasks"]}
+    assert "lung_nodule" not in names and "nodule localisation" not in names
+    fine = build_suite(_cohort(), DemoSettings.create(quick=True), findings=["lung_nodule", "emphysema"],
+                       resolution={"voxel_mm": 1.0, "token_mm": 8.0})
+    assert fine.below_resolution == {} and "nodule localisation" in {t["name"] for t in fine.suite["tasks"]}
 
 
 def test_suite_is_valid_for_the_probe_runner(tmp_path):
@@ -195,7 +214,8 @@ def test_suite_needs_a_usable_finding():
 
 # ------------------------------------------------------------------------------------------ findings
 def _results():
-    """Hand-made suite outputs: nodule improved (p 0.001), fev1 better n.s., survival worse n.s."""
+    """Hand-made suite outputs: nodule improved (p 0.001), fev1 better n.s., survival worse n.s.
+    (raw p-values whose Holm adjustment over the four rows gives the p_holm column)."""
     rows, comps = [], []
 
     def add(task_name, task, head, feature, metric, pre, rnd, p, p_holm, method, fraction=1.0):
@@ -209,13 +229,13 @@ def _results():
                       "metric": metric, "backbone_a": "pretrained", "backbone_b": "random_init", "n": 40,
                       "diff": pre[0] - rnd[0], "p_value": p, "p_holm": p_holm, "method": method})
 
-    add("lung_nodule", "binary", "linear", "cls", "auroc", (0.91, 0.85, 0.97), (0.62, 0.5, 0.74), 0.0002, 0.001,
+    add("lung_nodule", "binary", "linear", "cls", "auroc", (0.91, 0.85, 0.97), (0.62, 0.5, 0.74), 0.00025, 0.001,
         "delong")
-    add("lung_nodule", "binary", "linear", "cls", "auroc", (0.80, 0.7, 0.9), (0.6, 0.5, 0.7), 0.01, 0.04, "delong",
+    add("lung_nodule", "binary", "linear", "cls", "auroc", (0.80, 0.7, 0.9), (0.6, 0.5, 0.7), 0.04 / 3, 0.04, "delong",
         fraction=0.5)
-    add("fev1_percent", "regression", "linear", "cls", "mae", (10.0, 8.0, 12.0), (12.5, 10.0, 15.0), 0.02, 0.08,
+    add("fev1_percent", "regression", "linear", "cls", "mae", (10.0, 8.0, 12.0), (12.5, 10.0, 15.0), 0.04, 0.08,
         "paired-bootstrap")
-    add("survival", "survival", "cox", "cls", "c_index", (0.60, 0.5, 0.7), (0.66, 0.55, 0.75), 0.3, 0.6,
+    add("survival", "survival", "cox", "cls", "c_index", (0.60, 0.5, 0.7), (0.66, 0.55, 0.75), 0.6, 0.6,
         "paired-bootstrap")
     return pd.DataFrame(rows), pd.DataFrame(comps)
 
@@ -239,7 +259,7 @@ def test_findings_paragraph_states_numbers_and_failures():
     assert "on 2 of 3 tasks (1 significantly" in text
     assert "lung_nodule (AUROC 0.910 vs 0.620, p = 0.001)" in text
     assert "Better but not significantly: fev1_percent (MAE 10.0 vs 12.5, p = 0.080)" in text
-    assert "No improvement: survival (C-index 0.600 vs 0.660, p = 0.600)" in text
+    assert "Pre-training did not help on survival (C-index 0.600 vs 0.660, p = 0.600)." in text
     assert "classification 1/1" in text and "survival 0/1" in text
     assert "did not help on most tasks" not in text
 
@@ -247,7 +267,7 @@ def test_findings_paragraph_states_numbers_and_failures():
 def test_findings_paragraph_is_honest_when_pretraining_loses():
     res, comp = _results()
     res.loc[(res["backbone"] == "pretrained") & (res["task_name"] == "lung_nodule"), "value"] = 0.5
-    comp["p_holm"] = 0.9
+    comp["p_value"] = comp["p_holm"] = 0.9
     text = findings_paragraph(compare_backbones(res, comp))
     assert "on 1 of 3 tasks (0 significantly" in text
     assert "did not help on most tasks" in text
@@ -259,6 +279,40 @@ def test_results_table_has_both_backbones_with_cis():
     assert "| classification | lung_nodule | linear/cls | 1 | AUROC ↑ | **0.910 [0.850, 0.970]** | " \
            "0.620 [0.500, 0.740] | 0.290 | 0.001 (DeLong) | improved |" in md
     assert "MAE ↓" in md and "C-index ↑" in md
+
+
+def test_several_random_seeds_are_averaged_and_must_all_be_beaten():
+    """Three random-init seeds: the random column is their mean (lowest / highest in brackets), and a
+    row is significant only when the pre-trained backbone beats every seed (largest per-seed p)."""
+    res, comp = _results()
+    extra_res, extra_cmp = [], []
+    for k, shift in ((2, 0.05), (3, -0.05)):
+        r = res[res["backbone"] == "random_init"].copy()
+        r["backbone"] = f"random_init_{k}"
+        r.loc[r["primary"], "value"] += shift
+        extra_res.append(r)
+        c = comp.copy()
+        c["backbone_b"] = f"random_init_{k}"
+        extra_cmp.append(c)
+    res = pd.concat([res, *extra_res], ignore_index=True)
+    comp = pd.concat([comp, *extra_cmp], ignore_index=True)
+    cmp = compare_backbones(res, comp)
+    row = cmp[(cmp["task_name"] == "lung_nodule") & (cmp["fraction"] == 1.0)].iloc[0]
+    assert row["n_random"] == 3 and row["rnd"] == pytest.approx(0.62)
+    assert (row["rnd_lo"], row["rnd_hi"]) == pytest.approx((0.57, 0.67))
+    assert row["p_holm"] == pytest.approx(0.001) and row["verdict"] == "improved"  # beats all three
+    comp.loc[(comp["backbone_b"] == "random_init_3") & (comp["task_name"] == "lung_nodule")
+             & (comp["fraction"] == 1.0), "p_value"] = 0.2
+    cmp = compare_backbones(res, comp)
+    row = cmp[(cmp["task_name"] == "lung_nodule") & (cmp["fraction"] == 1.0)].iloc[0]
+    assert row["p"] == pytest.approx(0.2) and row["verdict"] == "better"  # not significant against seed 3
+    assert cmp[cmp["task_name"] == "survival"].iloc[0]["p"] == pytest.approx(0.6)  # 0.60 below all three
+    res.loc[(res["backbone"] == "random_init_3") & (res["task_name"] == "survival") & res["primary"], "value"] = 0.55
+    surv = compare_backbones(res, comp).set_index("task_name").loc["survival"]
+    assert surv["p"] == 1.0 and surv["verdict"] == "not better"  # seeds on both sides: no direction
+    md = results_table(cmp)
+    assert "random init, mean of 3 seeds [lowest, highest]" in md
+    assert "every one of them" in findings_paragraph(cmp)
 
 
 def test_undefined_rows_are_not_counted():
@@ -365,3 +419,45 @@ def test_tiny_schedule_is_fitted_to_the_pretraining_budget():
     # a user's own schedule or another config is left alone
     assert _schedule_overrides(DemoSettings.create(pretrain_overrides=("optim.epochs = 3",))) == []
     assert _schedule_overrides(DemoSettings.create(pretrain_config="vit_small")) == []
+
+
+def test_pretraining_schedule_is_fitted_to_the_measured_speed(tmp_path, monkeypatch):
+    """The first piece of pre-training measures steps/s; the schedule then fits the rest of the budget
+    (a loaded machine gets a shorter, complete schedule instead of a long one cut off mid-decay)."""
+    from voxelfm.demo import workflow as W
+
+    paths = W.DemoPaths(tmp_path)
+    calls = []
+
+    def fake_pretrain(config, data, output, *, overrides, max_minutes, **kw):
+        calls.append((list(overrides), max_minutes))
+        output.mkdir(parents=True, exist_ok=True)  # 45 s at 1 step/s (startup included)
+        (output / "run.json").write_text(json.dumps({"steps_this_run": 45, "minutes_this_run": 0.75,
+                                                     "steps_done": 45}))
+
+    monkeypatch.setattr("voxelfm.ssl.pretrain", fake_pretrain)
+    monkeypatch.setattr(W, "_pretrain_elapsed", lambda run_dir: 45.0)
+    s = DemoSettings.create(pretrain_minutes=7)
+    assert W._fits_schedule(s) and W._schedule_overrides(s) == ["optim.epochs=46"]  # quiet: 5.5 steps/s
+    fitted = W._fit_schedule_to_machine(paths, s, ["train.seed=0"], 1)
+    # 45 steps done + 1 step/s × (420 − 45) s = 420 steps → 8 epochs of 50 steps
+    assert fitted == ["optim.epochs=8"]
+    assert calls == [(["train.seed=0", "optim.epochs=46"], W.CALIBRATION_MINUTES)]
+    rec = json.loads((paths.pretrain / W.SCHEDULE_FILE).read_text())
+    assert rec["steps_per_second"] == 1.0 and rec["epochs"] == 8
+    assert W._fit_schedule_to_machine(paths, s, ["train.seed=0"], 1) == ["optim.epochs=8"] and len(calls) == 1
+    longer = DemoSettings.create(pretrain_minutes=14)  # a longer budget continues: refit from the speed
+    assert W._fit_schedule_to_machine(paths, longer, ["train.seed=0"], 1) == ["optim.epochs=16"] and len(calls) == 1
+    assert W._fit_schedule_to_machine(W.DemoPaths(tmp_path / "q"), DemoSettings.create(quick=True),
+                                      [], 1) == W._schedule_overrides(DemoSettings.create(quick=True))
+
+
+def test_measured_speed_leaves_out_the_start_up_step(tmp_path):
+    from voxelfm.demo.workflow import _measured_speed
+
+    rows = [{"step": 0, "step_time": 14.0}] + [{"step": i, "step_time": 0.5} for i in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = {"steps_this_run": 6, "minutes_this_run": 0.4}
+    assert _measured_speed(tmp_path, run) == pytest.approx(2.0)  # not 6 / 24 s = 0.25
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert _measured_speed(tmp_path, run) == pytest.approx(0.25)

@@ -44,8 +44,20 @@ _STAGE_TITLES = {"phantoms": "phantom cohort", "prepare": "prepare volumes", "pr
 
 
 # ------------------------------------------------------------------------------------------ numbers
+def random_backbones(results: pd.DataFrame) -> list[str]:
+    """The random-init backbones of a results table: ``random_init``, ``random_init_2``, ..."""
+    names = [str(b) for b in dict.fromkeys(results["backbone"]) if str(b) == RANDOM or str(b).startswith(RANDOM + "_")]
+    return sorted(names, key=lambda n: (len(n), n))
+
+
 def compare_backbones(results: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, probe, fraction): both backbones' primary metric, the difference and p.
+
+    With several random-init backbones (``random_init``, ``random_init_2``, ...) the random column
+    is their mean (``rnd_lo``/``rnd_hi`` = the lowest and highest seed instead of a CI) and the row's
+    p-value is an intersection-union test: the largest of the per-seed paired p-values when the
+    pre-trained backbone differs from every seed in the same direction, else 1 — significant only
+    if pre-training beats (or loses to) *every* random draw. Holm adjustment over the rows.
 
     Args:
         results: ``probes/results.csv`` (long table of :func:`voxelfm.probes.run_suite`).
@@ -53,51 +65,74 @@ def compare_backbones(results: pd.DataFrame, comparisons: pd.DataFrame) -> pd.Da
 
     Returns:
         DataFrame with ``category, task_name, task, head, feature, fraction, metric,
-        higher_is_better, pre, pre_lo, pre_hi, rnd, rnd_lo, rnd_hi, diff, p, p_holm, method, n,
-        verdict`` where ``diff`` = pre-trained − random (raw metric units) and ``verdict`` is
+        higher_is_better, pre, pre_lo, pre_hi, rnd, rnd_lo, rnd_hi, n_random, diff, p, p_holm, method,
+        n, verdict`` where ``diff`` = pre-trained − random (raw metric units) and ``verdict`` is
         ``improved`` (better, Holm p < 0.05), ``better`` (better, not significant), ``worse``
         (significantly worse), ``not better`` or ``undefined``.
     """
     from voxelfm.probes.tasks import get_task
+    from voxelfm.stats import adjust_pvalues
 
     prim = results[results["primary"].astype(bool)]
+    randoms = random_backbones(prim) or [RANDOM]
     rows = []
     for (tn, head, feat, frac), g in prim.groupby(["task_name", "head", "feature", "fraction"], sort=False):
         task = str(g["task"].iloc[0])
         hib = get_task(task).higher_is_better
         vals: dict[str, tuple[float, float, float]] = {}
-        for b in (PRETRAINED, RANDOM):
+        for b in (PRETRAINED, *randoms):
             r = g[(g["backbone"] == b) & (g["status"] == "ok")]
             vals[b] = ((float(r["value"].iloc[0]), float(r["ci_low"].iloc[0]), float(r["ci_high"].iloc[0]))
                        if len(r) else (math.nan, math.nan, math.nan))
         c = comparisons[(comparisons["task_name"] == tn) & (comparisons["head"] == head)
                         & (comparisons["feature"] == feat) & (comparisons["fraction"] == frac)
-                        & (comparisons["backbone_a"] == PRETRAINED) & (comparisons["backbone_b"] == RANDOM)]
-        p = float(c["p_value"].iloc[0]) if len(c) else math.nan
-        p_holm = float(c["p_holm"].iloc[0]) if len(c) else math.nan
-        method = str(c["method"].iloc[0]) if len(c) else ""
-        pre, rnd = vals[PRETRAINED][0], vals[RANDOM][0]
-        diff = pre - rnd
-        if not (math.isfinite(pre) and math.isfinite(rnd)):
-            verdict = "undefined"
-        else:
-            better = diff > 0 if hib else diff < 0
-            sig = math.isfinite(p_holm) and p_holm < ALPHA
-            verdict = ("improved" if sig else "better") if better else ("worse" if sig else "not better")
+                        & (comparisons["backbone_a"] == PRETRAINED)]
+        per_seed = [c[c["backbone_b"] == b] for b in randoms]
+        ps = [float(x["p_value"].iloc[0]) if len(x) else math.nan for x in per_seed]
+        diffs = [vals[PRETRAINED][0] - vals[b][0] for b in randoms]
+        same_sign = all(math.isfinite(d) and d > 0 for d in diffs) or all(math.isfinite(d) and d < 0 for d in diffs)
+        p = (max(ps) if same_sign else 1.0) if all(math.isfinite(x) for x in ps) else math.nan
+        method = str(per_seed[0]["method"].iloc[0]) if len(per_seed[0]) else ""
+        rnd_vals = [vals[b][0] for b in randoms]
+        pre = vals[PRETRAINED][0]
+        rnd = float(np.mean(rnd_vals)) if all(math.isfinite(v) for v in rnd_vals) else math.nan
+        rnd_lo, rnd_hi = (vals[randoms[0]][1:] if len(randoms) == 1 else
+                          (float(np.min(rnd_vals)), float(np.max(rnd_vals))))
         rows.append({"category": category_of(task), "task_name": tn, "task": task, "head": head, "feature": feat,
                      "fraction": float(frac), "metric": str(g["metric"].iloc[0]), "higher_is_better": hib,
                      "pre": pre, "pre_lo": vals[PRETRAINED][1], "pre_hi": vals[PRETRAINED][2],
-                     "rnd": rnd, "rnd_lo": vals[RANDOM][1], "rnd_hi": vals[RANDOM][2],
-                     "diff": diff, "p": p, "p_holm": p_holm, "method": method,
-                     "n": int(g["n"].max()) if g["n"].notna().any() else 0, "verdict": verdict})
+                     "rnd": rnd, "rnd_lo": rnd_lo, "rnd_hi": rnd_hi, "n_random": len(randoms),
+                     "diff": pre - rnd, "p": p, "method": method,
+                     "n": int(g["n"].max()) if g["n"].notna().any() else 0, "all_better_":
+                     all((d > 0) if hib else (d < 0) for d in diffs), "all_worse_":
+                     all((d < 0) if hib else (d > 0) for d in diffs)})
     df = pd.DataFrame(rows)
-    if len(df):  # category, then the suite's task and probe order, full data first
-        order = {c: i for i, c in enumerate(CATEGORIES)}
-        df["_cat"] = df["category"].map(order).fillna(len(order))
-        df["_task"] = df["task_name"].map({t: i for i, t in enumerate(dict.fromkeys(df["task_name"]))})
-        df = df.sort_values(["_cat", "_task", "fraction"], ascending=[True, True, False], kind="stable")
-        df = df.drop(columns=["_cat", "_task"]).reset_index(drop=True)
-    return df
+    if not len(df):
+        return df
+    df["p_holm"] = np.nan
+    ok = df["p"].notna()
+    if ok.any():
+        df.loc[ok, "p_holm"] = adjust_pvalues(df.loc[ok, "p"].to_numpy(dtype=float), "holm")
+    verdicts = []
+    for r in df.itertuples():
+        if not (math.isfinite(r.pre) and math.isfinite(r.rnd)):
+            verdicts.append("undefined")
+            continue
+        better = r.diff > 0 if r.higher_is_better else r.diff < 0
+        sig = math.isfinite(r.p_holm) and r.p_holm < ALPHA
+        verdicts.append(("improved" if sig and r.all_better_ else "better") if better
+                        else ("worse" if sig and r.all_worse_ else "not better"))
+    df["verdict"] = verdicts
+    df = df.drop(columns=["all_better_", "all_worse_"])
+    # category, then the suite's task and probe order, full data first
+    order = {c: i for i, c in enumerate(CATEGORIES)}
+    df["_cat"] = df["category"].map(order).fillna(len(order))
+    df["_task"] = df["task_name"].map({t: i for i, t in enumerate(dict.fromkeys(df["task_name"]))})
+    df = df.sort_values(["_cat", "_task", "fraction"], ascending=[True, True, False], kind="stable")
+    cols = ["category", "task_name", "task", "head", "feature", "fraction", "metric", "higher_is_better", "pre",
+            "pre_lo", "pre_hi", "rnd", "rnd_lo", "rnd_hi", "n_random", "diff", "p", "p_holm", "method", "n",
+            "verdict"]
+    return df[cols].reset_index(drop=True)
 
 
 def main_rows(cmp: pd.DataFrame) -> pd.DataFrame:
@@ -149,11 +184,12 @@ def _short(row: Any) -> str:
             f"p = {_p(row['p_holm'])})")
 
 
-def findings_paragraph(cmp: pd.DataFrame) -> str:
+def findings_paragraph(cmp: pd.DataFrame, *, cross_validated: bool = False) -> str:
     """The generated *Findings* text: which tasks improved with pre-training, which did not.
 
     Uses the headline rows (:func:`main_rows`); significance is the Holm-adjusted paired test
-    (DeLong for binary AUROC, paired bootstrap otherwise) at α = 0.05.
+    (DeLong for binary AUROC, paired bootstrap otherwise) at α = 0.05, against every random-init
+    seed when there are several.
     """
     rows = main_rows(cmp)
     if not len(rows):
@@ -162,7 +198,11 @@ def findings_paragraph(cmp: pd.DataFrame) -> str:
     n = len(defined)
     groups = {v: defined[defined["verdict"] == v] for v in ("improved", "better", "not better", "worse")}
     n_better = len(groups["improved"]) + len(groups["better"])
-    parts = [f"The pre-trained backbone scored better than the random-init backbone of the same architecture "
+    n_rnd = int(rows["n_random"].max()) if "n_random" in rows.columns and len(rows) else 1
+    baseline = ("the random-init backbone of the same architecture" if n_rnd <= 1 else
+                f"the mean of {n_rnd} random-init backbones of the same architecture (significance: better than "
+                "every one of them)")
+    parts = [f"The pre-trained backbone scored better than {baseline} "
              f"on {n_better} of {n} tasks"
              + (f" ({len(groups['improved'])} significantly, Holm-adjusted p < {ALPHA:g})." if n_better else ".")]
     if len(groups["improved"]):
@@ -171,11 +211,10 @@ def findings_paragraph(cmp: pd.DataFrame) -> str:
     if len(groups["better"]):
         parts.append("Better but not significantly: " + "; ".join(_short(r) for _, r in groups["better"].iterrows())
                      + ".")
-    if len(groups["not better"]):
-        parts.append("No improvement: " + "; ".join(_short(r) for _, r in groups["not better"].iterrows()) + ".")
-    if len(groups["worse"]):
-        parts.append("Significantly worse with pre-training: "
-                     + "; ".join(_short(r) for _, r in groups["worse"].iterrows()) + ".")
+    for _, r in groups["not better"].iterrows():
+        parts.append(f"Pre-training did not help on {_short(r)}.")
+    for _, r in groups["worse"].iterrows():
+        parts.append(f"Pre-training made {_short(r)} significantly worse.")
     und = rows[rows["verdict"] == "undefined"]
     if len(und):
         parts.append("Not evaluable on this cohort: " + ", ".join(str(t) for t in und["task_name"]) + ".")
@@ -192,8 +231,13 @@ def findings_paragraph(cmp: pd.DataFrame) -> str:
                      "features are not (yet) better than random ones for these targets. More pre-training "
                      "(--pretrain-minutes) or more scans (--cases) may change that; the numbers above are what "
                      "this run measured.")
-    parts.append("Test sets are small (tens of scans), so confidence intervals are wide and a non-significant "
-                 "difference is not evidence of no difference.")
+    if cross_validated:
+        parts.append("Every scan was scored once by a probe that never saw its patient (cross-validation), so "
+                     "the intervals use the whole cohort; still, a non-significant difference is not evidence of "
+                     "no difference.")
+    else:
+        parts.append("Test sets are small (tens of scans), so confidence intervals are wide and a non-significant "
+                     "difference is not evidence of no difference.")
     return " ".join(parts)
 
 
@@ -281,8 +325,10 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def results_table(cmp: pd.DataFrame) -> str:
     """Markdown table of every (task, probe, fraction) with both backbones, Δ and p."""
+    n_rnd = int(cmp["n_random"].max()) if "n_random" in cmp.columns and len(cmp) else 1
+    rnd_head = "random init [95% CI]" if n_rnd <= 1 else f"random init, mean of {n_rnd} seeds [lowest, highest]"
     header = ["category", "task", "probe", "train fraction", "metric", "pre-trained [95% CI]",
-              "random init [95% CI]", "Δ (pre − random)", "p (Holm)", "outcome"]
+              rnd_head, "Δ (pre − random)", "p (Holm)", "outcome"]
     rows = []
     for _, r in cmp.iterrows():
         pre, rnd = _est(r["pre"], r["pre_lo"], r["pre_hi"]), _est(r["rnd"], r["rnd_lo"], r["rnd_hi"])
@@ -355,7 +401,7 @@ def _summary(state: DemoState, name: str) -> dict[str, Any]:
     return dict(rec.summary) if rec is not None else {}
 
 
-def _figure_section(paths: Any, cmp: pd.DataFrame, lead: str | None) -> list[str]:
+def _figure_section(paths: Any, cmp: pd.DataFrame, lead: str | None, cv: bool = False) -> list[str]:
     root = paths.root
     figs = paths.probes / "figures"
     lines: list[str] = []
@@ -369,7 +415,8 @@ def _figure_section(paths: Any, cmp: pd.DataFrame, lead: str | None) -> list[str
     if lead:
         roc = sorted(figs.glob(f"roc_{lead}_linear-cls.png")) or sorted(figs.glob(f"roc_{lead}_*.png"))
         if roc:
-            add(roc[0], f"ROC curves of the {lead} probe on the test split.")
+            add(roc[0], f"ROC curves of the {lead} probe on the "
+                        + ("pooled out-of-fold predictions." if cv else "test split."))
     add(figs / "fractions.png", "Data efficiency: primary metric vs the fraction of the training split used "
                                 "(nested subsets).")
     add(figs / "cls_vs_patch.png", "Class token (linear probe) vs patch tokens (attentive pooling).")
@@ -402,25 +449,41 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
 
     ph, pt = _summary(state, "phantoms"), _summary(state, "pretrain")
     ex, pr = _summary(state, "extract_pretrained"), _summary(state, "probes")
-    lead = "lung_nodule" if "lung_nodule" in (pr.get("findings") or []) else \
-        ((pr.get("findings") or [None])[0])
+    lead = pr.get("lead") or ("lung_nodule" if "lung_nodule" in (pr.get("findings") or []) else
+                              (pr.get("findings") or [None])[0])
     when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     L: list[str] = ["# voxelfm demo report", "", f"> {BANNER}", ""]
     L.append(f"Generated {when} by voxelfm {__version__} ({'quick' if settings.quick else 'default'} demo, "
              f"seed {settings.seed}). Folder: `{root}`.")
     L.append("")
-    L += ["## Findings", "", findings_paragraph(cmp), ""]
+    cv = pr.get("protocol") == "cv"
+    L += ["## Findings", "", findings_paragraph(cmp, cross_validated=cv), ""]
     mains = main_rows(cmp)
     if len(mains):
         cats = [c for c in CATEGORIES if (cmp["category"] == c).any()]
         L.append(f"Task categories evaluated: {', '.join(cats)}"
                  + (", report generation" if (paths.reports / "results.json").exists() else "") + ".")
         L.append("")
+    where = (f"the pooled out-of-fold predictions of every scan ({pr.get('folds')}-fold cross-validation grouped "
+             "by patient: each fold is predicted by a probe selected on the next fold and trained on the "
+             "others)") if cv else "the held-out test split"
+    split_tasks = [t for t in (pr.get("split_tasks") or []) if len(cmp) and t in set(cmp["task_name"])]
+    if cv and split_tasks:
+        where += (f"; {', '.join(split_tasks)} on the held-out test split ({_summary(state, 'phantoms').get('splits', {}).get('test', '?')} "
+                  "scans: per-scan paired Dice is precise there, and one decoder per fold and backbone would double "
+                  "the probe time)")
+    n_rnd = len(pr.get("random_stores") or [RANDOM])
+    seeds = ("" if n_rnd <= 1 else
+             f" The random-init column is the mean of {n_rnd} random-init backbones (seeds {settings.seed}–"
+             f"{settings.seed + n_rnd - 1}) with the lowest and highest seed in brackets; Δ is against that mean, "
+             "and p is the largest of the per-seed paired p-values when the pre-trained backbone differs from "
+             "every seed in the same direction (an intersection-union test: significant only if it beats, or "
+             "loses to, every random draw), else 1.")
     L += ["## Results: pre-trained vs random init", "",
-          "Primary metric on the held-out test split with its 95% confidence interval (AUROC: DeLong; "
+          f"Primary metric on {where} with its 95% confidence interval (AUROC: DeLong; "
           "others: percentile bootstrap over scans), the difference pre-trained − random, and the paired "
-          "test between the two backbones on the same test scans (DeLong for binary AUROC, paired "
-          "bootstrap otherwise), Holm-adjusted over the whole table. ↑ higher is better, ↓ lower is "
+          "test between the backbones on the same scans (DeLong for binary AUROC, paired "
+          "bootstrap otherwise), Holm-adjusted over the whole table." + seeds + " ↑ higher is better, ↓ lower is "
           "better; the better backbone of each row is in bold. Outcome: *improved* = better with "
           "adjusted p < 0.05; *better* = better, not significant; *worse* = significantly worse.", ""]
     if len(cmp):
@@ -430,6 +493,14 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
             L += ["Units of the MAE / distance rows: " + "; ".join(units) + ".", ""]
     else:
         L += ["*No probe results (the probe stage did not finish).*", ""]
+    unseen = pr.get("below_resolution") or {}
+    if unseen:
+        L += ["Not scored — below the resolution of the model input: " + "; ".join(
+            f"{k} ({v})" for k, v in unseen.items()) + ". Each scan is resized to the token budget before "
+              "the backbone sees it, and a finding narrower than two voxels of that input is blurred away for "
+              "*any* backbone, so scoring it would only add coin flips to the table; a finer grid "
+              "(`DemoSettings(max_patches=...)`, with pre-training at that scale) is what would make them "
+              "visible.", ""]
     skipped = pr.get("skipped") or {}
     if skipped:
         L += ["Left out of the suite: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + ".", ""]
@@ -438,7 +509,7 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
               + "; ".join(f"{' / '.join(f['run'][:4])}: {f['error']}" for f in pr["failures"]) + ".", ""]
     L += ["Full tables: `probes/results.csv` (every metric of every run), `probes/comparisons.csv` (raw and "
           "adjusted p), `probes/pretrained_vs_random.csv` (this table), `probes/results.md`/`.tex`.", ""]
-    L += ["## Figures", ""] + _figure_section(paths, cmp, lead)
+    L += ["## Figures", ""] + _figure_section(paths, cmp, lead, cv)
     rg = paths.reports / "results.json"
     if rg.exists():
         s = json.loads(rg.read_text())

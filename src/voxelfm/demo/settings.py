@@ -25,7 +25,7 @@ STAGES: tuple[str, ...] = ("phantoms", "prepare", "pretrain", "extract_pretraine
 
 #: epochs of the token heads in the default demo (the probes' own defaults are sized for larger runs);
 #: segmentation dominates the probe stage: ≈ 0.02 s per scan and epoch on one quiet core
-DEFAULT_PROBE_EPOCHS: dict[str, int] = {"attentive": 25, "localisation": 30, "segmentation": 10}
+DEFAULT_PROBE_EPOCHS: dict[str, int] = {"attentive": 25, "localisation": 30, "segmentation": 20}
 
 #: CT-RATE style findings, regressions and survival targets of the phantom cohort the suite uses
 REGRESSION_TARGETS: tuple[str, ...] = ("fev1_percent", "lung_volume_ml")
@@ -53,8 +53,16 @@ class DemoSettings:
         n_resamples: bootstrap resamples for confidence intervals and paired tests.
         probe_epochs: per-head epoch overrides (``{"segmentation": 15}``) on top of the probe
             defaults of :mod:`voxelfm.probes`.
-        fractions: training-data fractions of the data-fraction curve (lung nodule task).
+        fractions: training-data fractions of the data-fraction curve (lead finding).
         pca_cases: scans shown as PCA-of-patch-token RGB images.
+        protocol: how probes are evaluated: ``"cv"`` (default: ``folds``-fold cross-validation
+            grouped by patient, out-of-fold predictions of every scan pooled, so CIs and paired tests
+            use the whole cohort) or ``"split"`` (the cohort's held-out test split only).
+        folds: cross-validation folds (≥ 3; one tests, the next selects the epoch, the rest train).
+        random_seeds: random-init backbones (seeds ``seed``, ``seed + 1``, ...) compared against the
+            pre-trained one; the report averages them and calls a row significant only when the
+            pre-trained backbone beats every one of them.
+        probe_workers: probe runs trained at once, one process each (``None``: ``workers``).
     """
 
     cases: int = 200
@@ -69,8 +77,12 @@ class DemoSettings:
     workers: int | None = None
     n_resamples: int = 1000
     probe_epochs: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PROBE_EPOCHS))
-    fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
+    fractions: tuple[float, ...] = (0.5, 1.0)
     pca_cases: int = 1
+    protocol: str = "cv"
+    folds: int = 5
+    random_seeds: int = 2
+    probe_workers: int | None = None
 
     def __post_init__(self) -> None:
         if int(self.cases) < 24:
@@ -86,6 +98,14 @@ class DemoSettings:
             raise ValueError(f"n_resamples must be >= 0, got {self.n_resamples}")
         if not self.fractions or any(not 0 < float(f) <= 1 for f in self.fractions):
             raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
+        if self.protocol not in ("cv", "split"):
+            raise ValueError(f"protocol must be 'cv' or 'split', got {self.protocol!r}")
+        if int(self.folds) < 3:
+            raise ValueError(f"folds must be >= 3, got {self.folds}")
+        if int(self.random_seeds) < 1:
+            raise ValueError(f"random_seeds must be >= 1, got {self.random_seeds}")
+        if self.probe_workers is not None and int(self.probe_workers) < 1:
+            raise ValueError(f"probe_workers must be >= 1, got {self.probe_workers}")
 
     @classmethod
     def create(cls, *, quick: bool = False, cases: int | None = None, pretrain_minutes: float | None = None,
@@ -97,7 +117,8 @@ class DemoSettings:
         """
         base: dict[str, Any] = {}
         if quick:
-            base = dict(cases=48, pretrain_minutes=0.75, n_resamples=200, fractions=(0.5, 1.0),
+            base = dict(cases=48, pretrain_minutes=0.75, n_resamples=200, fractions=(0.5, 1.0), folds=3,
+                        random_seeds=1,
                         probe_epochs={"linear": 60, "attentive": 15, "localisation": 20, "segmentation": 12,
                                       "cox": 150})
         base.update(quick=bool(quick), seed=int(seed))
@@ -117,6 +138,11 @@ class DemoSettings:
         """Resolved worker count (``workers`` or the CPU count)."""
         return int(self.workers) if self.workers else max(1, os.cpu_count() or 1)
 
+    @property
+    def n_probe_workers(self) -> int:
+        """Resolved probe-run processes (``probe_workers`` or :attr:`n_workers`)."""
+        return int(self.probe_workers) if self.probe_workers else self.n_workers
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["pretrain_overrides"] = list(self.pretrain_overrides)
@@ -133,12 +159,16 @@ class DemoSettings:
             return {"config": str(self.pretrain_config), "overrides": list(self.pretrain_overrides),
                     "minutes": float(self.pretrain_minutes), "seed": int(self.seed)}
         if stage in ("extract_pretrained", "extract_random"):
-            return {"max_patches": self.max_patches, "crop_background": bool(self.crop_background),
-                    "seed": int(self.seed)}
+            d = {"max_patches": self.max_patches, "crop_background": bool(self.crop_background),
+                 "seed": int(self.seed)}
+            if stage == "extract_random":
+                d["random_seeds"] = int(self.random_seeds)
+            return d
         if stage == "probes":
             return {"n_resamples": int(self.n_resamples), "probe_epochs": dict(sorted(self.probe_epochs.items())),
                     "fractions": [float(f) for f in self.fractions], "pca_cases": int(self.pca_cases),
-                    "seed": int(self.seed), "quick": bool(self.quick)}
+                    "seed": int(self.seed), "quick": bool(self.quick), "protocol": str(self.protocol),
+                    "folds": int(self.folds)}
         if stage == "reports":
             return {"quick": bool(self.quick), "seed": int(self.seed)}
         if stage == "report":

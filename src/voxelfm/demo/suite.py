@@ -28,7 +28,7 @@ import pandas as pd
 
 from voxelfm.demo.settings import REGRESSION_TARGETS, DemoSettings
 
-__all__ = ["CATEGORIES", "SuitePlan", "build_suite", "category_of"]
+__all__ = ["CATEGORIES", "SuitePlan", "below_resolution", "build_suite", "category_of"]
 
 #: task category → the suite tasks' ``task`` values it covers (report order)
 CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -57,15 +57,30 @@ def category_of(task: str) -> str:
 
 @dataclass
 class SuitePlan:
-    """The suite dict plus what was left out and why."""
+    """The suite dict plus what was left out and why.
+
+    ``skipped``: tasks the cohort cannot support (too few positives...); ``below_resolution``:
+    findings drawn smaller than one patch token of the extraction grid — no backbone at this
+    token size can see them, so they are reported as such instead of being scored.
+    """
 
     suite: dict[str, Any]
     findings: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    below_resolution: dict[str, str] = field(default_factory=dict)
+    lead: str | None = None
 
 
-def _usable_finding(table: pd.DataFrame, col: str) -> str | None:
-    """``None`` if ``col`` has ≥ 2 positives and ≥ 2 negatives in every split, else the reason."""
+def _usable_finding(table: pd.DataFrame, col: str, folds: int | None = None) -> str | None:
+    """``None`` if ``col`` has enough positives and negatives, else the reason: ≥ 2 of each in every
+    split, or with cross-validation (``folds``) ≥ 2 per fold of each over the cohort."""
+    if folds:
+        v = pd.to_numeric(table[col], errors="coerce").dropna()
+        pos, neg = int((v == 1).sum()), int((v == 0).sum())
+        need = _MIN_PER_CLASS * int(folds)
+        if pos < need or neg < need:
+            return f"{pos} positive / {neg} negative scans (need {need} of each for {folds} folds)"
+        return None
     for split in ("train", "val", "test"):
         v = pd.to_numeric(table.loc[table["split"] == split, col], errors="coerce").dropna()
         pos, neg = int((v == 1).sum()), int((v == 0).sum())
@@ -74,13 +89,42 @@ def _usable_finding(table: pd.DataFrame, col: str) -> str | None:
     return None
 
 
-def build_suite(table: pd.DataFrame, settings: DemoSettings, *, findings: list[str] | None = None) -> SuitePlan:
+#: a finding is scored only if it is drawn at least this many model-input voxels across
+MIN_VOXELS_ACROSS = 2.0
+
+
+def below_resolution(findings: list[str], resolution: dict[str, float] | None) -> dict[str, str]:
+    """Findings drawn narrower than :data:`MIN_VOXELS_ACROSS` voxels of the model input, with the
+    reason as a phrase.
+
+    Extraction resizes each scan to the token budget, so the model input's voxel (``voxel_mm``,
+    ≈ 11 mm for the default demo) is what blurs a small finding away: structures narrower than two
+    voxels (the sampling limit) no longer exist in the input of *any* backbone. A patch token
+    (``token_mm``, 8 voxels) is wider still, but its linear patch embedding sees every voxel inside
+    it, so the token is not the limit.
+    """
+    from voxelfm.data.phantoms import FINDING_SIZE_MM
+
+    if not resolution:
+        return {}
+    voxel, token = float(resolution["voxel_mm"]), float(resolution["token_mm"])
+    limit = MIN_VOXELS_ACROSS * voxel
+    return {f: (f"drawn from {FINDING_SIZE_MM[f]:g} mm across; the model input has {voxel:.0f}-mm voxels, "
+                f"one token spans ≈ {token:.0f} mm")
+            for f in findings if f in FINDING_SIZE_MM and FINDING_SIZE_MM[f] < limit}
+
+
+def build_suite(table: pd.DataFrame, settings: DemoSettings, *, findings: list[str] | None = None,
+                resolution: dict[str, float] | None = None) -> SuitePlan:
     """The demo's probe suite for a phantom cohort table (``cohort.csv``).
 
     Args:
         table: the cohort table (``split``, finding columns, targets).
-        settings: demo settings (bootstrap resamples, epochs, fractions, PCA cases).
+        settings: demo settings (bootstrap resamples, epochs, fractions, PCA cases, protocol).
         findings: candidate finding columns (default :data:`voxelfm.data.phantoms.FINDINGS`).
+        resolution: ``{"voxel_mm", "token_mm"}`` of the extracted embeddings' model input; findings
+            drawn narrower than two of its voxels (:func:`below_resolution`) are not scored;
+            ``None`` scores all.
 
     Returns:
         :class:`SuitePlan`; ``stores`` and ``labels`` are given to ``run_suite`` separately.
@@ -90,18 +134,23 @@ def build_suite(table: pd.DataFrame, settings: DemoSettings, *, findings: list[s
 
         findings = list(FINDINGS)
     skipped: dict[str, str] = {}
+    unseen = below_resolution([f for f in findings if f in table.columns], resolution)
+    folds = int(settings.folds) if settings.protocol == "cv" else None
     usable = []
     for f in findings:
         if f not in table.columns:
             skipped[f] = "not in the cohort table"
             continue
-        why = _usable_finding(table, f)
+        if f in unseen:
+            continue
+        why = _usable_finding(table, f, folds)
         if why is None:
             usable.append(f)
         else:
             skipped[f] = why
     if not usable:
-        raise ValueError("no finding has positives and negatives in every split; generate more cases (--cases)")
+        raise ValueError("no finding visible at the token grid has enough positives and negatives; generate "
+                         "more cases (--cases) or extract with more tokens (max_patches)")
     # the nodule task carries the extra probes; fall back to the most prevalent usable finding
     lead = NODULE_TASK if NODULE_TASK in usable else max(usable, key=lambda c: float(table[c].mean()))
     fractions = sorted({float(f) for f in settings.fractions} | {1.0})
@@ -125,7 +174,9 @@ def build_suite(table: pd.DataFrame, settings: DemoSettings, *, findings: list[s
     tasks.append({"name": "retrieval", "task": "retrieval", "target": list(usable), "probes": ["cosine"],
                   "hparams": {"retrieval_split": "all", "n_negatives": int(min(99, negatives))}})
     loc_cols = ["nodule_d", "nodule_h", "nodule_w"]
-    if all(c in table.columns for c in loc_cols):
+    if NODULE_TASK in unseen:
+        unseen["nodule localisation"] = unseen[NODULE_TASK]
+    elif all(c in table.columns for c in loc_cols):
         has = table[loc_cols].notna().all(axis=1)
         per_split = {s: int((has & (table["split"] == s)).sum()) for s in ("train", "val", "test")}
         if min(per_split.values()) >= 1 and sum(per_split.values()) >= _MIN_LOCALISATION:
@@ -134,8 +185,10 @@ def build_suite(table: pd.DataFrame, settings: DemoSettings, *, findings: list[s
         else:
             skipped["nodule localisation"] = f"scans with a nodule per split: {per_split}"
     if "seg_path" in table.columns:
+        # per-scan Dice pairs are precise on the test split alone; a decoder per fold and backbone
+        # would double the demo's probe time
         tasks.append({"name": "organ segmentation", "task": "segmentation", "target": "seg_path",
-                      "probes": ["segmentation"]})
+                      "probes": ["segmentation"], "hparams": {"protocol": "split"}})
     head_defaults = {head: {"epochs": int(ep)} for head, ep in sorted(settings.probe_epochs.items())}
     pca_ids = _pca_ids(table, settings.pca_cases)
     suite = {
@@ -144,13 +197,15 @@ def build_suite(table: pd.DataFrame, settings: DemoSettings, *, findings: list[s
         "seed": int(settings.seed) + 4,
         "reference": PRETRAINED,
         "n_resamples": int(settings.n_resamples),
+        "protocol": str(settings.protocol),
+        "folds": int(settings.folds),
         "holm": "table",
         "head_defaults": head_defaults,
         "tasks": tasks,
         "figures": {"roc": True, "fractions": True, "cls_vs_patch": True,
                     "pca": {"ids": pca_ids, "path_col": "path", "foreground": True} if pca_ids else None},
     }
-    return SuitePlan(suite=suite, findings=usable, skipped=skipped)
+    return SuitePlan(suite=suite, findings=usable, skipped=skipped, below_resolution=unseen, lead=lead)
 
 
 def _pca_ids(table: pd.DataFrame, n: int) -> list[str]:

@@ -75,6 +75,10 @@ class DemoPaths:
     def random_backbone(self) -> Path:
         return self.root / "random_init"
 
+    def random_backbone_of(self, name: str) -> Path:
+        """Folder of the random-init backbone called ``name`` (``random_init``, ``random_init_2``...)."""
+        return self.root / name
+
     def store(self, which: str) -> Path:
         return self.root / "embeddings" / which
 
@@ -191,19 +195,83 @@ def _pretrain_elapsed(run_dir: Path) -> float:
 TINY_STEPS_PER_SECOND = 5.5
 
 
-def _schedule_overrides(s: DemoSettings) -> list[str]:
-    """Fit the ``tiny`` schedule (warm-up + cosine decays) to the wall-time budget.
+#: wall minutes of the first piece of pre-training, whose measured speed fits the schedule
+CALIBRATION_MINUTES = 0.75
+
+#: file in the pre-training folder recording the fitted schedule (reused when the run resumes)
+SCHEDULE_FILE = "demo_schedule.json"
+
+
+def _fits_schedule(s: DemoSettings) -> bool:
+    """Whether the demo fits the schedule (``tiny`` without a user ``optim.epochs``)."""
+    return s.pretrain_config == "tiny" and not any(o.split("=", 1)[0].strip() == "optim.epochs"
+                                                    for o in s.pretrain_overrides)
+
+
+def _epochs_for(steps: float) -> int:
+    from voxelfm.ssl.config import load_config
+
+    epoch_length = int(load_config("tiny").train.official_epoch_length)
+    return max(2, int(steps // epoch_length))
+
+
+def _schedule_overrides(s: DemoSettings, steps_per_second: float = TINY_STEPS_PER_SECOND) -> list[str]:
+    """Fit the ``tiny`` schedule (warm-up + cosine decays) to the wall-time budget at
+    ``steps_per_second``.
 
     The packaged ``tiny`` schedule is 3,500 steps (≈ 10 quiet minutes); a shorter demo budget would
     stop it mid-decay. Other configs, or a user's own ``optim.epochs``, are left alone.
     """
-    if s.pretrain_config != "tiny" or any(o.split("=", 1)[0].strip() == "optim.epochs" for o in s.pretrain_overrides):
+    if not _fits_schedule(s):
         return []
-    from voxelfm.ssl.config import load_config
+    return [f"optim.epochs={_epochs_for(60.0 * float(s.pretrain_minutes) * steps_per_second)}"]
 
+
+def _measured_speed(run_dir: Path, run: dict[str, Any]) -> float:
+    """Steps per second of a short run: from the median step time of its steps after the first (the
+    first one carries the start-up: model build, data-loader processes), else from its wall time."""
+    times = [float(m["step_time"]) for m in read_jsonl(run_dir / "metrics.jsonl", missing_ok=True)[1:]
+             if isinstance(m.get("step_time"), (int, float)) and m["step_time"] > 0]
+    if len(times) >= 3:
+        return 1.0 / float(np.median(times))
+    return float(run["steps_this_run"]) / max(60.0 * float(run["minutes_this_run"]), 1e-6)
+
+
+def _fit_schedule_to_machine(paths: DemoPaths, s: DemoSettings, base: list[str], loader_workers: int) -> list[str]:
+    """The schedule override for this machine as it is now: the first :data:`CALIBRATION_MINUTES`
+    of pre-training run on the quiet-machine schedule, their measured speed (startup included)
+    sets the number of steps the rest of the budget will fit, and the run continues from its
+    checkpoint with that schedule (the learning-rate and teacher schedules are functions of the
+    step and the total, so the change at the switch is small). On a machine shared with other jobs
+    this keeps the cosine decay complete instead of stopping the run early in its schedule. The
+    fit is recorded in ``pretrain/demo_schedule.json`` and reused when the run resumes."""
+    from voxelfm.ssl import pretrain
+
+    from voxelfm.ssl.config import load_config
+    from voxelfm.utils import atomic_write_text
+
+    record = paths.pretrain / SCHEDULE_FILE
+    fit = json.loads(record.read_text()) if record.exists() else None
+    if fit is not None and float(fit["minutes"]) == float(s.pretrain_minutes):
+        return [f"optim.epochs={int(fit['epochs'])}"]
+    quiet = _schedule_overrides(s)
+    budget = 60.0 * float(s.pretrain_minutes)
+    if fit is None:
+        if budget < 4 * 60.0 * CALIBRATION_MINUTES:  # too short to measure first (the quick demo)
+            return quiet
+        pretrain(s.pretrain_config, paths.prepared, paths.pretrain, overrides=[*base, *quiet], resume=True,
+                 num_workers=loader_workers, show_progress=True, max_minutes=CALIBRATION_MINUTES)
+        run = json.loads((paths.pretrain / "run.json").read_text())
+        fit = {"steps_per_second": _measured_speed(paths.pretrain, run),
+               "calibration_steps": int(run["steps_this_run"]), "quiet_schedule": quiet}
+    # a budget changed since the fit (a longer --pretrain-minutes continues the run): refit from the speed
+    steps_done = int(json.loads((paths.pretrain / "run.json").read_text())["steps_done"])
+    total = steps_done + float(fit["steps_per_second"]) * max(budget - _pretrain_elapsed(paths.pretrain), 0.0)
     epoch_length = int(load_config("tiny").train.official_epoch_length)
-    epochs = max(2, int(60.0 * float(s.pretrain_minutes) * TINY_STEPS_PER_SECOND // epoch_length))
-    return [f"optim.epochs={epochs}"]
+    fit.update(epochs=max(_epochs_for(total), steps_done // epoch_length + 1), minutes=float(s.pretrain_minutes),
+               steps_per_second=round(float(fit["steps_per_second"]), 3))
+    atomic_write_text(record, json.dumps(fit, indent=2) + "\n")
+    return [f"optim.epochs={int(fit['epochs'])}"]
 
 
 def _objectives(s: DemoSettings) -> str:
@@ -217,10 +285,13 @@ def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool, base_sign
     from voxelfm.ssl import pretrain
 
     budget = 60.0 * float(s.pretrain_minutes)
-    done = _pretrain_elapsed(paths.pretrain) if resuming else 0.0
     if not resuming and paths.pretrain.exists():
         shutil.rmtree(paths.pretrain)
-    overrides = [f"train.seed={int(s.seed)}", *_schedule_overrides(s), *s.pretrain_overrides]
+    loader_workers = max(0, s.n_workers - compute_threads(s.n_workers))
+    base = [f"train.seed={int(s.seed)}"]
+    schedule = _fit_schedule_to_machine(paths, s, base, loader_workers) if _fits_schedule(s) else []
+    overrides = [*base, *schedule, *s.pretrain_overrides]
+    done = _pretrain_elapsed(paths.pretrain)
     remaining = max(budget - done, 0.0)
     kwargs: dict[str, Any] = {"max_minutes": remaining / 60.0} if remaining > 1.0 else {"max_steps": 0}
     if "max_steps" in kwargs:
@@ -229,7 +300,6 @@ def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool, base_sign
 
         latest = find_latest_checkpoint(paths.pretrain)
         kwargs["max_steps"] = int(latest.stem.split("_")[-1]) if latest is not None else 1
-    loader_workers = max(0, s.n_workers - compute_threads(s.n_workers))
     pretrain(s.pretrain_config, paths.prepared, paths.pretrain, overrides=overrides, resume=True,
              num_workers=loader_workers, show_progress=True, **kwargs)
     run_json = paths.pretrain / "run.json"
@@ -244,7 +314,10 @@ def _stage_pretrain(paths: DemoPaths, s: DemoSettings, resuming: bool, base_sign
     first = sum(losses[:k]) / k if losses else math.nan
     last = sum(losses[-k:]) / k if losses else math.nan
     steps = int(run.get("steps_done", len(metrics)))
+    fit = paths.pretrain / SCHEDULE_FILE
+    fitted = json.loads(fit.read_text()) if fit.exists() else {}
     return {"steps": steps, "max_steps": int(run.get("max_steps", 0)), "config": s.pretrain_config,
+            "schedule_fit": fitted,
             "objectives": _objectives(s),
             "budget_minutes": float(s.pretrain_minutes), "base_signature": base_signature,
             "effective_batch_size": run.get("effective_batch_size"), "volumes_per_s": run.get("volumes_per_s"),
@@ -260,37 +333,60 @@ def _cohort_items(paths: DemoPaths) -> list[tuple[str, str]]:
     return [(str(i), str((paths.phantoms / p).resolve())) for i, p in zip(table["id"], table["path"])]
 
 
-def _random_backbone(paths: DemoPaths, pretrained: Any, seed: int) -> Any:
-    """The random-init backbone of the pre-trained one's architecture (saved, so a resumed
-    extraction uses the very same weights), with the pre-trained preprocessing."""
+def _random_backbone(folder: Path, paths: DemoPaths, pretrained: Any, seed: int) -> Any:
+    """The random-init backbone of the pre-trained one's architecture (saved in ``folder``, so a
+    resumed extraction uses the very same weights), with the pre-trained preprocessing."""
     import torch
 
     from voxelfm.models import build_backbone, load_backbone, save_backbone
 
-    if (paths.random_backbone / "config.json").exists():
-        model = load_backbone(paths.random_backbone)
+    if (folder / "config.json").exists():
+        model = load_backbone(folder)
     else:
         with torch.random.fork_rng():
             torch.manual_seed(int(seed))
             model = build_backbone(pretrained.config)
         model.preset = pretrained.preset
         model.eval()
-        save_backbone(model, paths.random_backbone,
+        save_backbone(model, folder,
                       provenance={"format": "random-init", "seed": int(seed),
                                   "architecture_of": str(paths.backbone)})
-        model = load_backbone(paths.random_backbone)
+        model = load_backbone(folder)
     return model
 
 
+def random_store_names(n: int) -> list[str]:
+    """Names of the ``n`` random-init backbones and their stores: ``random_init`` (seed ``seed``),
+    then ``random_init_2`` (``seed + 1``), ``random_init_3`` ..."""
+    from voxelfm.demo.suite import RANDOM
+
+    return [RANDOM if i == 0 else f"{RANDOM}_{i + 1}" for i in range(int(n))]
+
+
 def _stage_extract(paths: DemoPaths, s: DemoSettings, which: str) -> dict[str, Any]:
-    from voxelfm.inference import EmbeddingStore, extract_batch
-    from voxelfm.inference.extract import resolve_preset
     from voxelfm.models import load_backbone
 
     pretrained = load_backbone(paths.backbone)
-    model = pretrained if which == "pretrained" else _random_backbone(paths, pretrained, s.seed)
+    if which == "pretrained":
+        return _extract_one(paths, s, pretrained, pretrained, "pretrained")
+    summaries = [_extract_one(paths, s, _random_backbone(paths.random_backbone_of(name), paths, pretrained,
+                                                         int(s.seed) + i), pretrained, name)
+                 for i, name in enumerate(random_store_names(s.random_seeds))]
+    out = dict(summaries[0])
+    if len(summaries) > 1:
+        out["stores"] = random_store_names(s.random_seeds)
+        out["_line"] = f"{len(summaries)} random-init backbones (seeds {s.seed}–{int(s.seed) + len(summaries) - 1}): " \
+                       + out["_line"]
+    return out
+
+
+def _extract_one(paths: DemoPaths, s: DemoSettings, model: Any, pretrained: Any, which: str) -> dict[str, Any]:
+    """Embed every scan with ``model`` into the store ``which``; a summary for ``demo.json``."""
+    from voxelfm.inference import EmbeddingStore, extract_batch
+    from voxelfm.inference.extract import resolve_preset
+
     budget = extraction_budget(paths.pretrain, s.max_patches)
-    preset = resolve_preset(pretrained, "default")  # the pre-trained normalisation, for both backbones
+    preset = resolve_preset(pretrained, "default")  # the pre-trained normalisation, for every backbone
     summary = extract_batch(model, _cohort_items(paths), paths.store(which), preset=preset,
                             crop_background=bool(s.crop_background), max_patches=budget,
                             workers=max(0, s.n_workers - compute_threads(s.n_workers)))
@@ -308,9 +404,28 @@ def _stage_extract(paths: DemoPaths, s: DemoSettings, which: str) -> dict[str, A
     n_params = sum(p.numel() for p in model.parameters())
     return {"ok": len(store.ids), "failed": int(summary.failed), "failed_ids": list(summary.failed_ids)[:10],
             "tokens_per_scan": tokens, "max_patches": budget, "embed_dim": int(model.embed_dim),
-            "parameters": int(n_params),
+            "parameters": int(n_params), "resolution": grid_resolution(store),
             "_line": f"{len(store.ids)} scans embedded" + (f", {summary.failed} failed" if summary.failed else "")
                      + (f", ≈ {tokens} patch tokens per scan" if tokens else "")}
+
+
+def grid_resolution(store: Any, n: int = 50) -> dict[str, float] | None:
+    """Median over (up to ``n``) scans of the model input's voxel side and one patch token's side
+    (mm, mean over the three axes): ``{"voxel_mm": ..., "token_mm": ...}`` (``None`` if unknown)."""
+    voxel, token = [], []
+    for vid in list(store.ids)[:n]:
+        try:
+            f = store.load(vid)
+        except Exception:  # noqa: BLE001 - a summary only
+            continue
+        mm = [float(v) for v in f.patch_size_mm]
+        sp = [float(v) for v in (f.record or {}).get("spacing") or []]
+        if len(sp) == 3 and all(math.isfinite(v) and v > 0 for v in mm + sp):
+            token.append(float(np.mean(mm)))
+            voxel.append(float(np.mean(sp)))
+    if not token:
+        return None
+    return {"voxel_mm": round(float(np.median(voxel)), 1), "token_mm": round(float(np.median(token)), 1)}
 
 
 def _stage_probes(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
@@ -319,22 +434,29 @@ def _stage_probes(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
     from voxelfm.demo.suite import PRETRAINED, RANDOM, build_suite
     from voxelfm.probes import run_suite
 
+    from voxelfm.inference import EmbeddingStore
+
     table = pd.read_csv(paths.cohort, dtype={"id": str})
-    plan = build_suite(table, s)
+    resolution = grid_resolution(EmbeddingStore(paths.store(PRETRAINED)))
+    plan = build_suite(table, s, resolution=resolution)
     import yaml
 
     paths.probes.mkdir(parents=True, exist_ok=True)
-    suite_yaml = dict(plan.suite, labels=str(paths.cohort.resolve()),
-                      stores={PRETRAINED: str(paths.store("pretrained").resolve()),
-                              RANDOM: str(paths.store("random_init").resolve())})
+    stores = {PRETRAINED: str(paths.store(PRETRAINED).resolve())}
+    stores.update({name: str(paths.store(name).resolve()) for name in random_store_names(s.random_seeds)})
+    suite_yaml = dict(plan.suite, labels=str(paths.cohort.resolve()), stores=stores)
     from voxelfm.utils import atomic_write_text
 
     atomic_write_text(paths.probes / "suite.yaml", yaml.safe_dump(suite_yaml, sort_keys=False))
-    result = run_suite(paths.probes / "suite.yaml", paths.probes, resume=True)
+    result = run_suite(paths.probes / "suite.yaml", paths.probes, resume=True, workers=s.n_probe_workers)
     n_runs = int(len(result.runs) + len(result.failures))
     return {"tasks": len(plan.suite["tasks"]), "runs": n_runs, "failed": len(result.failures),
             "failures": [{"run": list(map(str, k)), "error": e} for k, e in result.failures][:10],
-            "findings": plan.findings, "skipped": plan.skipped,
+            "findings": plan.findings, "lead": plan.lead, "skipped": plan.skipped,
+            "below_resolution": plan.below_resolution,
+            "resolution": resolution, "random_stores": random_store_names(s.random_seeds),
+            "protocol": s.protocol, "folds": int(s.folds),
+            "split_tasks": [t["name"] for t in plan.suite["tasks"] if (t.get("hparams") or {}).get("protocol") == "split"],
             "_line": f"{len(plan.suite['tasks'])} tasks, {n_runs} probe runs"
                      + (f", {len(result.failures)} failed" if result.failures else "")}
 
@@ -463,7 +585,8 @@ def _run_stages(paths: DemoPaths, s: DemoSettings, runner: StageRunner) -> None:
                sigs["pretrain"], lambda r: _stage_pretrain(paths, s, r, base), folders=[paths.pretrain])
     for which, stage in (("pretrained", "extract_pretrained"), ("random_init", "extract_random")):
         sigs[stage] = signature(s.stage_settings(stage), {"pretrain": sigs["pretrain"]})
-        folders = [paths.store(which)] + ([paths.random_backbone] if which == "random_init" else [])
+        folders = [paths.store(which)] if which == "pretrained" else \
+            [f(name) for name in random_store_names(s.random_seeds) for f in (paths.store, paths.random_backbone_of)]
         runner.run(stage, f"embed every scan with the {'pre-trained' if which == 'pretrained' else 'random-init'} "
                           "backbone (CLS + patch tokens)",
                    sigs[stage], lambda r, w=which: _stage_extract(paths, s, w), folders=folders)

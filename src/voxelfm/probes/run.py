@@ -103,6 +103,9 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "coords": "auto", "positions": "centre", "num_classes": None, "label_space": "source",
     "retrieval_split": "test", "ks": (1, 5, 10), "n_negatives": 99, "retrieval_method": "expected",
     "max_pairs": None,
+    # evaluation protocol: "split" (train / val / test as given or made) or "cv" (``folds``-fold
+    # cross-validation grouped by patient, out-of-fold predictions of every scan pooled; probes/cv.py)
+    "protocol": "split", "folds": 5,
     # statistics
     "n_resamples": 1000,
     # compute: torch + BLAS/OpenMP threads for the whole run (see trainer.limit_threads)
@@ -143,6 +146,10 @@ def check_probe(task: str, head: str | None, feature: str | None, hparams: dict[
     hp = resolve_hparams(head, hparams)
     if not 0 < float(hp["fraction"]) <= 1:
         raise ConfigError(f"fraction must be in (0, 1], got {hp['fraction']}")
+    if hp["protocol"] not in ("split", "cv"):
+        raise ConfigError(f"protocol must be 'split' or 'cv', got {hp['protocol']!r}")
+    if hp["protocol"] == "cv" and int(hp["folds"]) < 3:
+        raise ConfigError(f"protocol 'cv' needs folds >= 3 (one tests, one selects the model), got {hp['folds']}")
     return task_obj, head, feature, hp
 
 
@@ -446,13 +453,6 @@ def _train_probe(task_obj: Task, head: str, feature: str, hp: dict[str, Any], st
     notes = [str(w.message) for w in caught]
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if float(hp["fraction"]) < 1:
-        tr = frame[frame["split"] == "train"]
-        subset = nested_fractions(list(tr.index), [float(hp["fraction"])], groups=list(tr["patient"]),
-                                  stratify=None if strat is None else tr[strat].astype(str).tolist(),
-                                  seed=seed)[float(hp["fraction"])]
-        frame = frame[(frame["split"] != "train") | frame.index.isin(subset)]
-
     _seed_everything(seed)
     ctx = {"n_resamples": int(hp["n_resamples"]), "seed": 0, "threshold": float(hp["threshold"]),
            "auroc_ci": hp["auroc_ci"], "horizons": hp["horizons"]}
@@ -461,13 +461,31 @@ def _train_probe(task_obj: Task, head: str, feature: str, hp: dict[str, Any], st
               "labels": str(labels) if not isinstance(labels, pd.DataFrame) else "<DataFrame>",
               "store": str(getattr(store, "root", "")), "notes": notes}
 
-    if task_obj.name == "retrieval":
-        run = _run_retrieval(store, frame, columns, feature, hp, config)
-    elif task_obj.name == "segmentation":
-        run = _run_segmentation(store, frame, columns, hp, config, seed, base_dir, progress)
-    else:
-        run = _run_supervised(task_obj, store, frame, columns, head, feature, hp, config, seed, ctx, progress)
-    return run
+    def run_on(f: pd.DataFrame, cfg: dict[str, Any]) -> ProbeRun:
+        _seed_everything(seed)  # every cross-validation round starts from the same state
+        f = _training_fraction(f, hp, strat, seed)
+        if task_obj.name == "retrieval":
+            return _run_retrieval(store, f, columns, feature, hp, cfg)
+        if task_obj.name == "segmentation":
+            return _run_segmentation(store, f, columns, hp, cfg, seed, base_dir, progress)
+        return _run_supervised(task_obj, store, f, columns, head, feature, hp, cfg, seed, ctx, progress)
+
+    if hp["protocol"] == "cv" and task_obj.trainable:
+        from voxelfm.probes.cv import run_cross_validated
+
+        return run_cross_validated(task_obj, frame, run_on, hp, config, strat, seed, ctx)
+    return run_on(frame, config)
+
+
+def _training_fraction(frame: pd.DataFrame, hp: dict[str, Any], strat: str | None, seed: int) -> pd.DataFrame:
+    """``frame`` with its training split cut to the nested ``hp["fraction"]`` (by patient)."""
+    if float(hp["fraction"]) >= 1:
+        return frame
+    tr = frame[frame["split"] == "train"]
+    subset = nested_fractions(list(tr.index), [float(hp["fraction"])], groups=list(tr["patient"]),
+                              stratify=None if strat is None else tr[strat].astype(str).tolist(),
+                              seed=seed)[float(hp["fraction"])]
+    return frame[(frame["split"] != "train") | frame.index.isin(subset)]
 
 
 # ------------------------------------------------------------------------------------------ supervised
@@ -585,6 +603,8 @@ def _run_supervised(task_obj: Task, store: Any, frame: pd.DataFrame, columns: li
         d = predictions[["target_z", "target_y", "target_x"]].to_numpy() - \
             predictions[["pred_z", "pred_y", "pred_x"]].to_numpy()
         predictions["distance_mm"] = np.linalg.norm(d * e, axis=1)
+        for j, axis in enumerate("zyx"):
+            predictions[f"extent_{axis}_mm"] = e[:, j]
     config["selection"] = _jsonable(selection)
     config["targets"] = _jsonable({k: v for k, v in targets.extra.items() if k != "extent_mm"})
     if targets.classes is not None:

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["SPLITS", "check_splits", "make_splits", "nested_fractions"]
+__all__ = ["SPLITS", "check_splits", "fold_splits", "make_folds", "make_splits", "nested_fractions"]
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 _ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -114,6 +114,76 @@ def make_splits(ids: Sequence[str], *, groups: Sequence[str] | None = None,
     name[test.astype(int)] = "test"
     by_patient = dict(zip(patients, name))
     return pd.Series([by_patient[x] for x in g], index=pd.Index(ids, name="id"), name="split")
+
+
+def make_folds(ids: Sequence[str], n_folds: int, *, groups: Sequence[str] | None = None,
+               stratify: Sequence[object] | None = None, seed: int = 4) -> pd.Series:
+    """Assign every id to one of ``n_folds`` cross-validation folds, grouped by patient.
+
+    All scans of a patient share a fold; with ``stratify`` (class label, event indicator) folds keep
+    the stratum proportions as closely as whole patients allow (scikit-learn's
+    ``StratifiedGroupKFold`` over the patients' modal stratum); strata with fewer patients than
+    folds fall back to an unstratified assignment with a warning.
+
+    Args:
+        ids: item ids (one per scan, unique).
+        n_folds: number of folds (≥ 3: the cross-validated protocol takes one fold for testing and
+            another for model selection).
+        groups: patient id of each item (default: every item its own patient).
+        stratify: optional stratum of each item.
+        seed: random seed (shuffles patients before the assignment).
+
+    Returns:
+        ``pd.Series`` of fold numbers ``0 … n_folds-1`` indexed by id.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    ids = [str(i) for i in ids]
+    if len(ids) != len(set(ids)):
+        raise ValueError("ids must be unique to make folds")
+    k = int(n_folds)
+    g = np.asarray(ids if groups is None else [str(x) for x in groups], dtype=object)
+    if len(g) != len(ids):
+        raise ValueError("groups must have one entry per id")
+    patients, pstrata = _patient_strata(g, None if stratify is None else np.asarray(stratify, dtype=object))
+    if k < 3:
+        raise ValueError(f"cross-validation needs at least 3 folds (test, validation, training), got {n_folds}")
+    if len(patients) < k:
+        raise ValueError(f"{len(patients)} patients cannot fill {k} folds; use fewer folds or the split protocol")
+    if pstrata is not None and pd.Series(pstrata).value_counts().min() < k:
+        warnings.warn(f"a stratum has fewer than {k} patients; folds are not stratified", stacklevel=2)
+        pstrata = None
+    y = np.zeros(len(patients), dtype=int) if pstrata is None else pd.factorize(pd.Series(pstrata))[0]
+    fold_of_patient = np.empty(len(patients), dtype=int)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=int(seed) % 2**32)
+    # one row per patient: the patient is the group, so every fold holds whole patients
+    for i, (_, test) in enumerate(splitter.split(np.zeros(len(patients)), y, groups=np.arange(len(patients)))):
+        fold_of_patient[test] = i
+    by_patient = dict(zip(patients, fold_of_patient))
+    return pd.Series([by_patient[x] for x in g], index=pd.Index(ids, name="id"), name="fold")
+
+
+def fold_splits(folds: pd.Series, test_fold: int) -> pd.Series:
+    """Train / val / test names of one cross-validation round.
+
+    Fold ``test_fold`` is the test split, the next fold (cyclically) the validation split used for
+    model selection, and the remaining folds train; over ``n_folds`` rounds every id is tested
+    exactly once and validates exactly once.
+
+    Args:
+        folds: fold number per id (:func:`make_folds`).
+        test_fold: the round (0 … n_folds-1).
+
+    Returns:
+        ``pd.Series`` of ``train|val|test`` with the index of ``folds``.
+    """
+    k = int(folds.max()) + 1
+    if not 0 <= int(test_fold) < k:
+        raise ValueError(f"test_fold must be in 0..{k - 1}, got {test_fold}")
+    val_fold = (int(test_fold) + 1) % k
+    names = np.where(folds.to_numpy() == int(test_fold), "test",
+                     np.where(folds.to_numpy() == val_fold, "val", "train"))
+    return pd.Series(names, index=folds.index, name="split")
 
 
 def check_splits(splits: pd.Series, groups: pd.Series | None) -> None:

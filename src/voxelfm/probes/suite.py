@@ -14,6 +14,8 @@ A suite is a YAML file (or the same structure as a dict)::
     reference: voxelfm              # compare the others against this one (default: all pairs)
     fractions: [1.0]                # default training fractions (nested subsets)
     n_resamples: 1000               # bootstrap resamples for CIs and paired tests
+    protocol: split                 # split (the test split) | cv (k-fold by patient, pooled
+    folds: 5                        #   out-of-fold predictions of every scan; probes/cv.py)
     holm: table                     # Holm adjustment over the whole table | task | none
     defaults: {epochs: 40}          # options for every run (ignored where a head has no such option)
     head_defaults: {mlp: {hidden_dim: 512}}
@@ -83,7 +85,7 @@ __all__ = [
 ]
 
 _SUITE_KEYS = {"name", "seed", "labels", "id_col", "split_col", "stores", "reference", "fractions",
-               "n_resamples", "holm", "defaults", "head_defaults", "tasks", "figures", "description"}
+               "n_resamples", "protocol", "folds", "holm", "defaults", "head_defaults", "tasks", "figures", "description"}
 _TASK_KEYS = {"name", "task", "target", "probes", "heads", "fractions", "hparams", "labels", "id_col",
               "split_col"}
 
@@ -126,6 +128,8 @@ class Suite:
     seed: int = 4
     reference: str | None = None
     n_resamples: int = 1000
+    protocol: str = "split"
+    folds: int = 5
     holm: str = "table"
     defaults: dict[str, Any] = field(default_factory=dict)
     head_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -244,6 +248,7 @@ def load_suite(suite: str | os.PathLike[str] | Mapping[str, Any] | Suite, *,
     s = Suite(name=str(data.get("name", "suite")), stores=st, tasks=tasks, seed=int(data.get("seed", 4)),
               reference=None if all_pairs else data.get("reference"),
               n_resamples=int(data.get("n_resamples", 1000)),
+              protocol=str(data.get("protocol", "split")), folds=int(data.get("folds", 5)),
               holm=str(data.get("holm", "table")), defaults=dict(data.get("defaults") or {}),
               head_defaults={str(k): dict(v or {}) for k, v in (data.get("head_defaults") or {}).items()},
               figures=dict(data.get("figures") or {}), base_dir=base)
@@ -278,6 +283,8 @@ def _hparams_for(s: Suite, t: TaskSpec, p: ProbeSpec, fraction: float) -> dict[s
     hp.update({k: v for k, v in t.hparams.items() if k in allowed})
     hp.update(p.hparams)
     hp.setdefault("n_resamples", s.n_resamples)
+    hp.setdefault("protocol", s.protocol)
+    hp.setdefault("folds", s.folds)
     hp["fraction"] = fraction
     return hp
 
@@ -285,6 +292,10 @@ def _hparams_for(s: Suite, t: TaskSpec, p: ProbeSpec, fraction: float) -> dict[s
 def _validate(s: Suite) -> None:
     from voxelfm.probes.data import read_label_table
 
+    if s.protocol not in ("split", "cv"):
+        raise ConfigError(f"protocol must be split or cv, got {s.protocol!r}")
+    if s.protocol == "cv" and s.folds < 3:
+        raise ConfigError(f"protocol cv needs folds >= 3, got {s.folds}")
     if s.holm not in ("table", "task", "none"):
         raise ConfigError(f"holm must be table, task or none, got {s.holm!r}")
     if s.reference is not None and s.reference not in s.stores:
@@ -719,8 +730,10 @@ def _write_tables(out: Path, results: pd.DataFrame, comparisons: pd.DataFrame, t
     paths["table_csv"] = out / "table.csv"
     holm = {"table": "Holm-adjusted over the whole table", "task": "Holm-adjusted within each task",
             "none": "unadjusted"}[s.holm]
-    note = (f"Primary test-split metric with 95% CI (AUROC: DeLong; others: percentile bootstrap, "
-            f"{s.n_resamples} resamples). p: paired comparison between backbones on the same test ids "
+    where = (f"pooled out-of-fold predictions of every scan ({s.folds}-fold cross-validation grouped by "
+             "patient)") if s.protocol == "cv" else "test split"
+    note = (f"Primary metric on the {where} with 95% CI (AUROC: DeLong; others: percentile bootstrap, "
+            f"{s.n_resamples} resamples). p: paired comparison between backbones on the same ids "
             f"(DeLong for AUROC of binary tasks, paired bootstrap otherwise), {holm}. Best per row in bold.")
     atomic_write_text(out / "results.md", format_markdown(table, title=f"Probe results: {s.name}", note=note))
     atomic_write_text(out / "results.tex", format_latex(table, caption=f"Probe results ({s.name}). {note}"))

@@ -24,7 +24,7 @@ from voxelfm.stats.multilabel import (
 from voxelfm.stats.multiple_testing import adjust_pvalues
 from voxelfm.stats.regression import mae, mean_euclidean_error, mse, r2, rmse
 from voxelfm.stats.retrieval import RetrievalResult, recall_at_k, retrieval_recall
-from voxelfm.stats.segmentation import DiceResult, dice_scores
+from voxelfm.stats.segmentation import DiceResult, dice_from_scans, dice_scores
 from voxelfm.stats.survival import (
     Concordance,
     KaplanMeier,
@@ -64,6 +64,7 @@ __all__ = [
     "delong_ci",
     "delong_covariance",
     "delong_test",
+    "dice_from_scans",
     "dice_scores",
     "f1_at",
     "hanley_mcneil_se",

@@ -13,7 +13,7 @@ import numpy as np
 from voxelfm.stats._validate import check_alpha
 from voxelfm.stats.estimate import Estimate
 
-__all__ = ["DiceResult", "dice_scores"]
+__all__ = ["DiceResult", "dice_from_scans", "dice_scores"]
 
 _SMOOTH = 1e-6
 
@@ -121,8 +121,25 @@ def dice_scores(pred, target, num_classes: int, *, ignore_background: bool = Tru
         d, w = _scan_dice(_confusion(p, t, num_classes), classes)
         rows_d.append(d)
         rows_w.append(w)
-    d = np.stack(rows_d)
-    w = np.stack(rows_w)
+    return dice_from_scans(np.stack(rows_d), np.stack(rows_w), classes, ci=ci, n_resamples=n_resamples,
+                           seed=seed, alpha=alpha)
+
+
+def dice_from_scans(d: np.ndarray, w: np.ndarray, classes: Sequence[int], *,
+                    ci: Literal["bootstrap"] | None = None, n_resamples: int = 10_000, seed: int = 4,
+                    alpha: float = 0.05) -> DiceResult:
+    """Macro, micro and per-class Dice from per-scan Dice ``d [S, C]`` and target sizes ``w [S, C]``.
+
+    What :func:`dice_scores` computes after scoring each scan; use it to pool scans scored
+    separately (e.g. the out-of-fold predictions of a cross-validated probe). NaN in ``d`` = class
+    absent from both maps of that scan; ``classes`` are the label values of the columns.
+    """
+    d = np.asarray(d, dtype=float)
+    w = np.asarray(w, dtype=float)
+    classes = np.asarray(classes, dtype=int)
+    if d.ndim != 2 or d.shape != w.shape or d.shape[1] != len(classes) or len(d) == 0:
+        raise ValueError(f"d and w must both be [scans, classes] with {len(classes)} classes, got "
+                         f"{d.shape} and {w.shape}")
     alpha = check_alpha(alpha)
     per_class, macro, micro = _aggregate(d, w)
     n_scans = len(d)
@@ -158,6 +175,8 @@ def dice_scores(pred, target, num_classes: int, *, ignore_background: bool = Tru
                       Estimate(macro, lo_ma, hi_ma, method, n_scans, alpha, "dice_macro"),
                       Estimate(micro, lo_mi, hi_mi, method, n_scans, alpha, "dice_micro"),
                       int(n_resamples))
+
+
 
 
 def _as_scans(x, name: str) -> list[np.ndarray]:

@@ -14,12 +14,13 @@ Example::
 """
 
 from voxelfm.data.phantoms.cohort import COHORT_COLUMNS, PhantomCase, case_plan, generate_case, generate_cohort
-from voxelfm.data.phantoms.findings import FINDINGS
+from voxelfm.data.phantoms.findings import FINDING_SIZE_MM, FINDINGS
 from voxelfm.data.phantoms.labels import LABELS
 from voxelfm.data.phantoms.reports import REPORT_TERMS, mentions
 
 __all__ = [
     "FINDINGS",
+    "FINDING_SIZE_MM",
     "LABELS",
     "COHORT_COLUMNS",
     "REPORT_TERMS",

@@ -26,6 +26,7 @@ from voxelfm.data.phantoms.canvas import Canvas, RandomField, capsule_bbox, elli
 
 __all__ = [
     "FINDINGS",
+    "FINDING_SIZE_MM",
     "Nodule",
     "Findings",
     "draw_chronic",
@@ -49,6 +50,28 @@ FINDINGS: tuple[str, ...] = (
     "hiatal_hernia",
     "pericardial_effusion",
 )
+
+#: The smallest extent (mm) across the structure a positive finding is drawn with — what decides
+#: whether a feature grid whose token spans T mm can see it at all (a finding narrower than one
+#: token changes a fraction of that token's voxels). From the draws below: nodule diameter ≥ 3 mm;
+#: wall / coronary calcification plaque ≥ 2.6–3 mm; plate-like atelectasis 4 mm thick; pericardial
+#: fluid rim ≥ 6 mm; lymph nodes ≥ 12 mm; hiatal hernia ≥ 22 mm; consolidation ellipsoid radii
+#: ≥ 24 mm (so opacities ≥ 48 mm across); a pleural effusion of ≥ 120 ml (≈ 49 mm cube); emphysema
+#: is diffuse over 10–35 % of the lungs and cardiomegaly enlarges the whole heart (≥ 100 mm).
+FINDING_SIZE_MM: dict[str, float] = {
+    "lung_nodule": 3.0,
+    "pleural_effusion": 49.0,
+    "emphysema": 100.0,
+    "cardiomegaly": 100.0,
+    "arterial_wall_calcification": 3.0,
+    "coronary_artery_wall_calcification": 2.6,
+    "lung_opacity": 48.0,
+    "consolidation": 48.0,
+    "atelectasis": 4.0,
+    "lymphadenopathy": 12.0,
+    "hiatal_hernia": 22.0,
+    "pericardial_effusion": 6.0,
+}
 
 
 @dataclass
