@@ -87,3 +87,29 @@ def test_regression_survival_and_pca_view(phantom_store, tmp_path):
     png = pca_rgb_figure(store, item, tmp_path / "pca.png", volume=root / "ph" / cohort["path"].iloc[0])
     img = mpimg.imread(png)
     assert img.shape[0] > 300 and float(np.std(img[..., :3])) > 0.05
+
+
+def test_pca_view_of_a_baseline_store_with_anisotropic_tokens(tmp_path):
+    """Other CT foundation models record three patch sizes (e.g. M3D 4x16x16) and their own preset;
+    the PCA view then shows the token grid alone, stretched per axis to the model-input extent."""
+    import matplotlib.image as mpimg
+    import torch
+
+    from voxelfm.inference import EmbeddingStore, Features
+    from voxelfm.probes.figures import _patch_sizes, pca_rgb_figure
+    from voxelfm.probes.run import _input_shape
+
+    g = torch.Generator().manual_seed(0)
+    grid = (4, 6, 6)
+    record = {"preset": "m3d_clip", "patch_size": [4, 16, 16], "token_grid": list(grid)}
+    feats = Features(cls=torch.randn(8, generator=g), patch=torch.randn(*grid, 8, generator=g),
+                     registers=torch.zeros(0, 8), patch_size_mm=(4.0, 16.0, 16.0), record=record)
+    store = EmbeddingStore(tmp_path / "store")
+    store.write("a", feats)
+    assert _patch_sizes(record) == (4.0, 16.0, 16.0)
+    assert _patch_sizes({"patch_size": 14}) == (14.0, 14.0, 14.0)
+    np.testing.assert_allclose(_input_shape({"record": {"patch_size": [4, 16, 16]}, "grid": list(grid)}),
+                               [16, 96, 96])
+    png = pca_rgb_figure(store, "a", tmp_path / "pca.png", volume=tmp_path / "unused.nii.gz")
+    img = mpimg.imread(png)
+    assert img.shape[0] > 300 and float(np.std(img[..., :3])) > 0.05

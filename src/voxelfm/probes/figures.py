@@ -247,12 +247,23 @@ def _upsample2d(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(out, 0, 1)
 
 
-def _preprocessed_ct(volume_path: str | os.PathLike[str], record: dict[str, Any]) -> np.ndarray:
-    """The model-input CT in HU ``[D, H, W]``, re-created from the store record."""
+def _patch_sizes(record: dict[str, Any]) -> tuple[float, float, float]:
+    """Voxels per token along (d, h, w): one int for the ViT, three for baselines (e.g. M3D 4x16x16)."""
+    ps = record.get("patch_size", 14)
+    if isinstance(ps, (list, tuple)):
+        return tuple(float(v) for v in ps)  # type: ignore[return-value]
+    return (float(ps),) * 3
+
+
+def _preprocessed_ct(volume_path: str | os.PathLike[str], record: dict[str, Any]) -> np.ndarray | None:
+    """The model-input CT in HU ``[D, H, W]``, re-created from the store record; ``None`` for
+    backbones with their own preprocessing (other CT foundation models), whose input is not in HU."""
     from voxelfm.io import read_volume
-    from voxelfm.preprocess import Preset, preprocess_volume
+    from voxelfm.preprocess import PRESETS, Preset, preprocess_volume
 
     preset_d = record.get("preset") or "default"
+    if not isinstance(preset_d, dict) and preset_d not in PRESETS:
+        return None
     preset = Preset.from_dict(preset_d) if isinstance(preset_d, dict) else preset_d
     budget = record.get("budget") or {}
     pre = preprocess_volume(read_volume(volume_path), preset, crop_background=record.get("crop_box") is not None,
@@ -293,17 +304,17 @@ def pca_rgb_figure(store: Any, item_id: str, path: str | os.PathLike[str], *,
     patch = feats.patch.numpy()
     grid = patch.shape[:3]
     record = feats.record or {}
-    ps = int(record.get("patch_size", 14))
+    ps = _patch_sizes(record)
     ct = None
     if isinstance(volume, (np.ndarray, torch.Tensor)):
         ct = np.asarray(volume, dtype=np.float32)
     elif volume is not None:
         ct = _preprocessed_ct(volume, record)
-    shape = tuple(ct.shape) if ct is not None else tuple(g * ps for g in grid)
-    if ct is not None and tuple(ct.shape) != tuple(g * ps for g in grid):
+    shape = tuple(ct.shape) if ct is not None else tuple(int(round(g * p)) for g, p in zip(grid, ps))
+    if ct is not None and tuple(ct.shape) != tuple(int(round(g * p)) for g, p in zip(grid, ps)):
         ps_axes = [s / g for s, g in zip(ct.shape, grid)]
     else:
-        ps_axes = [float(ps)] * 3
+        ps_axes = list(ps)
     fg = None
     if foreground:
         if ct is not None:

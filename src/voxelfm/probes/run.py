@@ -275,7 +275,9 @@ def _input_shape(meta: dict[str, Any]) -> np.ndarray:
     rec = meta["record"]
     if rec.get("final_shape"):
         return np.asarray(rec["final_shape"], dtype=float)
-    return np.asarray(meta["grid"], dtype=float) * float(rec.get("patch_size", 14))
+    ps = rec.get("patch_size", 14)
+    return np.asarray(meta["grid"], dtype=float) * np.asarray(ps if isinstance(ps, (list, tuple)) else [ps] * 3,
+                                                              dtype=float)
 
 
 def _localisation_targets(store: Any, frame: pd.DataFrame, columns: list[str], hp: dict[str, Any]
