@@ -140,8 +140,8 @@ class _Attention(nn.Module):
 
     def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
-        x = self.norm(x)
-        q = self.to_q(x).view(b, n, self.heads, -1).transpose(1, 2)
+        # as upstream: q from the normed input, k/v from the raw input (context_norm is for cross-attention)
+        q = self.to_q(self.norm(x)).view(b, n, self.heads, -1).transpose(1, 2)
         k, v = self.to_kv(x).view(b, n, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         q = F.normalize(q, dim=-1) * self.q_scale
         k = F.normalize(k, dim=-1) * self.k_scale
