@@ -23,7 +23,6 @@ the raw nibabel array (CT-RATE volumes are LPS-stored, so D runs I→S, H runs R
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voxelfm.baselines._native import native_to_preprocessed, read_native
-from voxelfm.baselines._weights import load_matching, random_init, read_state_dict
+from voxelfm.baselines._released import build_and_load
 from voxelfm.baselines.base import BaselineBackbone, dinov2_output
 from voxelfm.baselines.registry import BackboneFamily
 from voxelfm.errors import ConfigError
@@ -318,17 +317,8 @@ def load(weights: Any, *, device: str | torch.device = "cpu", tokens: str = "qua
                               spatial_depth=spatial_depth, temporal_depth=temporal_depth, dim_head=dim_head,
                               heads=heads, dim_latent=dim, target_spacing=target_spacing, tokens=tokens)
 
-    if weights is None:
-        model = random_init("ct_clip", build)
-        model.source = {"format": "random-init"}
-        return model.to(device)
-    model = build()
-    sd = read_state_dict(weights)
-    kept = {k: v for k, v in sd.items() if k.startswith(_KEEP)}
-    report = load_matching(model, kept or sd, drop=_DROP, source=str(weights), family="ct_clip")
-    report.dropped += len(sd) - len(kept) if kept else 0
-    model.source = {"format": "ct_clip CTCLIP state dict", "path": str(weights), **report.to_dict()}
-    return model.to(device)
+    return build_and_load("ct_clip", build, weights, device, formats=("", "ct_clip CTCLIP state dict"),
+                          keep=_KEEP, drop=_DROP)
 
 
 FAMILY = BackboneFamily(

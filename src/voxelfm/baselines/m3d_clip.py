@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from voxelfm.baselines._native import minmax_unit, native_to_preprocessed, read_native
-from voxelfm.baselines._weights import load_matching, random_init, read_state_dict
+from voxelfm.baselines._released import build_and_load
 from voxelfm.baselines.base import BaselineBackbone, dinov2_output
 from voxelfm.baselines.registry import BackboneFamily
 from voxelfm.io.orientation import AxisMap
@@ -126,6 +126,8 @@ class M3DCLIPBackbone(BaselineBackbone):
         # the parts of MONAI's ViT M3D uses (its classification head is commented out upstream)
         self.patch_embedding, self.cls_token, self.blocks, self.norm = (vit.patch_embedding, vit.cls_token,
                                                                          vit.blocks, vit.norm)
+        for blk in self.blocks:  # MONAI's own switch to torch SDPA (same maths, no N×N matrix kept)
+            blk.attn.use_flash_attention = True
 
     @property
     def token_grid(self) -> tuple[int, int, int]:
@@ -165,19 +167,8 @@ def load(weights: Any, *, device: str | torch.device = "cpu", img_size: Sequence
         return M3DCLIPBackbone(img_size=img_size, patch_size=patch_size, hidden_size=hidden_size,
                                mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads)
 
-    if weights is None:
-        model = random_init("m3d_clip", build)
-        model.source = {"format": "random-init"}
-        return model.to(device)
-    model = build()
-    sd = read_state_dict(weights)
-    prefixed = any(k.startswith(_PREFIXES) for k in sd)
-    report = load_matching(model, sd, strip=_PREFIXES, drop=_DROP, select=prefixed,
-                           allow_missing=(r"blocks\.\d+\.norm_cross_attn\..*",), source=str(weights),
-                           family="m3d_clip")
-    model.source = {"format": "m3d_clip full CLIP" if prefixed else "m3d_clip ViT", "path": str(weights),
-                    **report.to_dict()}
-    return model.to(device)
+    return build_and_load("m3d_clip", build, weights, device, formats=("m3d_clip full CLIP", "m3d_clip ViT"),
+                          prefixes=_PREFIXES, drop=_DROP, allow_missing=(r"blocks\.\d+\.norm_cross_attn\..*",))
 
 
 FAMILY = BackboneFamily(

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voxelfm.baselines._native import minmax_unit, native_to_preprocessed, read_native
-from voxelfm.baselines._weights import load_matching, random_init, read_state_dict
+from voxelfm.baselines._released import build_and_load
 from voxelfm.baselines.base import BaselineBackbone, dinov2_output
 from voxelfm.baselines.registry import BackboneFamily
 from voxelfm.io.orientation import AxisMap
@@ -229,18 +229,8 @@ def load(weights: Any, *, device: str | torch.device = "cpu", image_size: int = 
                              frame_patch_size=frame_patch_size, dim=dim, depth=depth, heads=heads,
                              mlp_dim=mlp_dim, dim_head=dim_head, max_depth=max_depth)
 
-    if weights is None:
-        model = random_init("radfm", build)
-        model.source = {"format": "random-init"}
-        return model.to(device)
-    model = build()
-    sd = read_state_dict(weights)
-    prefixed = any(k.startswith(_PREFIXES) for k in sd)
-    report = load_matching(model.vision_encoder, sd, strip=_PREFIXES, select=prefixed, source=str(weights),
-                           family="radfm")
-    model.source = {"format": "radfm full model" if prefixed else "radfm ViT", "path": str(weights),
-                    **report.to_dict()}
-    return model.to(device)
+    return build_and_load("radfm", build, weights, device, formats=("radfm full model", "radfm ViT"),
+                          prefixes=_PREFIXES, part=lambda m: m.vision_encoder)
 
 
 FAMILY = BackboneFamily(
