@@ -271,3 +271,20 @@ def phantom_volumes(tmp_path_factory):
         img = nib.load(str(root / "cohort" / rel))
         nib.save(img.slicer[36:76, 36:76, 40:64], str(out / f"{uid}.nii.gz"))
     return out
+
+
+def test_hub_ids_resolve_in_the_local_cache(tmp_path, monkeypatch):
+    """CT-CLIP lives in a gated *dataset* repo under models/CT-CLIP-Related/; M3D-CLIP in a model repo."""
+    import shutil
+
+    snap = tmp_path / "datasets--ibrahimhamamci--CT-RATE" / "snapshots" / "0123abc" / "models" / "CT-CLIP-Related"
+    snap.mkdir(parents=True)
+    shutil.copy(DATA / "ct_clip_CT-CLIP_v2.pt", snap / "CT-CLIP_v2.pt")
+    m3d = tmp_path / "models--GoodBaiBai88--M3D-CLIP" / "snapshots" / "4567def"
+    m3d.mkdir(parents=True)
+    shutil.copy(DATA / "m3d_clip_pytorch_model.bin", m3d / "pytorch_model.bin")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert _ctclip(weights="ibrahimhamamci/CT-RATE").source["path"].endswith("CT-CLIP-Related/CT-CLIP_v2.pt")
+    assert _m3d(weights="GoodBaiBai88/M3D-CLIP").source["format"] == "m3d_clip full CLIP"
+    with pytest.raises(CheckpointError, match="chaoyi-wu/RadFM.*pytorch_model.bin"):
+        _radfm(weights="chaoyi-wu/RadFM")
