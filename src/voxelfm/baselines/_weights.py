@@ -30,7 +30,7 @@ from voxelfm.errors import CheckpointError
 if TYPE_CHECKING:  # pragma: no cover
     from voxelfm.baselines.registry import BackboneFamily
 
-__all__ = ["resolve_weights", "read_state_dict", "load_matching", "LoadReport", "random_init",
+__all__ = ["resolve_weights", "read_state_dict", "load_matching", "LoadReport", "random_init", "uninitialised",
            "hub_cache_dirs", "RANDOM_INIT_SEED", "WEIGHT_SUFFIXES"]
 
 #: Seed of every family's random initialisation (``weights=None``).
@@ -199,7 +199,7 @@ def _matches(key: str, patterns: Iterable[str]) -> bool:
 
 
 def load_matching(module: nn.Module, state_dict: Mapping[str, Tensor], *, strip: Iterable[str] = (),
-                  drop: Iterable[str] = (), select: bool = False, allow_missing: Iterable[str] = (),
+                  drop: Iterable[str] = (), select: bool | str = False, allow_missing: Iterable[str] = (),
                   source: str = "checkpoint", family: str = "") -> LoadReport:
     """Load the matching part of ``state_dict`` into ``module``; anything else is one clear error.
 
@@ -207,7 +207,8 @@ def load_matching(module: nn.Module, state_dict: Mapping[str, Tensor], *, strip:
         strip: key prefixes removed (the first one that matches), e.g. ``"encode_image.i3_resnet."``.
         drop: prefixes (after stripping) of keys to leave out on purpose (unused heads, text towers).
         select: keep only keys that carried one of the ``strip`` prefixes (the rest of a bigger
-            checkpoint, e.g. a language model, is dropped without being compared).
+            checkpoint, e.g. a language model, is dropped without being compared); ``"auto"``:
+            select when any key carries one (a bare state dict is then taken whole).
         allow_missing: prefixes or regular expressions of module keys that may be absent (e.g.
             buffers a newer library version added).
         source, family: named in error messages.
@@ -220,6 +221,8 @@ def load_matching(module: nn.Module, state_dict: Mapping[str, Tensor], *, strip:
             or shape mismatches (a wrong config) — first keys of each list in the message.
     """
     strip, drop, allow_missing = tuple(strip), tuple(drop), tuple(allow_missing)
+    if select == "auto":
+        select = any(k.startswith(strip) for k in state_dict) if strip else False
     expected = module.state_dict()
     sd: dict[str, Tensor] = {}
     report = LoadReport(dropped_prefixes=list(drop))
@@ -271,3 +274,12 @@ def random_init(name: str, build: Callable[[], _M], *, seed: int = RANDOM_INIT_S
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
+
+
+def uninitialised(build: Callable[[], _M]) -> _M:
+    """``build()`` without running its weight initialisation (built on the meta device, then given
+    empty CPU storage): for modules about to receive **every** tensor from a checkpoint through
+    :func:`load_matching` without ``allow_missing`` (which guarantees nothing stays uninitialised)."""
+    with torch.device("meta"):
+        module = build()
+    return module.to_empty(device="cpu")

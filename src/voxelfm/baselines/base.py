@@ -4,7 +4,7 @@ A backbone carries its own preprocessing (:meth:`BaselineBackbone.preprocess`, e
 authors' code) and returns the DINOv2 output dict from :meth:`forward`, so
 ``voxelfm.extract_features``, ``extract_batch``, ``voxelfm extract --backbone`` and the probes use
 every family the same way. Axis convention everywhere outside the module: **SPL** ``[D, H, W]``
-(superior→inferior, anterior→posterior, right→left, as :class:`voxelfm.io.Volume`); a family that
+(axis 0 increasing towards Superior, 1 towards Posterior, 2 towards Left, as :class:`voxelfm.io.Volume`); a family that
 works in another order permutes/flips inside ``forward`` (exact operations).
 """
 

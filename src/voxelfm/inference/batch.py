@@ -221,7 +221,10 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     for name, t in model.state_dict().items():
         flat = t.detach().reshape(-1)
         if flat.numel() > 4096:
-            flat = flat[torch.linspace(0, flat.numel() - 1, 4096, device=flat.device).long()]
+            # float32 linspace can round the last index up to numel for > 2^24 values: clamp (same
+            # indices as before for every tensor that worked)
+            idx = torch.linspace(0, flat.numel() - 1, 4096, device=flat.device).long().clamp_(max=flat.numel() - 1)
+            flat = flat[idx]
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(flat.to("cpu", torch.float64).numpy().tobytes())
     return h.hexdigest()
