@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from voxelfm.baselines._weights import load_matching, random_init, read_state_dict
+from voxelfm.baselines._weights import load_matching, random_init, read_state_dict, uninitialised
 
 __all__ = ["build_and_load"]
 
@@ -28,12 +28,16 @@ def build_and_load(family: str, build: Callable[[], _B], weights: Any, device: s
             model is dropped unread when any key carries one).
         drop, allow_missing: as :func:`~voxelfm.baselines._weights.load_matching`.
         keep: if given, only keys starting with these are compared (the rest count as dropped).
+
+    Without ``allow_missing`` every tensor comes from the file (``load_matching`` raises otherwise), so
+    the module is built uninitialised (no random init of e.g. CT-CLIP's 151 M-weight latent projection).
     """
     if weights is None:
         model = random_init(family, build, stacklevel=4)
         model.source = {"format": "random-init"}
         return model.to(device)
-    model = build()
+    allow_missing = tuple(allow_missing)
+    model = build() if allow_missing else uninitialised(build)
     sd = read_state_dict(weights)
     kept = {k: v for k, v in sd.items() if k.startswith(keep)} if keep else sd
     prefixed = bool(prefixes) and any(k.startswith(prefixes) for k in kept)
