@@ -288,3 +288,24 @@ def test_hub_ids_resolve_in_the_local_cache(tmp_path, monkeypatch):
     assert _m3d(weights="GoodBaiBai88/M3D-CLIP").source["format"] == "m3d_clip full CLIP"
     with pytest.raises(CheckpointError, match="chaoyi-wu/RadFM.*pytorch_model.bin"):
         _radfm(weights="chaoyi-wu/RadFM")
+
+
+def test_a_dicom_series_gets_the_input_its_lps_nifti_gets(tmp_path):
+    """The originals read NIfTI (CT-CLIP: nibabel; RadFM: SimpleITK; M3D: MONAI LoadImage); a DICOM
+    series converted to the LPS-stored NIfTI they read must preprocess to the same voxels here."""
+    from tests.baselines._volumes import dicom_series, phantom
+    from tests.io import synth
+    from voxelfm.baselines.ct_clip import ctclip_preprocess
+    from voxelfm.baselines.m3d_clip import m3d_preprocess
+    from voxelfm.baselines.radfm import radfm_preprocess
+
+    spacing = (2.5, 0.9, 0.8)
+    folder = dicom_series(tmp_path / "series", spacing=spacing)
+    nifti = tmp_path / "same.nii.gz"
+    synth.write_nifti(nifti, np.round(phantom()), "LPS",  # DICOM stores integer HU
+                      affine_lps=synth.canonical_affine_lps(spacing=spacing), dtype=np.int16)
+    for fn, kw in ((m3d_preprocess, {"img_size": (8, 32, 32)}), (radfm_preprocess, {"image_size": 64}),
+                   (ctclip_preprocess, {"input_size": (40, 80, 80)})):
+        a, b = fn(folder, **kw), fn(nifti, **kw)
+        np.testing.assert_allclose(a.array.numpy(), b.array.numpy(), atol=1e-6, err_msg=fn.__name__)
+        np.testing.assert_allclose(a.record["affine"], b.record["affine"], atol=1e-4)
