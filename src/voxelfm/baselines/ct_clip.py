@@ -144,8 +144,11 @@ class _Attention(nn.Module):
         k, v = self.to_kv(x).view(b, n, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         q = F.normalize(q, dim=-1) * self.q_scale
         k = F.normalize(k, dim=-1) * self.k_scale
-        bias = None if attn_bias is None else attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        if attn_bias is None:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:  # torch's CPU SDPA with a float mask falls back to a slow path in bf16 (2x, 2x memory)
+            sim = (q @ k.transpose(-1, -2)) * self.scale + attn_bias.to(q.dtype)
+            out = sim.softmax(dim=-1) @ v
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
