@@ -96,7 +96,6 @@ def ctclip_preprocess(source: Any, *, spacing: Sequence[float] | None = None,
                                   patch_size=tuple(patch_size), steps=steps)
 
 
-
 class _LayerNorm(nn.Module):
     """Bias-less LayerNorm of the original (``gamma`` parameter, ``beta`` zero buffer)."""
 

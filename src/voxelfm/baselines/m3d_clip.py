@@ -102,7 +102,6 @@ def m3d_preprocess(source: Any, *, spacing: Sequence[float] | None = None,
                                   patch_size=tuple(patch_size), steps=steps)
 
 
-
 class M3DCLIPBackbone(BaselineBackbone):
     """M3D-CLIP's vision tower (MONAI ViT). ``forward(x [B, D, H, W])`` → DINOv2 dict with
     ``x_norm_clstoken [B, 768]`` (CLS after the final norm) and ``x_norm_patchtokens [B, 2048, 768]``."""
