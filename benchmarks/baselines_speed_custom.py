@@ -172,24 +172,47 @@ def worker(args: argparse.Namespace) -> None:
                       "loadavg_end": _loadavg()}))
 
 
+def markdown_table(result: dict) -> str:
+    """The docs' table from a result JSON of this benchmark."""
+    rows = {(r["family"], r["impl"], r["dtype"]): r for r in result["rows"] if "impl" in r and "error" not in r}
+    pairs = {(r["family"], r["dtype"]): r for r in result["rows"] if "cosine_original_vs_ours" in r}
+    out = ["| backbone | dtype | original: preprocess + forward = per volume | ours: preprocess + forward = per "
+           "volume | ours / original | peak RSS original → ours | cosine(original, ours) | load avg (1 min) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for (family, dtype), c in pairs.items():
+        o, u = rows[(family, "original", dtype)], rows[(family, "ours", dtype)]
+        out.append(f"| `{family}` | {dtype} | {o['preprocess_s']:.0f} + {o['forward_s']:.0f} = {o['per_volume_s']:.0f} s "
+                   f"| {u['preprocess_s']:.0f} + {u['forward_s']:.0f} = {u['per_volume_s']:.0f} s "
+                   f"| {c['ours_over_original_per_volume']:.2f} | {o['peak_rss_mb'] / 1024:.1f} → "
+                   f"{u['peak_rss_mb'] / 1024:.1f} GiB | {c['cosine_original_vs_ours']:.6f} "
+                   f"| {o['loadavg_end'][0]:.0f} / {u['loadavg_end'][0]:.0f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--originals", type=Path, required=True, help="folder with checkouts M3D, RadFM, CT-CLIP")
+    ap.add_argument("--originals", type=Path, help="folder with checkouts M3D, RadFM, CT-CLIP")
     ap.add_argument("--monai-path", type=Path, default=None, help="folder holding monai==1.3.0 (M3D's pin)")
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("D", "H", "W"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="baselines_speed_custom")
+    ap.add_argument("--table", type=Path, default=None, help="print the Markdown table of a result JSON and exit")
     ap.add_argument("--worker", nargs=3, metavar=("FAMILY", "IMPL", "DTYPE"), help=argparse.SUPPRESS)
     ap.add_argument("--nifti", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out-embedding", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.table is not None:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return
     if args.worker:
         args.family, args.impl, args.dtype = args.worker
         worker(args)
         return
+    if args.originals is None:
+        ap.error("--originals is required")
     rows = []
     with tempfile.TemporaryDirectory(prefix="baselines_speed_") as tmp:
         tmp = Path(tmp)
