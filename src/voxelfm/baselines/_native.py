@@ -63,10 +63,16 @@ def read_native(source: Any, native_map: AxisMap, *, spacing: Sequence[float] | 
     return NativeGrid(native, nsp, tuple(x.shape), sp, info, native_map)  # type: ignore[arg-type]
 
 
-def minmax_unit(x: torch.Tensor) -> torch.Tensor:
-    """Per-volume min-max to [0, 1] as M3D's and RadFM's code: ``(x - min) / max(max - min, 1e-8)``."""
-    x = x - x.min()
-    return x / torch.clamp(x.max(), min=1e-8)
+def minmax_unit(x: torch.Tensor, *, of: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-volume min-max to [0, 1] as M3D's and RadFM's code: ``(x - min) / max(max - min, 1e-8)``.
+
+    ``of``: the volume whose min/max to use (default ``x``) — e.g. the full volume when ``x`` is a
+    nearest-neighbour sample of it (then the result equals sampling the min-maxed volume, bit for bit:
+    ``max(v - min) == max - min`` in floating point because subtraction is monotonic).
+    """
+    ref = x if of is None else of
+    lo, hi = ref.min(), ref.max()
+    return (x - lo) / torch.clamp(hi - lo, min=1e-8)
 
 
 def native_to_preprocessed(array: torch.Tensor, grid: NativeGrid, *, family: str, scale: Sequence[float],

@@ -68,13 +68,17 @@ def radfm_preprocess(source: Any, *, spacing: Sequence[float] | None = None,
     x = grid.array
     steps: list[dict[str, Any]] = [{"op": "orient", "order": "(H, W, D) = rows (A->P), columns (R->L), "
                                                               "slices (I->S)"}]
-    if hu_window is not None:
-        lo, hi = (float(v) for v in hu_window)
-        x = x.clamp(lo, hi)
-        steps.append({"op": "hu_clip", "window": [lo, hi]})
-    x = minmax_unit(x)
+    window = None if hu_window is None else tuple(float(v) for v in hu_window)
+    if window is not None:
+        steps.append({"op": "hu_clip", "window": list(window)})
     size = (int(image_size), int(image_size), radfm_depth(int(x.shape[2]), max_depth, int(patch_size[0])))
+    # clip and min-max are per voxel, so they run on the nearest-neighbour sample (with the whole
+    # volume's min/max): the same floats as the original's order, without full-volume copies
+    extremes = torch.stack([x.min(), x.max()])
     x = F.interpolate(x[None, None], size=size, mode="nearest")[0, 0]
+    if window is not None:
+        x, extremes = x.clamp(*window), extremes.clamp(*window)
+    x = minmax_unit(x, of=extremes)
     steps += [{"op": "minmax", "range": [0.0, 1.0]},
               {"op": "resize", "shape": list(size), "mode": "nearest", "note": "stack_images target depth"},
               {"op": "repeat_channels", "channels": 3}]
