@@ -215,9 +215,11 @@ class _VectorQuantize(nn.Module):
         self._codebook = _Codebook(codebook_size, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        embed = self._codebook.embed[0]
-        sim = F.normalize(x.float(), dim=-1) @ F.normalize(embed.float(), dim=-1).T
-        return embed[sim.argmax(dim=-1)].to(x.dtype)
+        embed = self._codebook.embed[0].float()
+        with torch.autocast(x.device.type, enabled=False):  # fp32 as upstream's @autocast(enabled=False)
+            flat = F.normalize(x.float().reshape(-1, x.shape[-1]), dim=-1)
+            ind = (flat @ F.normalize(embed, dim=-1).T).argmax(dim=-1)
+        return embed[ind].reshape(x.shape).to(x.dtype)
 
 
 class CTViTEncoder(nn.Module):
