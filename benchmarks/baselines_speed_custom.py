@@ -174,7 +174,8 @@ def worker(args: argparse.Namespace) -> None:
 
 def markdown_table(result: dict) -> str:
     """The docs' table from a result JSON of this benchmark."""
-    rows = {(r["family"], r["impl"], r["dtype"]): r for r in result["rows"] if "impl" in r and "error" not in r}
+    rows = {(r["family"], r["impl"], r["dtype"]): r for r in result["rows"] if "dtype" in r and "impl" in r
+            and "error" not in r}
     pairs = {(r["family"], r["dtype"]): r for r in result["rows"] if "cosine_original_vs_ours" in r}
     out = ["| backbone | dtype | original: preprocess + forward = per volume | ours: preprocess + forward = per "
            "volume | ours / original | peak RSS original → ours | cosine(original, ours) | load avg (1 min) |",
@@ -221,8 +222,9 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
         for family in args.families.split(","):
             weights = tmp / f"{family}.pt"
+            by_dtype: dict[str, dict[str, np.ndarray]] = {}
             for dtype in args.dtypes.split(","):
-                embs = {}
+                embs = by_dtype.setdefault(dtype, {})
                 for impl in ("original", "ours"):  # the original first: it writes the weights ours loads
                     emb = tmp / f"{family}_{impl}_{dtype}.npy"
                     cmd = [sys.executable, __file__, "--worker", family, impl, dtype, "--nifti", str(nifti),
@@ -251,6 +253,13 @@ def main() -> None:
                                  "ours_over_original_forward": rows[-1]["forward_s"] / rows[-2]["forward_s"]})
                     print(f"{family:9s} {dtype}: cosine(original, ours) {cos:.6f}, time ours/original {ratio:.2f}",
                           flush=True)
+            if {"fp32", "bf16"} <= set(by_dtype):  # how far bf16 itself moves each implementation's output
+                for impl in ("original", "ours"):
+                    a, b = by_dtype["fp32"].get(impl), by_dtype["bf16"].get(impl)
+                    if a is not None and b is not None:
+                        cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+                        rows.append({"family": family, "impl": "bf16_vs_fp32", "of": impl, "cosine": cos})
+                        print(f"{family:9s} {impl}: cosine(fp32, bf16) {cos:.6f}", flush=True)
     write_result(args.name, {"shape": list(args.shape), "spacing_mm": list(SPACING), "rows": rows})
 
 
