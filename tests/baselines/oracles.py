@@ -44,6 +44,25 @@ def _load_file(module_name: str, path: Path) -> types.ModuleType:
     return module
 
 
+@contextlib.contextmanager
+def _restored_modules(*names: str) -> Iterator[None]:
+    """Put ``sys.modules[name]`` back as it was on exit (stand-in packages stay local to the oracle)."""
+    saved = {k: sys.modules.get(k) for k in names}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
 # ----------------------------------------------------------------------------- torchvision stand-in
 class _Bottleneck2d(nn.Module):
     """torchvision.models.resnet.Bottleneck (v1.5: stride on conv2)."""
@@ -99,7 +118,6 @@ def resnet152_2d(pretrained: bool = False, **_: object) -> nn.Module:
 @contextlib.contextmanager
 def torchvision_stub() -> Iterator[None]:
     """A ``torchvision`` module with ``models.resnet152`` and ``transforms.Lambda`` only."""
-    saved = {k: sys.modules.get(k) for k in ("torchvision", "torchvision.models", "torchvision.transforms")}
     tv = types.ModuleType("torchvision")
     tv.models = types.ModuleType("torchvision.models")  # type: ignore[attr-defined]
     tv.models.resnet152 = resnet152_2d  # type: ignore[attr-defined]
@@ -113,16 +131,10 @@ def torchvision_stub() -> Iterator[None]:
             return self.fn(x)
 
     tv.transforms.Lambda = Lambda  # type: ignore[attr-defined]
-    sys.modules.update({"torchvision": tv, "torchvision.models": tv.models,
-                        "torchvision.transforms": tv.transforms})
-    try:
+    with _restored_modules("torchvision", "torchvision.models", "torchvision.transforms"):
+        sys.modules.update({"torchvision": tv, "torchvision.models": tv.models,
+                            "torchvision.transforms": tv.transforms})
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
 
 
 # ----------------------------------------------------------------------------- Merlin
@@ -133,19 +145,12 @@ def merlin_modules() -> tuple[types.ModuleType, types.ModuleType]:
     pkg.__path__ = [str(root)]  # type: ignore[attr-defined]
     models = types.ModuleType("merlin.models")
     models.__path__ = [str(root / "models")]  # type: ignore[attr-defined]
-    saved = {k: sys.modules.get(k) for k in ("merlin", "merlin.models", "merlin.models.inflate",
-                                            "merlin.models.i3res", "merlin.data.monai_transforms")}
-    sys.modules["merlin"], sys.modules["merlin.models"] = pkg, models
-    try:
+    with _restored_modules("merlin", "merlin.models", "merlin.models.inflate", "merlin.models.i3res",
+                           "merlin.data.monai_transforms"):
+        sys.modules["merlin"], sys.modules["merlin.models"] = pkg, models
         models.inflate = _load_file("merlin.models.inflate", root / "models" / "inflate.py")  # type: ignore[attr-defined]
         i3res = _load_file("merlin.models.i3res", root / "models" / "i3res.py")
         transforms = _load_file("merlin.data.monai_transforms", root / "data" / "monai_transforms.py")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
     return i3res, transforms
 
 
@@ -191,23 +196,15 @@ def fmcib_modules() -> tuple[types.ModuleType, types.ModuleType]:
     pkg = types.ModuleType("fmcib")
     pkg.__path__ = [str(root)]  # type: ignore[attr-defined]
     prep_pkg_name = "fmcib.preprocessing"
-    saved = {k: sys.modules.get(k) for k in ("fmcib", prep_pkg_name, prep_pkg_name + ".seed_based_crop")}
-    sys.modules["fmcib"] = pkg
-    try:
-        with torchvision_stub():
-            spec = importlib.util.spec_from_file_location(prep_pkg_name, root / "preprocessing" / "__init__.py",
-                                                          submodule_search_locations=[str(root / "preprocessing")])
-            assert spec is not None and spec.loader is not None
-            prep = importlib.util.module_from_spec(spec)
-            sys.modules[prep_pkg_name] = prep
-            spec.loader.exec_module(prep)
-            crop = sys.modules[prep_pkg_name + ".seed_based_crop"]
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+    with _restored_modules("fmcib", prep_pkg_name, prep_pkg_name + ".seed_based_crop"), torchvision_stub():
+        sys.modules["fmcib"] = pkg
+        spec = importlib.util.spec_from_file_location(prep_pkg_name, root / "preprocessing" / "__init__.py",
+                                                      submodule_search_locations=[str(root / "preprocessing")])
+        assert spec is not None and spec.loader is not None
+        prep = importlib.util.module_from_spec(spec)
+        sys.modules[prep_pkg_name] = prep
+        spec.loader.exec_module(prep)
+        crop = sys.modules[prep_pkg_name + ".seed_based_crop"]
     return prep, crop
 
 

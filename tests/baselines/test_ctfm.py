@@ -15,10 +15,6 @@ from voxelfm.errors import CheckpointError
 pytest.importorskip("monai")
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A lighter_zoo SegResEncoder with random weights, saved as lighter-zoo saves it (save_pretrained)."""
@@ -41,8 +37,8 @@ def test_forward_matches_lighter_zoo(saved):
         feats = enc(x[:, None])  # list of 5 levels (head_module=None)
         pooled = torch.nn.functional.adaptive_avg_pool3d(feats[-1], 1).flatten(start_dim=1)  # the authors' head
         out = ours(x)
-    assert _rel(out["x_norm_clstoken"], pooled) < 1e-5
-    assert _rel(out["x_norm_patchtokens"], feats[-1].flatten(2).transpose(1, 2)) < 1e-5
+    assert oracles.rel_diff(out["x_norm_clstoken"], pooled) < 1e-5
+    assert oracles.rel_diff(out["x_norm_patchtokens"], feats[-1].flatten(2).transpose(1, 2)) < 1e-5
     assert tuple(feats[-1].shape[2:]) == tuple(-(-n // 16) for n in x.shape[1:])
 
 

@@ -19,10 +19,6 @@ pytest.importorskip("monai")
 SIZE_RAS = (40, 36, 24)  # small Merlin input for the network tests (R, A, S)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-
-
 @pytest.fixture(scope="module")
 def oracle_and_file(tmp_path_factory):
     """The original I3ResNet with random weights, saved as Merlin's CLIP checkpoint is laid out."""
@@ -50,11 +46,11 @@ def test_forward_matches_the_original_i3resnet(oracle_and_file):
         spl = ras[:, 0].flip(1, 2).permute(0, 3, 2, 1)  # (R, A, S) -> (S, P, L)
         out = ours(spl)
     assert out["x_norm_clstoken"].shape == (2, 2048)
-    assert _rel(out["x_norm_clstoken"], emb) < 1e-4
+    assert oracles.rel_diff(out["x_norm_clstoken"], emb) < 1e-4
     ref_tokens = captured["layer4"].permute(0, 1, 2, 4, 3).flip(3, 4)  # (s, r, a) -> (s, p, l)
     grid = ref_tokens.shape[2:]
     assert out["x_norm_patchtokens"].shape == (2, int(np.prod(grid)), 2048)
-    assert _rel(out["x_norm_patchtokens"], ref_tokens.flatten(2).transpose(1, 2)) < 1e-4
+    assert oracles.rel_diff(out["x_norm_patchtokens"], ref_tokens.flatten(2).transpose(1, 2)) < 1e-4
     assert tuple(grid) == tuple(-(-n // p) for n, p in zip((24, 36, 40), ours.patch_size))
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from voxelfm.baselines.registry import BackboneFamily
 
 __all__ = ["resolve_weights", "read_state_dict", "load_matching", "LoadReport", "random_init", "uninitialised",
+           "build_with_weights",
            "hub_cache_dirs", "RANDOM_INIT_SEED", "WEIGHT_SUFFIXES"]
 
 #: Seed of every family's random initialisation (``weights=None``).
@@ -184,14 +185,18 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     dropped_prefixes: list[str] = field(default_factory=list)
+    prefix: str = ""  # the ``strip`` prefix the loaded keys carried ("" for bare keys)
 
     def to_dict(self) -> dict[str, Any]:
         return {"loaded_keys": self.loaded, "dropped_keys": self.dropped, "missing_keys": list(self.missing),
-                "unexpected_keys": list(self.unexpected), "dropped_prefixes": list(self.dropped_prefixes)}
+                "unexpected_keys": list(self.unexpected), "dropped_prefixes": list(self.dropped_prefixes),
+                "stripped_prefix": self.prefix}
 
 
 def _fmt(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (f" (... {len(keys) - n} more)" if len(keys) > n else "")
+    from voxelfm.models.checkpoint import _fmt_list
+
+    return _fmt_list(keys, n)
 
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:
@@ -226,16 +231,19 @@ def load_matching(module: nn.Module, state_dict: Mapping[str, Tensor], *, strip:
     expected = module.state_dict()
     sd: dict[str, Tensor] = {}
     report = LoadReport(dropped_prefixes=list(drop))
+    used: dict[str, int] = {}
     for key, value in state_dict.items():
-        new, prefixed = key, False
+        new, prefixed = key, ""
         for p in strip:
             if key.startswith(p):
-                new, prefixed = key[len(p):], True
+                new, prefixed = key[len(p):], p
                 break
         if (select and strip and not prefixed) or _matches(new, drop):
             report.dropped += 1
             continue
         sd[new] = value
+        used[prefixed] = used.get(prefixed, 0) + 1
+    report.prefix = max(used, key=used.__getitem__) if used else ""
     what = f"{family} backbone" if family else type(module).__name__
     overlap = [k for k in sd if k in expected]
     if not overlap:
@@ -249,14 +257,10 @@ def load_matching(module: nn.Module, state_dict: Mapping[str, Tensor], *, strip:
     mismatched = [f"{k} {list(sd[k].shape)} vs {list(expected[k].shape)}" for k in overlap
                   if tuple(sd[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_fmt(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_fmt(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): {_fmt(mismatched, 3)}")
-        err = CheckpointError(f"{source}: does not fit the {what} as configured — " + "; ".join(parts)
+        from voxelfm.models.checkpoint import key_problems
+
+        err = CheckpointError(f"{source}: does not fit the {what} as configured — "
+                              + key_problems(missing, unexpected, mismatched, limit=5, mismatch_limit=3)
                               + " — check the backbone name, its options (size, variant) and the file")
         err.missing_keys, err.unexpected_keys, err.mismatched_keys = missing, unexpected, mismatched  # type: ignore[attr-defined]
         raise err
@@ -283,3 +287,28 @@ def uninitialised(build: Callable[[], _M]) -> _M:
     with torch.device("meta"):
         module = build()
     return module.to_empty(device="cpu")
+
+
+def build_with_weights(name: str, build: Callable[[], _M], weights: str | os.PathLike[str] | None, *,
+                       part: Callable[[_M], nn.Module] = lambda m: m,
+                       fmt: str | Callable[[LoadReport], str] = "", **matching: Any) -> _M:
+    """A family's model: seeded random init (``weights=None``, with the warning) or built without
+    initialisation and loaded from ``weights`` with :func:`load_matching` into ``part(model)``.
+
+    ``model.source`` gets ``format`` (``fmt``, or ``fmt(report)`` naming the layout from the prefix
+    the keys carried, or ``random-init``), ``path`` and the load report.
+    ``matching``: ``strip``, ``drop``, ``select``, ``allow_missing`` of :func:`load_matching`
+    (``allow_missing`` is refused: every tensor must come from the file).
+    """
+    if weights is None:
+        model = random_init(name, build, stacklevel=4)
+        model.source = {"format": "random-init", "path": None}
+        return model
+    if matching.get("allow_missing"):
+        raise ValueError("build_with_weights loads every tensor from the file; allow_missing is not supported")
+    sd = read_state_dict(weights)
+    model = uninitialised(build)
+    report = load_matching(part(model), sd, source=str(weights), family=name, **matching)
+    layout = fmt(report) if callable(fmt) else (fmt or name)
+    model.source = {"format": layout, "path": str(weights), **report.to_dict()}
+    return model

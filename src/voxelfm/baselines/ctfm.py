@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from voxelfm.baselines._weights import load_matching, random_init, read_state_dict, uninitialised
+from voxelfm.baselines._weights import build_with_weights
 from voxelfm.baselines.base import BaselineBackbone, dinov2_output, make_preprocessed
 from voxelfm.baselines.registry import BackboneFamily
 
@@ -58,12 +58,12 @@ def preprocess_ctfm(source: Any, *, spacing: Sequence[float] | None = None, pipe
     """
     if pipeline not in PIPELINES:
         raise ValueError(f"ctfm pipeline must be one of {list(PIPELINES)}, got {pipeline!r}")
-    from monai.transforms import CropForeground, Orientation, ScaleIntensityRange, Spacing
+    from monai.transforms import CropForeground, ScaleIntensityRange, Spacing
 
-    from voxelfm.baselines._monai_grid import as_volume, to_metatensor, to_spl, volume_info
+    from voxelfm.baselines._monai_grid import as_volume, oriented, to_metatensor, to_spl, volume_info
 
     vol = as_volume(source, spacing)
-    img = Orientation(axcodes="SPL")(to_metatensor(vol))
+    img = oriented(to_metatensor(vol), "SPL")
     scale = ScaleIntensityRange(a_min=HU_RANGE[0], a_max=HU_RANGE[1], b_min=0.0, b_max=1.0, clip=True)
     scale_step = {"op": "scale_intensity_range", "hu": list(HU_RANGE), "to": [0.0, 1.0], "clip": True}
     steps: list[dict[str, Any]] = [{"op": "orientation", "axcodes": "SPL"}]
@@ -123,15 +123,8 @@ def load(weights: str | os.PathLike[str] | None, *, device: Any = "cpu", pipelin
     """
     if pipeline not in PIPELINES:
         raise ValueError(f"ctfm pipeline must be one of {list(PIPELINES)}, got {pipeline!r}")
-    if weights is None:
-        model = random_init("ctfm", lambda: CTFMBackbone(pipeline))
-        model.source = {"format": "random-init", "path": None}
-    else:
-        sd = read_state_dict(weights)
-        model = uninitialised(lambda: CTFMBackbone(pipeline))
-        report = load_matching(model.encoder, sd, strip=_PREFIXES, select="auto", source=str(weights),
-                               family="ctfm")
-        model.source = {"format": "ctfm", "path": str(weights), **report.to_dict()}
+    model = build_with_weights("ctfm", lambda: CTFMBackbone(pipeline), weights, part=lambda m: m.encoder,
+                               strip=_PREFIXES, select="auto")
     return model.eval().to(device)
 
 

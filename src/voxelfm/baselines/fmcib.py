@@ -9,7 +9,8 @@
   clip) → spacing 1 mm (linear, align_corners, diagonal: axis-aligned grid, zeros outside) →
   orientation LPS → ``SeedBasedPatchCrop`` 50³ around the seed (seed voxel = ``int()`` of its
   continuous index, window ``[c - 25, c + 25)`` clamped to the image) → transpose to (S, P, L) →
-  symmetric pad to 50³ with 0 (= -1024 HU).
+  symmetric pad to 50³ with 0 (= -1024 HU). The 1 mm grid is MONAI's (the same helpers Spacing
+  uses) but only the crop window is resampled — same voxels, seconds instead of a minute per lesion.
 * Seeds: ``seed=(x, y, z)`` LPS mm (FMCIB's ``coordX, coordY, coordZ``; ``seed_space="lps_mm"``,
   default) or ``seed=(d, h, w)`` voxel indices of the canonical SPL grid (``seed_space="voxel"``,
   e.g. localisation / nodule coordinates). Manifest columns: ``coordX, coordY, coordZ`` or
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voxelfm.baselines._weights import load_matching, random_init, read_state_dict, uninitialised
+from voxelfm.baselines._weights import build_with_weights
 from voxelfm.baselines.base import BaselineBackbone, dinov2_output, make_preprocessed
 from voxelfm.baselines.registry import BackboneFamily
 
@@ -68,6 +69,23 @@ def _seed_lps(vol: Any, seed: Sequence[float] | None, seed_space: str) -> tuple[
     return lps, {"space": seed_space, "given": pt.tolist()}
 
 
+def _lps_grid(img: Any) -> tuple[np.ndarray, list[int]]:
+    """The grid ``Spacing(pixdim=1, diagonal=True)`` then ``Orientation("LPS")`` produce for ``img``:
+    ``(voxel -> RAS mm affine, shape)``, computed with MONAI's own helpers (no resampling)."""
+    from monai.data.utils import compute_shape_offset, zoom_affine
+    from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    src = np.asarray(img.affine, dtype=np.float64)
+    new = zoom_affine(src, np.ones(3), diagonal=True)
+    shape, offset = compute_shape_offset(list(img.shape[1:]), src, new, False)
+    new[:3, 3] = offset[:3]
+    tr = ornt_transform(io_orientation(new), axcodes2ornt(("L", "P", "S")))
+    out_shape = [0, 0, 0]
+    for ax_in, (ax_out, _) in enumerate(tr):
+        out_shape[int(ax_out)] = int(shape[ax_in])
+    return new @ inv_ornt_aff(tr, tuple(int(v) for v in shape)), out_shape
+
+
 def preprocess_fmcib(source: Any, *, spacing: Sequence[float] | None = None, seed: Sequence[float] | None = None,
                      seed_space: str = "lps_mm", crop_size: int = CROP_SIZE) -> Any:
     """FMCIB's ``get_transforms`` on one volume around one seed point; ``[S, P, L]`` crop out.
@@ -82,7 +100,7 @@ def preprocess_fmcib(source: Any, *, spacing: Sequence[float] | None = None, see
         :class:`~voxelfm.preprocess.Preprocessed` ``[crop, crop, crop]``, values (HU + 1024) / 3072;
         ``record["seed"]`` holds the seed in LPS mm and as given.
     """
-    from monai.transforms import NormalizeIntensity, Orientation, Spacing
+    from monai.transforms import NormalizeIntensity
 
     from voxelfm.baselines._monai_grid import as_volume, to_metatensor, to_spl, volume_info
 
@@ -92,20 +110,29 @@ def preprocess_fmcib(source: Any, *, spacing: Sequence[float] | None = None, see
     vol = as_volume(source, spacing)
     lps, seed_info = _seed_lps(vol, seed, seed_space)
     img = NormalizeIntensity(subtrahend=-1024, divisor=3072)(to_metatensor(vol))
-    img = Spacing(pixdim=1, padding_mode="zeros", mode="bilinear", align_corners=True, diagonal=True)(img)
-    img = Orientation(axcodes="LPS")(img)
-    aff = np.asarray(img.affine, dtype=np.float64)  # (x, y, z) index -> RAS mm
+    # The original resamples the whole volume to 1 mm (Spacing, diagonal=True), reorients it to LPS
+    # and crops 50^3 around the seed. Only the crop is computed here: the same 1 mm grid (MONAI's own
+    # zoom_affine / compute_shape_offset, as Spacing does), reoriented to LPS, then only the crop
+    # window resampled (SpatialResample, bilinear, zeros, align_corners) - the same voxel values,
+    # without resampling the whole CT for one lesion.
+    aff, grid_shape = _lps_grid(img)  # (x, y, z) index of the 1 mm LPS grid -> RAS mm, its shape
     ras = _LPS_RAS @ np.array([*lps, 1.0])
     # the original truncates toward zero: a seed exactly on a voxel centre can fall either side by
     # float noise of the reader's affine (~1e-6 mm), i.e. a crop shifted by one voxel
     centre = [int(v) for v in (np.linalg.inv(aff) @ ras)[:3]]
-    data = img.as_tensor()[0]
     lo = [max(c - n // 2, 0) for c in centre]
-    hi = [min(c + n // 2, s) for c, s in zip(centre, data.shape)]
+    hi = [min(c + n // 2, g) for c, g in zip(centre, grid_shape)]
     if any(a >= b for a, b in zip(lo, hi)):
         raise ValueError(f"fmcib: seed {seed_info['given'] if seed is not None else 'centre'} ({seed_space}) "
-                         f"lies outside the image (voxel {centre} of {list(data.shape)} after 1 mm resampling)")
-    patch = data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].permute(2, 1, 0)  # (x, y, z) -> (z, y, x) = SPL
+                         f"lies outside the image (voxel {centre} of {list(grid_shape)} after 1 mm resampling)")
+    from monai.transforms import SpatialResample
+
+    start = np.eye(4)
+    start[:3, 3] = lo
+    crop_aff = aff @ start
+    data = SpatialResample(mode="bilinear", padding_mode="zeros", align_corners=True)(
+        img, dst_affine=torch.as_tensor(crop_aff), spatial_size=[b - a for a, b in zip(lo, hi)]).as_tensor()[0]
+    patch = data.permute(2, 1, 0)  # (x, y, z) -> (z, y, x) = SPL
     before = [(n - s) // 2 if s < n else 0 for s in patch.shape]
     after = [max(n - s, 0) - b for s, b in zip(patch.shape, before)]
     patch = F.pad(patch, (before[2], after[2], before[1], after[1], before[0], after[0]))
@@ -120,7 +147,8 @@ def preprocess_fmcib(source: Any, *, spacing: Sequence[float] | None = None, see
     arr, geo = to_spl(final, vol)
     steps = [
         {"op": "normalize_intensity", "subtrahend": -1024, "divisor": 3072, "clip": False},
-        {"op": "spacing", "pixdim_mm": 1, "mode": "linear", "align_corners": True, "diagonal": True},
+        {"op": "spacing", "pixdim_mm": 1, "mode": "linear", "align_corners": True, "diagonal": True,
+         "note": "the original's 1 mm grid, resampled only inside the crop window"},
         {"op": "orientation", "axcodes": "LPS"},
         {"op": "seed_based_patch_crop", "roi": [n, n, n], "centre_voxel_lps_grid": centre, "start": lo, "stop": hi},
         {"op": "transpose", "to": "SPL"},
@@ -201,16 +229,9 @@ def load(weights: str | os.PathLike[str] | None, *, device: Any = "cpu", crop_si
     """
     if int(crop_size) < 1:
         raise ValueError(f"crop_size must be >= 1, got {crop_size}")
-    if weights is None:
-        model = random_init("fmcib", lambda: FMCIBBackbone(crop_size))
-        model.source = {"format": "random-init", "path": None}
-    else:
-        sd = read_state_dict(weights)
-        model = uninitialised(lambda: FMCIBBackbone(crop_size))
-        report = load_matching(model.trunk, sd, strip=_PREFIXES, drop=_DROP, select="auto", source=str(weights),
-                               family="fmcib")
-        fmt = "trunk_state_dict" if any(k.startswith("trunk_state_dict.") for k in sd) else "state_dict"
-        model.source = {"format": f"fmcib-{fmt}", "path": str(weights), **report.to_dict()}
+    model = build_with_weights("fmcib", lambda: FMCIBBackbone(crop_size), weights, part=lambda m: m.trunk,
+                               strip=_PREFIXES, drop=_DROP, select="auto",
+                               fmt=lambda r: "fmcib-" + (r.prefix.split(".")[0] or "bare"))
     return model.eval().to(device)
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voxelfm.baselines._weights import load_matching, random_init, read_state_dict, uninitialised
+from voxelfm.baselines._weights import build_with_weights
 from voxelfm.baselines.base import BaselineBackbone, dinov2_output, make_preprocessed
 from voxelfm.baselines.registry import BackboneFamily
 
@@ -120,14 +120,13 @@ def preprocess_merlin(source: Any, *, spacing: Sequence[float] | None = None,
         :class:`~voxelfm.preprocess.Preprocessed`: ``array [S, P, L]`` float32 in [0, 1] (for the
         default size ``[160, 224, 224]``), record with geometry and ``steps``.
     """
-    from monai.transforms import CenterSpatialCrop, Orientation, ScaleIntensityRange, Spacing, SpatialPad
+    from monai.transforms import CenterSpatialCrop, ScaleIntensityRange, Spacing, SpatialPad
 
-    from voxelfm.baselines._monai_grid import as_volume, to_metatensor, to_spl, volume_info
+    from voxelfm.baselines._monai_grid import as_volume, oriented, to_metatensor, to_spl, volume_info
 
     size = list(_size3(input_size, "input_size"))
     vol = as_volume(source, spacing)
-    img = to_metatensor(vol)
-    img = Orientation(axcodes="RAS")(img)
+    img = oriented(to_metatensor(vol), "RAS")
     img = Spacing(pixdim=SPACING, mode="bilinear")(img)
     img = ScaleIntensityRange(a_min=HU_RANGE[0], a_max=HU_RANGE[1], b_min=0.0, b_max=1.0, clip=True)(img)
     img = SpatialPad(spatial_size=size)(img)
@@ -157,17 +156,9 @@ def load(weights: str | os.PathLike[str] | None, *, device: Any = "cpu",
             sizes are for tests and quick checks).
     """
     size = _size3(input_size, "input_size")
-    if weights is None:
-        model = random_init("merlin", lambda: MerlinBackbone(size))
-        model.source = {"format": "random-init", "path": None}
-    else:
-        sd = read_state_dict(weights)
-        model = uninitialised(lambda: MerlinBackbone(size))
-        prefixed = any(k.startswith(_PREFIX) for k in sd)
-        report = load_matching(model.encoder, sd, strip=(_PREFIX,) if prefixed else (), select=prefixed,
-                               drop=_HEADS, source=str(weights), family="merlin")
-        fmt = "merlin-clip" if prefixed else "merlin-i3resnet"
-        model.source = {"format": fmt, "path": str(weights), **report.to_dict()}
+    model = build_with_weights("merlin", lambda: MerlinBackbone(size), weights, part=lambda m: m.encoder,
+                               fmt=lambda r: "merlin-clip" if r.prefix else "merlin-i3resnet", strip=(_PREFIX,),
+                               select="auto", drop=_HEADS)
     if tuple(model.input_size) != INPUT_SIZE:
         model.source["input_size_note"] = f"input_size {list(model.input_size)} (original {list(INPUT_SIZE)})"
     return model.eval().to(device)

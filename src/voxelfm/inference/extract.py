@@ -98,6 +98,28 @@ def _eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
+def _move(model: torch.nn.Module, dev: torch.device) -> None:
+    """Put ``model`` on ``dev`` if it is elsewhere."""
+    try:
+        mdev = next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - parameter-free model
+        mdev = dev
+    if mdev != dev:
+        model.to(dev)
+
+
+def _features(cls: torch.Tensor, patch: torch.Tensor, registers: torch.Tensor, pre: Preprocessed,
+              record: dict[str, Any]) -> Features:
+    """:class:`Features` on the CPU in float32."""
+    return Features(
+        cls=cls.detach().to("cpu", torch.float32).contiguous(),
+        patch=patch.detach().to("cpu", torch.float32).contiguous(),
+        registers=registers.detach().to("cpu", torch.float32).contiguous(),
+        patch_size_mm=tuple(float(v) for v in pre.record["patch_size_mm"]),
+        record=record,
+    )
+
+
 def _model_record(model: Any) -> dict[str, Any]:
     cfg = getattr(model, "config", None)
     rec: dict[str, Any] = {"config": cfg.to_dict() if hasattr(cfg, "to_dict") else None}
@@ -146,12 +168,7 @@ def extract_preprocessed(model: torch.nn.Module, pre: Preprocessed, *, mode: str
     else:
         mode_used = mode
 
-    try:
-        mdev = next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - parameter-free model
-        mdev = dev
-    if mdev != dev:
-        model.to(dev)
+    _move(model, dev)
     x = pre.array.to(dev, torch.float32)
     autocast = _autocast_factory(dev, ac_dtype)
     t0 = time.perf_counter()
@@ -185,13 +202,7 @@ def extract_preprocessed(model: torch.nn.Module, pre: Preprocessed, *, mode: str
         "model": _model_record(model),
         "forward_seconds": round(seconds, 4),
     })
-    return Features(
-        cls=cls.detach().to("cpu", torch.float32).contiguous(),
-        patch=patch.detach().to("cpu", torch.float32).contiguous(),
-        registers=registers.detach().to("cpu", torch.float32).contiguous(),
-        patch_size_mm=tuple(float(v) for v in pre.record["patch_size_mm"]),
-        record=record,
-    )
+    return _features(cls, patch, registers, pre, record)
 
 
 def is_baseline(model: Any) -> bool:
@@ -224,12 +235,7 @@ def _extract_baseline(model: Any, pre: Preprocessed, *, mode: str, window: Any,
                          "use model.preprocess(...)")
     dev = resolve_device(device, model)
     ac_dtype = resolve_dtype(dtype)
-    try:
-        mdev = next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - parameter-free model
-        mdev = dev
-    if mdev != dev:
-        model.to(dev)
+    _move(model, dev)
     x = pre.array.to(dev, torch.float32)
     autocast = _autocast_factory(dev, ac_dtype)
     grid = tuple(pre.record["token_grid"])
@@ -253,10 +259,7 @@ def _extract_baseline(model: Any, pre: Preprocessed, *, mode: str, window: Any,
                   **{k: v for k, v in _model_record(model).items() if k == "source"}},
         "forward_seconds": round(seconds, 4),
     })
-    return Features(cls=cls.detach().to("cpu", torch.float32).contiguous(),
-                    patch=patch.detach().to("cpu", torch.float32).contiguous(),
-                    registers=registers.detach().to("cpu", torch.float32).contiguous(),
-                    patch_size_mm=tuple(float(v) for v in pre.record["patch_size_mm"]), record=record)
+    return _features(cls, patch, registers, pre, record)
 
 
 def extract_features(model: torch.nn.Module, source: Any, *, preset: str | Preset = "default",

@@ -298,6 +298,19 @@ def _fmt_list(items: list[str], limit: int = 8) -> str:
     return shown + (f" (... and {len(items) - limit} more)" if len(items) > limit else "")
 
 
+def key_problems(missing: list[str], unexpected: list[str], mismatched: list[str], *, limit: int = 8,
+                 mismatch_limit: int = 5) -> str:
+    """``"N missing key(s): a, b ...; M unexpected key(s): ...; K shape mismatch(es): ..."`` (one line)."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_fmt_list(missing, limit)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_fmt_list(unexpected, limit)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatch(es): {_fmt_list(mismatched, mismatch_limit)}")
+    return "; ".join(parts)
+
+
 def load_state_dict_strict(model: VisionTransformer3D, sd: Mapping[str, Tensor], *,
                            source: str = "checkpoint") -> None:
     """Load ``sd`` into ``model`` strictly, with a readable :class:`CheckpointError` on failure.
@@ -317,17 +330,10 @@ def load_state_dict_strict(model: VisionTransformer3D, sd: Mapping[str, Tensor],
     arch = (f"embed_dim={c.embed_dim}, depth={c.depth}, num_heads={c.num_heads}, patch_size={c.patch_size}, "
             f"registers={c.num_register_tokens}, ffn={c.ffn_layer}, layerscale={c.layerscale is not None}")
     if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_fmt_list(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_fmt_list(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): {_fmt_list(mismatched, 5)}")
         hint = ("the weights do not match the architecture; pass the run's config.yaml as config=, or omit "
                 "config to infer it from the weights")
-        err = CheckpointError(f"cannot load {source} into VisionTransformer3D({arch}): " + "; ".join(parts)
-                              + f" — {hint}")
+        err = CheckpointError(f"cannot load {source} into VisionTransformer3D({arch}): "
+                              + key_problems(missing, unexpected, mismatched) + f" — {hint}")
         err.missing_keys, err.unexpected_keys, err.mismatched_keys = missing, unexpected, mismatched  # type: ignore[attr-defined]
         raise err
     if _PERIODS_KEY in expected:
