@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voxelfm.baselines._native import native_to_preprocessed, read_native
-from voxelfm.baselines._released import build_and_load
+from voxelfm.baselines._weights import build_with_weights
 from voxelfm.baselines.base import BaselineBackbone, dinov2_output
 from voxelfm.baselines.registry import BackboneFamily
 from voxelfm.errors import ConfigError
@@ -43,10 +43,10 @@ __all__ = ["CTViTEncoder", "CTCLIPBackbone", "FAMILY", "load", "crop_or_pad", "c
 #: SPL (D, H, W) → CT-CLIP's (D, H', W') = (k, i, j) of an LPS-stored file: depth, R→L, A→P.
 NATIVE = AxisMap((0, 2, 1), (False, False, False))
 #: Parts of a CT-CLIP checkpoint the image embedding does not use.
-_DROP = ("visual_transformer.to_pixels", "visual_transformer.to_patch_emb_first_frame",
+_DROP = (r"(?!visual_transformer\.|to_visual_latent\.weight$).*",  # text tower, temperature, *_extra ...
+         "visual_transformer.to_pixels", "visual_transformer.to_patch_emb_first_frame",
          "visual_transformer.vq._codebook.initted", "visual_transformer.vq._codebook.cluster_size",
          "visual_transformer.vq._codebook.embed_avg")
-_KEEP = ("visual_transformer.", "to_visual_latent.")
 HU_CLIP = (-1000.0, 1000.0)
 
 
@@ -321,8 +321,8 @@ def load(weights: Any, *, device: str | torch.device = "cpu", tokens: str = "qua
                               spatial_depth=spatial_depth, temporal_depth=temporal_depth, dim_head=dim_head,
                               heads=heads, dim_latent=dim, target_spacing=target_spacing, tokens=tokens)
 
-    return build_and_load("ct_clip", build, weights, device, formats=("", "ct_clip CTCLIP state dict"),
-                          keep=_KEEP, drop=_DROP)
+    model = build_with_weights("ct_clip", build, weights, drop=_DROP, fmt="ct_clip CTCLIP state dict")
+    return model.to(device)
 
 
 FAMILY = BackboneFamily(

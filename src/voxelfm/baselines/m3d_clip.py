@@ -5,8 +5,8 @@ MONAI-1.3 ViT with a CLS token and a final LayerNorm, ``in_channels=1``, input `
 (C, D, H, W), patches ``4×16×16`` → ``8×16×16 = 2048`` tokens, width 768, 12 blocks, 12 heads,
 perceptron patch embedding, learnable position embedding (so the input size is fixed), no qkv bias.
 MONAI's own :class:`monai.networks.nets.ViT` has the same keys; MONAI ≥ 1.4 adds an unused
-``norm_cross_attn`` LayerNorm per block (absent from the checkpoint) and we drop its
-classification head.
+``norm_cross_attn`` LayerNorm per block (absent from the checkpoint; replaced by an identity, it is
+only used with cross-attention) and we drop its classification head.
 
 Embedding: the CLS token after the final norm (768), as ``M3DCLIP.encode_image(...)[:, 0]`` before
 its ``mm_vision_proj``. Tokens: ``norm(x)[:, 1:]`` on the ``8×16×16`` grid (LaMed's
@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from voxelfm.baselines._native import minmax_unit, native_to_preprocessed, read_native
-from voxelfm.baselines._released import build_and_load
+from voxelfm.baselines._weights import build_with_weights
 from voxelfm.baselines.base import BaselineBackbone, dinov2_output
 from voxelfm.baselines.registry import BackboneFamily
 from voxelfm.io.orientation import AxisMap
@@ -125,8 +125,9 @@ class M3DCLIPBackbone(BaselineBackbone):
         # the parts of MONAI's ViT M3D uses (its classification head is commented out upstream)
         self.patch_embedding, self.cls_token, self.blocks, self.norm = (vit.patch_embedding, vit.cls_token,
                                                                          vit.blocks, vit.norm)
-        for blk in self.blocks:  # MONAI's own switch to torch SDPA (same maths, no N×N matrix kept)
-            blk.attn.use_flash_attention = True
+        for blk in self.blocks:
+            blk.attn.use_flash_attention = True  # MONAI's own switch to torch SDPA (same maths, no N×N matrix)
+            blk.norm_cross_attn = nn.Identity()  # MONAI >= 1.4's unused cross-attention norm (not in M3D's files)
 
     @property
     def token_grid(self) -> tuple[int, int, int]:
@@ -166,8 +167,9 @@ def load(weights: Any, *, device: str | torch.device = "cpu", img_size: Sequence
         return M3DCLIPBackbone(img_size=img_size, patch_size=patch_size, hidden_size=hidden_size,
                                mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads)
 
-    return build_and_load("m3d_clip", build, weights, device, formats=("m3d_clip full CLIP", "m3d_clip ViT"),
-                          prefixes=_PREFIXES, drop=_DROP, allow_missing=(r"blocks\.\d+\.norm_cross_attn\..*",))
+    model = build_with_weights("m3d_clip", build, weights, strip=_PREFIXES, select="auto", drop=_DROP,
+                               fmt=lambda r: "m3d_clip full CLIP" if r.prefix else "m3d_clip ViT")
+    return model.to(device)
 
 
 FAMILY = BackboneFamily(

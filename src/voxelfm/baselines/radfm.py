@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voxelfm.baselines._native import minmax_unit, native_to_preprocessed, read_native
-from voxelfm.baselines._released import build_and_load
+from voxelfm.baselines._weights import build_with_weights
 from voxelfm.baselines.base import BaselineBackbone, dinov2_output
 from voxelfm.baselines.registry import BackboneFamily
 from voxelfm.io.orientation import AxisMap
@@ -233,8 +233,9 @@ def load(weights: Any, *, device: str | torch.device = "cpu", image_size: int = 
                              frame_patch_size=frame_patch_size, dim=dim, depth=depth, heads=heads,
                              mlp_dim=mlp_dim, dim_head=dim_head, max_depth=max_depth)
 
-    return build_and_load("radfm", build, weights, device, formats=("radfm full model", "radfm ViT"),
-                          prefixes=_PREFIXES, part=lambda m: m.vision_encoder)
+    model = build_with_weights("radfm", build, weights, part=lambda m: m.vision_encoder, strip=_PREFIXES,
+                               select="auto", fmt=lambda r: "radfm full model" if r.prefix else "radfm ViT")
+    return model.to(device)
 
 
 FAMILY = BackboneFamily(
