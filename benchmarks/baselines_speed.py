@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--impls", default="voxelfm,original")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1, help="runs per (family, dtype, impl), interleaved")
+    ap.add_argument("--name", default="baselines_speed", help="results/NAME.json")
     ap.add_argument("--worker", nargs=4, metavar=("FAMILY", "IMPL", "DTYPE", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -136,7 +138,7 @@ def main() -> None:
         write_nifti_ras(path, synthetic_ct(SHAPE), SPACING)
         for family in args.families.split(","):
             for dtype in args.dtypes.split(","):
-                for impl in args.impls.split(","):
+                for impl in [i for _ in range(args.repeats) for i in args.impls.split(",")]:
                     before = _load()
                     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT / "src")}
                     proc = subprocess.run([sys.executable, __file__, "--worker", family, impl, dtype, str(path),
@@ -150,7 +152,7 @@ def main() -> None:
                     print(json.dumps(rec), flush=True)
                     runs.append(rec)
                     # written after every run: a long benchmark interrupted keeps what it measured
-                    write_result("baselines_speed", {"shape": list(SHAPE), "spacing_mm": list(SPACING),
+                    write_result(args.name, {"shape": list(SHAPE), "spacing_mm": list(SPACING),
                                                      "threads": args.threads, "runs": runs})
 
 

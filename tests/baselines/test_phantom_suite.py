@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"
 
 FAMILIES = {  # small inputs: the defaults are the originals' sizes (Merlin 224x224x160)
     "merlin": ["--backbone-option", "input_size=32x32x32"],
-    "ctfm": [],
+    "ctfm": ["--backbone-option", "pipeline=hf"],  # native grid; the default 3x1x1 mm makes ~9M-voxel inputs
     "fmcib": ["--backbone-option", "crop_size=24"],
 }
 
