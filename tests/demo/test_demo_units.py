@@ -461,3 +461,44 @@ def test_measured_speed_leaves_out_the_start_up_step(tmp_path):
     assert _measured_speed(tmp_path, run) == pytest.approx(2.0)  # not 6 / 24 s = 0.25
     (tmp_path / "metrics.jsonl").write_text("")
     assert _measured_speed(tmp_path, run) == pytest.approx(0.25)
+
+
+def test_baselines_setting_validates_and_reaches_its_stage(monkeypatch):
+    """``voxelfm demo --baselines [FAMILIES]``: names are checked, the stage's signature depends on
+    them and their reduced input sizes, and the CLI passes them through (all families by default)."""
+    import argparse
+
+    from voxelfm.cli import demo as cli_demo
+    from voxelfm.demo.settings import DEMO_BASELINES
+
+    assert DemoSettings().baselines == ()
+    with pytest.raises(ValueError, match="unknown demo baseline.*'resnet'"):
+        DemoSettings(baselines=("merlin", "resnet"))
+    s = DemoSettings.create(quick=True, baselines=("merlin", "ct_clip"))
+    st = s.stage_settings("baselines")
+    assert st["baselines"] == {"merlin": DEMO_BASELINES["merlin"], "ct_clip": DEMO_BASELINES["ct_clip"]}
+    assert signature(st) != signature(DemoSettings.create(quick=True, baselines=("merlin",)).stage_settings("baselines"))
+    assert "fmcib" not in DEMO_BASELINES  # lesion crops, not scans
+    seen = {}
+    monkeypatch.setattr("voxelfm.demo.run_demo", lambda out, fresh, settings: seen.update(settings=settings))
+    parser = argparse.ArgumentParser()
+    cli_demo.add_arguments(parser)
+    for argv, expected in ((["--quick", "--baselines"], tuple(DEMO_BASELINES)),
+                           (["--quick", "--baselines", "merlin, radfm"], ("merlin", "radfm")),
+                           (["--quick"], ())):
+        assert cli_demo.run(parser.parse_args(argv)) == 0
+        assert seen["settings"].baselines == expected and seen["settings"].quick
+
+
+def test_baselines_section_says_it_is_a_pipeline_check(tmp_path):
+    from types import SimpleNamespace
+
+    from voxelfm.demo.report import _baselines_section
+
+    paths = SimpleNamespace(root=tmp_path, baselines=tmp_path / "baselines")
+    assert _baselines_section(paths, {}) == []
+    paths.baselines.mkdir()
+    (paths.baselines / "table.md").write_text("| task | pretrained | merlin |\n|---|---|---|\n| a | 0.7 | 0.5 |\n")
+    text = "\n".join(_baselines_section(paths, {"backbones": ["pretrained", "random_init", "merlin"]}))
+    assert "pipeline check, not a result" in text and "random weights" in text
+    assert "(merlin)" in text and "| a | 0.7 | 0.5 |" in text and "baselines/table.md" in text

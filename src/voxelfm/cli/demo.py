@@ -13,6 +13,7 @@ examples:
   voxelfm demo                      # ≈ 10 min on 2 CPU cores (≤ 15), writes ./voxelfm-demo/report.md
   voxelfm demo --quick -o /tmp/d    # ≈ 2-3 min version
   voxelfm demo --pretrain-minutes 15 --cases 400 -o big-demo
+  voxelfm demo --quick --baselines merlin,ct_clip   # + random-init Merlin and CT-CLIP in a compare table
 
 Re-running with the same -o reuses finished stages and resumes an interrupted one (Ctrl-C is safe);
 --fresh starts over. Phantom results exercise the pipeline; they are not clinical evidence."""
@@ -44,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="processes for phantom generation / preparation / reading (default: CPU count)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the cohort, random init and probes (default 0)")
+    parser.add_argument("--baselines", nargs="?", const="all", default=None, metavar="FAMILIES",
+                        help="also compare random-init versions of the other CT foundation models (merlin, "
+                             "m3d_clip, radfm, ct_clip, clip2d; comma-separated, default all) with the ViT in one "
+                             "voxelfm compare table: a pipeline check, not a result (needs voxelfm[baselines])")
     parser.add_argument("--fresh", action="store_true", help="delete the folder's earlier demo results first")
 
 
@@ -51,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import warnings
 
-    from voxelfm.demo import run_demo
+    from voxelfm.demo import DemoSettings, run_demo
+    from voxelfm.demo.settings import DEMO_BASELINES
 
     if args.cases is not None and args.cases < 24:
         raise ValueError(f"--cases must be at least 24 (train/val/test splits with both classes), got {args.cases}")
@@ -60,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=RuntimeWarning)
-    run_demo(args.output, quick=args.quick, cases=args.cases, pretrain_minutes=args.pretrain_minutes,
-             with_reports=args.with_reports, workers=args.workers, seed=args.seed, fresh=args.fresh)
+    baselines: tuple[str, ...] = ()
+    if args.baselines is not None:
+        baselines = tuple(DEMO_BASELINES) if args.baselines == "all" else \
+            tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    settings = DemoSettings.create(quick=args.quick, cases=args.cases, pretrain_minutes=args.pretrain_minutes,
+                                   with_reports=args.with_reports, workers=args.workers, seed=args.seed,
+                                   baselines=baselines)
+    run_demo(args.output, fresh=args.fresh, settings=settings)
     return 0

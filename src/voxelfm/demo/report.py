@@ -428,6 +428,22 @@ def _figure_section(paths: Any, cmp: pd.DataFrame, lead: str | None, cv: bool = 
     return lines
 
 
+def _baselines_section(paths: Any, summary: dict[str, Any]) -> list[str]:
+    """``--baselines``: the ``voxelfm compare`` table of the ViT and the other CT foundation models."""
+    table = paths.baselines / "table.md"
+    if not summary or not table.exists():
+        return []
+    others = [b for b in summary.get("backbones", []) if b not in ("pretrained", "random_init")]
+    return ["## Other CT foundation models (random init: a pipeline check, not a result)", "",
+            f"**These backbones ({', '.join(others)}) have random weights** — released weights are never "
+            "downloaded — and run at reduced input sizes so the demo stays short, so this table only shows that "
+            "every family goes through the same extraction, probes and paired tests as the ViT. It says nothing "
+            "about how the released models compare; for that, run `voxelfm compare` with their weight files "
+            "(docs/compare.md, docs/baselines.md).", "",
+            table.read_text(encoding="utf-8").strip(), "",
+            f"Files: `{_rel(table, paths.root)}` (also .csv and .tex) and `{_rel(paths.baselines, paths.root)}/`.", ""]
+
+
 def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunner) -> dict[str, Any]:
     """Write ``report.md`` and ``report.html`` from the files of the demo folder.
 
@@ -538,6 +554,7 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
     elif not settings.with_reports:
         L += ["## Report generation", "", "Not run (it needs ≈ 12 more minutes on 2 CPU cores): "
               "`voxelfm demo --with-reports` adds it.", ""]
+    L += _baselines_section(paths, _summary(state, "baselines"))
     L += ["## Cohort and models", ""]
     if ph:
         sp = ph.get("splits", {})

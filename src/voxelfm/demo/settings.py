@@ -21,7 +21,21 @@ DEFAULT_OUTPUT = "voxelfm-demo"
 
 #: stage names in running order (``reports`` only runs with ``with_reports``)
 STAGES: tuple[str, ...] = ("phantoms", "prepare", "pretrain", "extract_pretrained", "extract_random",
-                           "probes", "reports", "report")
+                           "probes", "baselines", "reports", "report")
+
+#: the other CT foundation models ``voxelfm demo --baselines`` adds, as random-init backbones with
+#: reduced input sizes (size options of :func:`voxelfm.load_backbone`): at their original input sizes
+#: (Merlin 224×224×160, CT-CLIP 240×480×480, RadFM 512×512×64 ...) 200 scans would take about an
+#: hour on 2 CPU cores, and random weights make them a pipeline check at any size. Left out: FMCIB
+#: (it embeds lesion crops at seed points, not whole scans) and CT-FM (it has no fixed input size: it
+#: runs on the whole scan resampled to 3 × 1 × 1 mm, ≈ 40 s per demo phantom on 2 cores).
+DEMO_BASELINES: dict[str, dict[str, Any]] = {
+    "merlin": {"input_size": [64, 64, 32]},
+    "m3d_clip": {"img_size": [16, 64, 64]},
+    "radfm": {"image_size": 128, "max_depth": 16},
+    "ct_clip": {"image_size": 80, "depth_size": 40},
+    "clip2d": {"slice_stride": 24},
+}
 
 #: epochs of the token heads in the default demo (the probes' own defaults are sized for larger runs);
 #: segmentation dominates the probe stage: ≈ 0.02 s per scan and epoch on one quiet core
@@ -63,6 +77,9 @@ class DemoSettings:
             pre-trained one; the report averages them and calls a row significant only when the
             pre-trained backbone beats every one of them.
         probe_workers: probe runs trained at once, one process each (``None``: ``workers``).
+        baselines: other CT foundation model families (keys of :data:`DEMO_BASELINES`) compared,
+            random-init, with the pre-trained and random-init ViT in one ``voxelfm compare`` table
+            (a pipeline check of the comparison, not a result).
     """
 
     cases: int = 200
@@ -83,6 +100,7 @@ class DemoSettings:
     folds: int = 5
     random_seeds: int = 2
     probe_workers: int | None = None
+    baselines: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if int(self.cases) < 24:
@@ -106,6 +124,10 @@ class DemoSettings:
             raise ValueError(f"random_seeds must be >= 1, got {self.random_seeds}")
         if self.probe_workers is not None and int(self.probe_workers) < 1:
             raise ValueError(f"probe_workers must be >= 1, got {self.probe_workers}")
+        unknown = [b for b in self.baselines if b not in DEMO_BASELINES]
+        if unknown:
+            raise ValueError(f"unknown demo baseline(s) {', '.join(map(repr, unknown))}; "
+                             f"choose from {', '.join(DEMO_BASELINES)}")
 
     @classmethod
     def create(cls, *, quick: bool = False, cases: int | None = None, pretrain_minutes: float | None = None,
@@ -147,6 +169,7 @@ class DemoSettings:
         d = dataclasses.asdict(self)
         d["pretrain_overrides"] = list(self.pretrain_overrides)
         d["fractions"] = list(self.fractions)
+        d["baselines"] = list(self.baselines)
         return d
 
     def stage_settings(self, stage: str) -> dict[str, Any]:
@@ -169,6 +192,9 @@ class DemoSettings:
                     "fractions": [float(f) for f in self.fractions], "pca_cases": int(self.pca_cases),
                     "seed": int(self.seed), "quick": bool(self.quick), "protocol": str(self.protocol),
                     "folds": int(self.folds)}
+        if stage == "baselines":
+            return {"baselines": {b: DEMO_BASELINES[b] for b in self.baselines}, "seed": int(self.seed),
+                    "n_resamples": int(self.n_resamples), "protocol": str(self.protocol), "folds": int(self.folds)}
         if stage == "reports":
             return {"quick": bool(self.quick), "seed": int(self.seed)}
         if stage == "report":

@@ -72,6 +72,10 @@ class DemoPaths:
         return self.pretrain / "backbone"
 
     @property
+    def baselines(self) -> Path:
+        return self.root / "baselines"
+
+    @property
     def random_backbone(self) -> Path:
         return self.root / "random_init"
 
@@ -461,6 +465,43 @@ def _stage_probes(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
                      + (f", {len(result.failures)} failed" if result.failures else "")}
 
 
+def _stage_baselines(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
+    """``voxelfm compare`` of the pre-trained and random-init ViT with random-init other CT foundation
+    models (:data:`~voxelfm.demo.settings.DEMO_BASELINES`) on the demo's findings and regressions."""
+    import pandas as pd
+
+    from voxelfm.demo.settings import DEMO_BASELINES, REGRESSION_TARGETS
+    from voxelfm.demo.suite import PRETRAINED, build_suite
+    from voxelfm.inference import EmbeddingStore
+    from voxelfm.probes.compare import compare_backbones, default_suite
+
+    table = pd.read_csv(paths.cohort, dtype={"id": str})
+    plan = build_suite(table, s, resolution=grid_resolution(EmbeddingStore(paths.store(PRETRAINED))))
+    targets = [f for f in plan.findings if f in table.columns] + [t for t in REGRESSION_TARGETS if t in table.columns]
+    suite = default_suite(paths.cohort, targets=targets, name="demo-baselines", n_resamples=int(s.n_resamples),
+                          seed=int(s.seed))
+    suite.update(protocol=str(s.protocol), folds=int(s.folds))
+    specs = [f"voxelfm@pretrained={paths.backbone}",
+             f"voxelfm@random_init={paths.random_backbone_of(random_store_names(1)[0])}"]
+    specs += list(s.baselines)
+    options = {name: dict(DEMO_BASELINES[name]) for name in s.baselines}
+    import warnings
+
+    with warnings.catch_warnings():  # each random-init family warns once; the report says it plainly
+        warnings.filterwarnings("ignore", message=".*random-init.*")
+        result = compare_backbones(specs, str(paths.cohort), paths.cohort, paths.baselines, suite=suite,
+                                   options=options, extract={"crop_background": bool(s.crop_background),
+                                                             "max_patches": extraction_budget(paths.pretrain,
+                                                                                              s.max_patches),
+                                                             "workers": min(2, s.n_workers)},
+                                   probe_workers=s.n_probe_workers, show_progress=False)
+    assert result is not None  # a single process is always rank 0
+    return {"backbones": ["pretrained", "random_init"] + list(s.baselines), "targets": targets,
+            "options": options, "table": str((paths.baselines / "table.md").relative_to(paths.root)),
+            "_line": f"{len(s.baselines)} other CT foundation models (random init) in one table "
+                     f"with the pre-trained and random-init ViT, {len(targets)} targets"}
+
+
 def _stage_reports(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
     from voxelfm.reportgen import run_report_experiment
 
@@ -524,6 +565,8 @@ def run_demo(output_dir: str | os.PathLike[str] = DEFAULT_OUTPUT, *, quick: bool
     state = DemoState.load(root)
     state.settings = s.to_dict()
     names = ["phantoms", "prepare", "pretrain", "extract_pretrained", "extract_random", "probes"]
+    if s.baselines:
+        names.append("baselines")
     if s.with_reports:
         names.append("reports")
     names.append("report")
@@ -595,6 +638,12 @@ def _run_stages(paths: DemoPaths, s: DemoSettings, runner: StageRunner) -> None:
     runner.run("probes", "probe suite: classification, regression, survival, retrieval, localisation, "
                          "segmentation (pre-trained vs random init)",
                sigs["probes"], lambda r: _stage_probes(paths, s), folders=[paths.probes])
+    if s.baselines:
+        sigs["baselines"] = signature(s.stage_settings("baselines"), {k: sigs[k] for k in ("extract_pretrained",
+                                                                                          "extract_random")})
+        runner.run("baselines", f"other CT foundation models, random init ({', '.join(s.baselines)}): "
+                                "one voxelfm compare table (a pipeline check, not a result)",
+                   sigs["baselines"], lambda r: _stage_baselines(paths, s), folders=[paths.baselines])
     if s.with_reports:
         sigs["reports"] = signature(s.stage_settings("reports"), {"extract_pretrained": sigs["extract_pretrained"]})
         runner.run("reports", "report generation: projector + LoRA on SmolLM2, scored by abnormality F1",
