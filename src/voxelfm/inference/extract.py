@@ -164,7 +164,8 @@ def extract_preprocessed(model: torch.nn.Module, pre: Preprocessed, *, mode: str
             regs = out.get("x_norm_regtokens")
             registers = regs[0].float() if regs is not None else torch.zeros(0, cls.shape[0], device=dev)
         else:
-            size = win if win is not None else choose_window(grid, model, budget, dtype_bytes=dtype_bytes)
+            size = win if win is not None else choose_window(grid, model, budget, dtype_bytes=dtype_bytes,
+                                                                        overlap=overlap)
             plan = plan_windows(grid, size, overlap)
             per_window = estimate_forward_bytes(plan.window_tokens, dtype_bytes=dtype_bytes, **dims)
             per_batch = max(1, min(plan.count, budget // max(per_window, 1), 16))
@@ -213,8 +214,9 @@ def extract_features(model: torch.nn.Module, source: Any, *, preset: str | Prese
         mode: ``"full"`` (one forward), ``"chunked"`` (overlapping windows, stitched) or
             ``"auto"`` (full when the estimated activation memory fits the budget, else chunked).
         window: chunk size: tokens per side (int, 3 ints, ``"16x16x8"``) or voxels (``"224vox"``);
-            default: the largest cube that fits the budget. Passing a window in ``auto`` mode
-            selects chunked.
+            default: the window that fits the budget and repeats the fewest tokens (usually slabs
+            spanning two axes; :func:`~voxelfm.inference.chunked.choose_window`). Passing a window
+            in ``auto`` mode selects chunked.
         overlap: fraction of the window shared by neighbouring windows (0 ≤ overlap < 1).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...; default: the model's GPU, else CUDA if
             available, else CPU.
