@@ -89,14 +89,16 @@ def matmul_rate(dtype: Any, n: int, repeats: int) -> dict[str, float]:
     return {"gflops": round(2 * n ** 3 / best / 1e9, 1), "seconds": round(best, 4), "n": n, "load_1min": _load()}
 
 
-def forward_flops(num_patches: int, *, embed_dim: int, depth: int, patch_size: int, num_special: int,
-                  mlp_ratio: float = 4.0) -> float:
-    """Analytic FLOPs of one ViT forward (see the module docstring)."""
-    n = num_patches + num_special
-    C = embed_dim
-    linear = (2 * 3 + 2 + 2 * 2 * mlp_ratio) * n * C * C  # 24 n C² at ratio 4
-    attention = 4 * n * n * C
-    return 2 * num_patches * patch_size ** 3 * C + depth * (linear + attention)
+def forward_flops(num_patches: int, model: Any) -> float:
+    """Analytic FLOPs of one ViT forward (see the module docstring; ``voxelfm.inference.calibrate``)."""
+    try:
+        from voxelfm.inference.calibrate import forward_flops as library_flops
+
+        return library_flops(num_patches, model)
+    except ImportError:  # older tree (before-measurements): the same formula
+        n = num_patches + 1 + model.num_register_tokens
+        C, r = model.embed_dim, model.config.mlp_ratio
+        return 2 * num_patches * model.patch_size ** 3 * C + model.depth * ((8 + 4 * r) * n * C * C + 4 * n * n * C)
 
 
 def attention_flops(n: int, embed_dim: int) -> float:
@@ -131,8 +133,7 @@ def run_forward(model: Any, pre: Any, *, dtype: str, mode: str, repeats: int, ch
         kw["memory_budget_gb"] = chunk_budget * full / GiB
     else:
         kw["memory_budget_gb"] = 64.0
-    flops = forward_flops(N, embed_dim=model.embed_dim, depth=model.depth, patch_size=model.patch_size,
-                          num_special=1 + model.num_register_tokens, mlp_ratio=model.config.mlp_ratio)
+    flops = forward_flops(N, model)
     extract_preprocessed(model, pre, **kw)  # warm-up: allocator, oneDNN primitives, bf16 weight copy
     times, loads = [], []
     exact = _reset_peak_rss()
@@ -217,7 +218,7 @@ def main() -> None:
     try:
         from voxelfm.utils.threads import configure_threads
 
-        thread_choice = configure_threads(args.threads)
+        thread_choice = configure_threads(args.threads).to_dict()
     except ImportError:  # older tree (before-measurements)
         if args.threads:
             torch.set_num_threads(args.threads)
