@@ -6,12 +6,15 @@ machine may be shared; the 1-minute load average is recorded with every figure):
 1. the fp32 and bf16 matmul rate (GFLOP/s, best of ``--gemm-repeats`` square GEMMs of ``--gemm-n``);
 2. the backbone forward (``extract_preprocessed``, i.e. exactly what ``voxelfm extract`` runs) at
    each token count of ``--sizes`` for each ``--dtypes`` and ``--modes``: seconds (best of
-   ``--repeats``), analytic FLOPs, achieved GFLOP/s, **% of the matmul rate of the same dtype**,
+   ``--repeats``, after a warm-up forward on a 4³-token cut), analytic FLOPs, achieved GFLOP/s, **% of the matmul rate of the same dtype**,
    and the peak RSS of the case (VmHWM reset before each case; whole-process peak if the kernel
    does not allow the reset);
 3. one attention layer alone (the fused-attention call of the model's dtype path vs the matmul
    rate) at each size of ``--attention-sizes``;
-4. a per-operator profiler table for ``--profile`` (e.g. ``bf16:8k``).
+4. a per-operator profiler table for ``--profile`` (e.g. ``bf16:8k``);
+5. with ``--legacy``, the same cases once more with the kernels voxelfm used before issue 18
+   (``Conv3d`` patch embedding and PyTorch's fused SDPA in bf16; largest-cube chunk windows),
+   interleaved with the current ones so that both see the same machine load.
 
 Analytic FLOPs of one forward over ``n = N + 1 + R`` tokens (multiply-add = 2 FLOPs): patch
 embedding ``2 N p³ C``; per block ``24 n C²`` (qkv, proj, two MLP linears at ratio 4) plus
@@ -33,10 +36,12 @@ Writes benchmarks/results/forward_efficiency[_<tag>].json and prints it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +125,59 @@ def _volume(grid: tuple[int, int, int], patch_size: int):
     return pre
 
 
+@contextlib.contextmanager
+def legacy_kernels(enabled: bool) -> Iterator[None]:
+    """Run with the pre-issue-18 kernels: bf16 ``Conv3d`` patch embedding, fused SDPA, cube windows."""
+    if not enabled:
+        yield
+        return
+    import torch.nn.functional as F
+
+    import voxelfm.inference.extract as extract
+    import voxelfm.models.layers.attention as attention
+    import voxelfm.models.layers.patch_embed as patch_embed
+
+    saved = (patch_embed._reduced_precision, attention.attention_core, extract.choose_window)
+    patch_embed._reduced_precision = lambda x: None
+    attention.attention_core = lambda q, k, v, scale, dropout_p=0.0: F.scaled_dot_product_attention(
+        q, k, v, dropout_p=dropout_p, scale=scale)
+    extract.choose_window = _largest_cube
+    try:
+        yield
+    finally:
+        patch_embed._reduced_precision, attention.attention_core, extract.choose_window = saved
+
+
+def _largest_cube(grid, model, budget_bytes, *, dtype_bytes=4, overlap=0.25):
+    """The window rule before issue 18: the largest cube (grown along clamped axes) in the budget."""
+    from voxelfm.inference.chunked import max_tokens_for_budget
+
+    n_max = max_tokens_for_budget(model, budget_bytes, dtype_bytes=dtype_bytes)
+    side = max(1, int(round(n_max ** (1 / 3))))
+    while side > 1 and math.prod(min(side, g) for g in grid) > n_max:
+        side -= 1
+    win = [min(side, g) for g in grid]
+    grown = True
+    while grown:
+        grown = False
+        for ax in range(3):
+            if win[ax] < grid[ax]:
+                trial = list(win)
+                trial[ax] += 1
+                if math.prod(trial) <= n_max:
+                    win, grown = trial, True
+    return tuple(win)
+
+
+def _small_cut(pre: Any, patch_size: int, side: int = 4) -> Any:
+    """The first ``side``³ tokens of ``pre`` (a cheap warm-up forward)."""
+    from voxelfm.preprocess import Preprocessed
+
+    grid = [min(side, g) for g in pre.record["token_grid"]]
+    arr = pre.array[:grid[0] * patch_size, :grid[1] * patch_size, :grid[2] * patch_size].contiguous()
+    return Preprocessed(array=arr, spacing=pre.spacing, record={**pre.record, "token_grid": grid})
+
+
 def run_forward(model: Any, pre: Any, *, dtype: str, mode: str, repeats: int, chunk_budget: float,
                 dims: dict[str, Any], rate: float) -> dict[str, Any]:
     from voxelfm.inference.chunked import GiB, estimate_forward_bytes
@@ -134,7 +192,7 @@ def run_forward(model: Any, pre: Any, *, dtype: str, mode: str, repeats: int, ch
     else:
         kw["memory_budget_gb"] = 64.0
     flops = forward_flops(N, model)
-    extract_preprocessed(model, pre, **kw)  # warm-up: allocator, oneDNN primitives, bf16 weight copy
+    extract_preprocessed(model, _small_cut(pre, model.patch_size), **kw)  # warm-up: thread pool, allocator
     times, loads = [], []
     exact = _reset_peak_rss()
     for _ in range(repeats):
@@ -184,7 +242,7 @@ def profile_table(model: Any, pre: Any, dtype: str, rows: int) -> str:
 
     from voxelfm.inference.extract import extract_preprocessed
 
-    extract_preprocessed(model, pre, mode="full", dtype=dtype, device="cpu", memory_budget_gb=64.0)
+    extract_preprocessed(model, _small_cut(pre, model.patch_size), mode="full", dtype=dtype, device="cpu")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         extract_preprocessed(model, pre, mode="full", dtype=dtype, device="cpu", memory_budget_gb=64.0)
     del torch
@@ -207,6 +265,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: voxelfm's choice)")
     ap.add_argument("--model", default="vit_base")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
+    ap.add_argument("--legacy", action="store_true",
+                    help="also run every case with the pre-issue-18 kernels, interleaved (before/after ratio)")
     args = ap.parse_args()
 
     import torch
@@ -237,25 +297,37 @@ def main() -> None:
         pre = _volume(GRIDS[size], model.patch_size)
         for dtype in args.dtypes:
             for mode in args.modes:
-                r = run_forward(model, pre, dtype=dtype, mode=mode, repeats=args.repeats,
-                                chunk_budget=args.chunk_budget, dims=dims, rate=rates[dtype]["gflops"])
-                r["size"] = size
-                forwards.append(r)
-                print(f"{size:>4} {dtype} {mode:<7} {r['seconds']:8.3f} s  {r['gflops']:7.1f} GFLOP/s  "
-                      f"{r['pct_of_matmul_rate']:5.1f} % of matmul  peak RSS {r['peak_rss_mb']:.0f} MiB  "
-                      f"load {r['load_1min']}", flush=True)
+                for legacy in ((True, False) if args.legacy else (False,)):
+                    if legacy and dtype == "fp32" and mode == "full":
+                        continue  # fp32 full forward: same kernels before and after
+                    with legacy_kernels(legacy):
+                        r = run_forward(model, pre, dtype=dtype, mode=mode, repeats=args.repeats,
+                                        chunk_budget=args.chunk_budget, dims=dims, rate=rates[dtype]["gflops"])
+                    r["size"] = size
+                    r["kernels"] = "legacy" if legacy else "current"
+                    forwards.append(r)
+                    print(f"{size:>4} {dtype} {mode:<7} {r['kernels']:<7} {r['seconds']:8.3f} s  "
+                          f"{r['gflops']:7.1f} GFLOP/s  {r['pct_of_matmul_rate']:5.1f} % of matmul  "
+                          f"peak RSS {r['peak_rss_mb']:.0f} MiB  load {r['load_1min']}"
+                          + (f"  windows {r['windows']['count']}x{r['windows']['size']}" if "windows" in r else ""),
+                          flush=True)
         del pre
-    for a, b in (("full", "chunked"),):
-        for r in forwards:
-            if r["mode"] == b:
-                ref = [f for f in forwards if f["mode"] == a and f["size"] == r["size"] and f["dtype"] == r["dtype"]]
-                if ref:
-                    r["time_vs_full"] = round(r["seconds"] / ref[0]["seconds"], 2)
+    def _find(size: str, dtype: str, mode: str, kernels: str) -> dict[str, Any] | None:
+        hits = [f for f in forwards if (f["size"], f["dtype"], f["mode"], f["kernels"]) == (size, dtype, mode, kernels)]
+        if not hits and (dtype, mode, kernels) == ("fp32", "full", "legacy"):
+            return _find(size, dtype, mode, "current")
+        return hits[0] if hits else None
+
     for r in forwards:
-        if r["mode"] == "full" and r["dtype"] == "bf16":
-            ref = [f for f in forwards if f["mode"] == "full" and f["size"] == r["size"] and f["dtype"] == "fp32"]
-            if ref:
-                r["speedup_vs_fp32"] = round(ref[0]["seconds"] / r["seconds"], 2)
+        full = _find(r["size"], r["dtype"], "full", r["kernels"])
+        if r["mode"] == "chunked" and full:
+            r["time_vs_full"] = round(r["seconds"] / full["seconds"], 2)
+        fp32 = _find(r["size"], "fp32", "full", r["kernels"])
+        if r["mode"] == "full" and r["dtype"] == "bf16" and fp32:
+            r["speedup_vs_fp32"] = round(fp32["seconds"] / r["seconds"], 2)
+        old = _find(r["size"], r["dtype"], r["mode"], "legacy")
+        if r["kernels"] == "current" and old and old is not r:
+            r["speedup_vs_legacy"] = round(old["seconds"] / r["seconds"], 2)
 
     attention = []
     for size in args.attention_sizes:
