@@ -7,7 +7,8 @@ machine may be shared; the 1-minute load average is recorded with every figure):
 2. the backbone forward (``extract_preprocessed``, i.e. exactly what ``voxelfm extract`` runs) at
    each token count of ``--sizes`` for each ``--dtypes`` and ``--modes``: seconds (best of
    ``--repeats``, after a warm-up forward on a 4³-token cut), analytic FLOPs, achieved GFLOP/s, **% of the matmul rate of the same dtype**,
-   and the peak RSS of the case (VmHWM reset before each case; whole-process peak if the kernel
+   the same against the mean of two short GEMMs timed right before and after the case (the load
+   moves), and the peak RSS of the case (VmHWM reset before each case; whole-process peak if the kernel
    does not allow the reset);
 3. one attention layer alone (the fused-attention call of the model's dtype path vs the matmul
    rate) at each size of ``--attention-sizes``;
@@ -48,6 +49,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+#: GEMM side of the short matmul-rate measurements just before and after every case (on a shared
+#: machine the rate moves with the load; the case's % is also given against their mean)
+ADJACENT_GEMM_N = 1024
 #: token grids (d, h, w) for the named sizes; 25k ≈ the paper's ``max_patches`` 25,000
 GRIDS: dict[str, tuple[int, int, int]] = {
     "512": (8, 8, 8), "2k": (12, 12, 14), "8k": (20, 20, 20), "25k": (25, 25, 40),
@@ -195,15 +199,22 @@ def run_forward(model: Any, pre: Any, *, dtype: str, mode: str, repeats: int, ch
     extract_preprocessed(model, _small_cut(pre, model.patch_size), **kw)  # warm-up: thread pool, allocator
     times, loads = [], []
     exact = _reset_peak_rss()
+    import torch
+
+    gemm = torch.bfloat16 if dtype == "bf16" else torch.float32
+    adjacent = [matmul_rate(gemm, ADJACENT_GEMM_N, 2)["gflops"]]
     for _ in range(repeats):
         loads.append(_load())
         t = time.perf_counter()
         feats = extract_preprocessed(model, pre, **kw)
         times.append(time.perf_counter() - t)
+    adjacent.append(matmul_rate(gemm, ADJACENT_GEMM_N, 2)["gflops"])
     s = min(times)
+    local = sum(adjacent) / len(adjacent)
     out = {"tokens": N, "grid": list(grid), "dtype": dtype, "mode": mode, "seconds": round(s, 3),
            "seconds_all": [round(v, 3) for v in times], "gflop": round(flops / 1e9, 1),
            "gflops": round(flops / s / 1e9, 1), "pct_of_matmul_rate": round(100 * flops / s / 1e9 / rate, 1),
+           "matmul_rate_adjacent": adjacent, "pct_of_adjacent_matmul_rate": round(100 * flops / s / 1e9 / local, 1),
            "peak_rss_mb": round(_peak_rss_mb(), 1), "peak_rss_is_per_case": exact,
            "load_1min": loads}
     if feats.record.get("windows"):
@@ -307,7 +318,8 @@ def main() -> None:
                     r["kernels"] = "legacy" if legacy else "current"
                     forwards.append(r)
                     print(f"{size:>4} {dtype} {mode:<7} {r['kernels']:<7} {r['seconds']:8.3f} s  "
-                          f"{r['gflops']:7.1f} GFLOP/s  {r['pct_of_matmul_rate']:5.1f} % of matmul  "
+                          f"{r['gflops']:7.1f} GFLOP/s  {r['pct_of_matmul_rate']:5.1f} % of matmul "
+                          f"({r['pct_of_adjacent_matmul_rate']:5.1f} % of adjacent)  "
                           f"peak RSS {r['peak_rss_mb']:.0f} MiB  load {r['load_1min']}"
                           + (f"  windows {r['windows']['count']}x{r['windows']['size']}" if "windows" in r else ""),
                           flush=True)
