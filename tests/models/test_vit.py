@@ -181,13 +181,13 @@ def test_patch_embedding_gemm_path_equals_conv():
     torch.testing.assert_close(exact, conv, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("n", [37, 300])
-def test_blocked_bf16_attention_matches_sdpa(monkeypatch, n):
+@pytest.mark.parametrize("b, n", [(1, 37), (1, 300), (2, 45)])
+def test_blocked_bf16_attention_matches_sdpa(monkeypatch, b, n):
     import voxelfm.models.layers.attention as attention
 
-    monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", 3 * 16 * n)  # 16 query rows per block
+    monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", b * 3 * 16 * n)  # 16 query rows per block
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 3, n, 12, generator=g) * 1.5 for _ in range(3))  # logits std ≈ 2.3
+    q, k, v = (torch.randn(b, 3, n, 12, generator=g) * 1.5 for _ in range(3))  # logits std ≈ 2.3
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
     with torch.inference_mode():
         out = attention.attention_core(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3)
