@@ -60,8 +60,12 @@ def write_nifti_ras(path: Path, canonical: np.ndarray, spacing) -> None:
     nib.save(img, str(path))
 
 
-def write_dicom_axial(folder: Path, canonical: np.ndarray, spacing) -> None:
-    """Canonical (S, P, L) HU → one uncompressed axial CT series (int16, intercept -1024)."""
+def write_dicom_axial(folder: Path, canonical: np.ndarray, spacing, *, uid_file_names: bool = False) -> None:
+    """Canonical (S, P, L) HU → one uncompressed axial CT series (int16, intercept -1024).
+
+    ``uid_file_names``: name the files by random UIDs (their order says nothing about the slice
+    order, so a reader must sort by position) instead of ``IM00000.dcm, ...``.
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -88,4 +92,5 @@ def write_dicom_axial(folder: Path, canonical: np.ndarray, spacing) -> None:
         ds.Rows, ds.Columns = canonical.shape[1:]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.PixelData = np.round(canonical[k] + 1024).astype(np.int16).tobytes()
-        ds.save_as(folder / f"IM{k:05d}.dcm", enforce_file_format=True)
+        name = f"{generate_uid()}" if uid_file_names else f"IM{k:05d}.dcm"
+        ds.save_as(folder / name, enforce_file_format=True)

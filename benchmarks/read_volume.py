@@ -14,11 +14,15 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _extraction_common import write_dicom_axial  # noqa: E402
 
 os.environ.setdefault("VOXELFM_NO_PROGRESS", "1")
 
@@ -30,35 +34,6 @@ def _make_volume(slices: int, size: int) -> np.ndarray:
     vol = np.where(body, 40.0, -1000.0) + 0.0 * z
     vol += rng.normal(0, 20, size=(1, size, size))
     return vol.astype(np.float32)
-
-
-def _write_dicom(folder: Path, vol: np.ndarray, spacing=(1.25, 0.7, 0.7)) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True)
-    series, study = generate_uid(), generate_uid()
-    for k in range(vol.shape[0]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.Modality = "CT"
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [0.0, 0.0, k * spacing[0]]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [spacing[1], spacing[2]]
-        ds.SliceThickness = spacing[0]
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = vol.shape[1:]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.round(vol[k] + 1024).astype(np.int16).tobytes()
-        ds.save_as(folder / f"{generate_uid()}", enforce_file_format=True)  # names unrelated to order
 
 
 def _time(fn, repeats: int) -> dict[str, float]:
@@ -88,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="voxelfm-bench-") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        _write_dicom(tmp / "dicom", vol)
+        write_dicom_axial(tmp / "dicom", vol, (1.25, 0.7, 0.7), uid_file_names=True)
         affine = np.diag([-0.7, -0.7, 1.25, 1.0])
         nib.save(nib.Nifti1Image(np.transpose(vol, (2, 1, 0)).astype(np.int16), affine), str(tmp / "v.nii.gz"))
         nib.save(nib.Nifti1Image(np.transpose(vol, (2, 1, 0)).astype(np.int16), affine), str(tmp / "v.nii"))

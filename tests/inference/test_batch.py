@@ -348,3 +348,29 @@ def test_cli_end_to_end_with_workers(tmp_path):
     f = EmbeddingStore(out).load("v0")
     assert f.record["budget"]["max_patches"] == 20 and int(np.prod(f.grid)) <= 20
     assert (out / "embeddings" / "v0.pth").exists()
+
+
+def test_paths_and_id_array_pairs_mix(tiny_model, tmp_path):
+    folder = _folder(tmp_path, n=2, bad=False)
+    arr = body_volume((16, 20, 24), seed=9)
+    out = tmp_path / "emb"
+    s = extract_batch(tiny_model, [folder / "v0.npy", ("mem", arr), str(folder / "v1.npy")], out)
+    assert (s.ok, s.failed, s.total) == (3, 0, 3)
+    assert sorted(EmbeddingStore(out).ids) == ["mem", "v0", "v1"]
+    assert 0.0 < s.model_busy <= 1.0 and s.model_seconds > 0
+    assert "model busy" in str(s) and s.to_dict()["model_busy"] == pytest.approx(s.model_busy, abs=1e-4)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((8, 8, 8), np.float32), r"batch item 1 \(ndarray: shape \(8, 8, 8\)\).*pass \(id, array\)"),
+    (("a", "b", "c", "d"), r"batch item 1 \(tuple"),
+])
+def test_unusable_batch_item_names_its_position_and_the_fix(tiny_model, tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        extract_batch(tiny_model, [("ok", np.zeros((8, 8, 8), np.float32)), bad], tmp_path / "emb")
+
+
+def test_duplicate_id_from_a_path_and_a_pair(tiny_model, tmp_path):
+    folder = _folder(tmp_path, n=1, bad=False)
+    with pytest.raises(ValueError, match="duplicate id 'v0'.*distinct ids"):
+        extract_batch(tiny_model, [folder / "v0.npy", ("v0", body_volume((16, 20, 24)))], tmp_path / "emb")

@@ -88,3 +88,21 @@ def test_budget_from_environment(monkeypatch):
         default_memory_budget("cpu")
     monkeypatch.delenv("VOXELFM_MEMORY_BUDGET_GB")
     assert default_memory_budget("cpu") == 4 * 2 ** 30
+
+
+def test_window_choice_prefers_slabs_that_repeat_few_tokens():
+    """ViT-B dims, 20³ tokens, a budget of ~4,000 tokens: 3 slabs of 8×20×20 (1.2× the grid's
+    tokens) instead of 15³ cubes (8 windows, 3.4×); the whole grid when it fits."""
+    from types import SimpleNamespace
+
+    vit_b = SimpleNamespace(embed_dim=864, num_heads=12, patch_size=14, num_register_tokens=4,
+                            config=SimpleNamespace(mlp_ratio=4.0), attention_mode="sdpa")
+    dims = dict(embed_dim=864, num_heads=12, patch_size=14)
+    budget = estimate_forward_bytes(4000, **dims)
+    n_max = max_tokens_for_budget(vit_b, budget)
+    win = choose_window((20, 20, 20), vit_b, budget)
+    plan = plan_windows((20, 20, 20), win, 0.25)
+    assert n_max / 2 <= plan.window_tokens <= n_max
+    assert sorted(win) == [8, 20, 20] and plan.count == 3
+    assert plan.count * plan.window_tokens <= 1.3 * 8000
+    assert choose_window((20, 20, 20), vit_b, estimate_forward_bytes(8000, **dims)) == (20, 20, 20)

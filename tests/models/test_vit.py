@@ -147,6 +147,60 @@ def test_bf16_autocast_matches_fp32():
     assert out["x_norm_clstoken"].dtype == torch.bfloat16
 
 
+
+def test_bf16_features_within_cosine_bound_of_fp32():
+    """The bf16 inference path (GEMM patch embedding, blocked CPU attention) keeps every token at
+    cosine >= 0.999 to fp32, also with LayerScale 1 and sharpened attention (logits ×9)."""
+    cfg = dict(embed_dim=96, depth=3, num_heads=2, patch_size=4, num_register_tokens=4, layerscale=1.0)
+    m = build_backbone(cfg).eval()
+    with torch.no_grad():
+        for blk in m.blocks:
+            blk.attn.qkv.weight[:192] *= 3.0
+    x = torch.randn(1, 28, 24, 32)  # 7×6×8 = 336 patch tokens
+    with torch.inference_mode():
+        ref = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = m(x)
+    for key in ("x_norm_clstoken", "x_norm_regtokens", "x_norm_patchtokens"):
+        assert min_cosine(low[key], ref[key]) >= 0.999, key
+
+
+def test_patch_embedding_gemm_path_equals_conv():
+    m = _randomised(build_backbone(dict(TINY)), seed=5)
+    x = torch.randn(2, 9, 13, 18)  # trailing voxels dropped on every axis
+    with torch.no_grad():
+        conv, grid = m.patch_embed(x)
+        gemm, grid_b = m.patch_embed(x.to(torch.bfloat16))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto, _ = m.patch_embed(x)
+    assert grid == grid_b == (2, 3, 4)
+    assert gemm.dtype == auto.dtype == torch.bfloat16
+    assert min_cosine(gemm, conv) >= 0.999 and min_cosine(auto, conv) >= 0.999
+    with torch.no_grad():  # in fp32 the GEMM form is the same projection as the Conv3d
+        exact, _ = m.patch_embed._forward_gemm(x, torch.float32)
+    torch.testing.assert_close(exact, conv, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("b, n", [(1, 37), (1, 300), (2, 45)])
+def test_blocked_bf16_attention_matches_sdpa(monkeypatch, b, n):
+    import voxelfm.models.layers.attention as attention
+
+    monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", b * 3 * 16 * n)  # 16 query rows per block
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(b, 3, n, 12, generator=g) * 1.5 for _ in range(3))  # logits std ≈ 2.3
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
+    with torch.inference_mode():
+        out = attention.attention_core(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    # one layer alone, sharp attention; bf16 scores cost some precision (the fused kernel: 0.9998)
+    assert min_cosine(out, ref) >= 0.9985
+    # with gradients required the fused kernel runs (the blocked form is inference-only)
+    qg = q.bfloat16().requires_grad_()
+    out_g = attention.attention_core(qg, k.bfloat16(), v.bfloat16(), 0.3)
+    out_g.float().sum().backward()
+    assert qg.grad is not None and min_cosine(out_g.detach(), ref) >= 0.9995
+
+
 # ----------------------------------------------------------------------------- outputs and inputs
 def test_output_dict_and_token_order():
     m = _randomised(build_backbone(dict(TINY)), seed=3)

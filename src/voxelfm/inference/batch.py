@@ -79,6 +79,12 @@ class BatchSummary:
     seconds: float = 0.0
     failed_ids: list[str] = field(default_factory=list)
     failed_before: int = 0
+    model_seconds: float = 0.0
+
+    @property
+    def model_busy(self) -> float:
+        """Fraction of the wall time the model was computing (forward passes, this process)."""
+        return self.model_seconds / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def all_ok(self) -> bool:
@@ -90,47 +96,68 @@ class BatchSummary:
         if self.failed_before:
             skipped += (f" ({self.failed_before} of them failed before and were not retried; "
                         f"--retry-failed re-tries them)")
+        busy = f", model busy {100 * self.model_busy:.0f} %" if self.model_seconds > 0 else ""
         return (f"voxelfm extract: {self.ok} ok, {self.failed} failed, {skipped} "
-                f"of {self.total} in {self.seconds:.1f} s -> {self.out}")
+                f"of {self.total} in {self.seconds:.1f} s{busy} -> {self.out}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "failed": self.failed, "skipped": self.skipped, "total": self.total,
                 "failed_before": self.failed_before, "out": self.out, "seconds": round(self.seconds, 3),
+                "model_seconds": round(self.model_seconds, 3), "model_busy": round(self.model_busy, 4),
                 "failed_ids": list(self.failed_ids)}
+
+
+def _from_input_item(it: Any) -> BatchItem:
+    """A :class:`voxelfm.io.InputItem` (manifest row, file or series) as a batch item, with its reading
+    overrides and extra manifest columns."""
+    return BatchItem(str(it.id), it.path, getattr(it, "series_uid", None), getattr(it, "overrides", None),
+                     dict(getattr(it, "columns", {})))
 
 
 def _as_items(items: Iterable[Any]) -> list[BatchItem]:
     if isinstance(items, (str, os.PathLike)):  # one path, not an iterable of characters
         items = [items]
     items = list(items)
-    if items and all(isinstance(i, (str, os.PathLike)) for i in items):
-        from voxelfm.io import collect_inputs
+    from voxelfm.io import collect_inputs
 
+    if items and all(isinstance(i, (str, os.PathLike)) for i in items):
         items = collect_inputs(items)
     out: list[BatchItem] = []
     seen: set[str] = set()
-    for it in items:
-        if isinstance(it, BatchItem):
-            bi = it
+    for pos, it in enumerate(items):
+        if isinstance(it, (str, os.PathLike)):
+            # a plain path among (id, source) pairs: expanded as on its own (a folder may hold
+            # several series); its id comes from the file name, as for a list of paths
+            expanded = [_from_input_item(x) for x in collect_inputs([it])]
+        elif isinstance(it, BatchItem):
+            expanded = [it]
         elif hasattr(it, "id") and hasattr(it, "path"):  # voxelfm.io.InputItem
-            bi = BatchItem(str(it.id), it.path, getattr(it, "series_uid", None), getattr(it, "overrides", None),
-                           dict(getattr(it, "columns", {})))
-        elif isinstance(it, dict):
+            expanded = [_from_input_item(it)]
+        elif isinstance(it, dict) and "id" in it and ("path" in it or "source" in it):
             extra = {k: v for k, v in it.items() if k not in ("id", "path", "source", "series_uid", "overrides")}
-            bi = BatchItem(str(it["id"]), it.get("path", it.get("source")), it.get("series_uid"), it.get("overrides"),
-                           extra)
-        elif isinstance(it, (tuple, list)) and len(it) in (2, 3):
-            bi = BatchItem(str(it[0]), it[1], it[2] if len(it) == 3 else None)
+            expanded = [BatchItem(str(it["id"]), it.get("path", it.get("source")), it.get("series_uid"),
+                                  it.get("overrides"), extra)]
+        elif isinstance(it, (tuple, list)) and len(it) in (2, 3) and isinstance(it[0], (str, int)):
+            expanded = [BatchItem(str(it[0]), it[1], it[2] if len(it) == 3 else None)]
         else:
-            raise ValueError(f"cannot use {it!r} as a batch item: give paths, voxelfm.io.InputItem, "
-                             "(id, path) tuples or {'id', 'path'} dicts")
-        if not bi.id.strip():
-            raise ValueError(f"empty id for item {bi.source_text}")
-        if bi.id in seen:
-            raise ValueError(f"duplicate id {bi.id!r} in the batch; ids must be unique")
-        seen.add(bi.id)
-        out.append(bi)
+            raise ValueError(
+                f"batch item {pos} ({type(it).__name__}: {_short(it)}) is not a path, an (id, source) "
+                "pair, an (id, path, series_uid) triple, a {'id', 'path'} dict or a voxelfm.io.InputItem; "
+                "an array needs an id: pass (id, array)")
+        for bi in expanded:
+            if not bi.id.strip():
+                raise ValueError(f"empty id for batch item {pos} ({bi.source_text})")
+            if bi.id in seen:
+                raise ValueError(f"duplicate id {bi.id!r} in the batch (item {pos}, {bi.source_text}); "
+                                 "ids must be unique: give (id, source) pairs with distinct ids")
+            seen.add(bi.id)
+            out.append(bi)
     return out
+
+
+def _short(obj: Any, limit: int = 60) -> str:
+    text = f"shape {tuple(obj.shape)}" if hasattr(obj, "shape") else repr(obj)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _ReadPreprocess(torch.utils.data.Dataset):
@@ -283,7 +310,8 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
             (``model.options_from_columns``, e.g. FMCIB seed points).
         items: paths (files, folders, CSV manifests — expanded by :func:`voxelfm.io.collect_inputs`),
             :class:`voxelfm.io.InputItem` s, ``(id, path_or_array)`` tuples or ``{"id", "path"}``
-            dicts. Ids become file names only through :func:`voxelfm.utils.safe_id`.
+            dicts, also mixed (a path's id is its file name). Ids become file names only through
+            :func:`voxelfm.utils.safe_id`.
         out: the store folder (:class:`EmbeddingStore`).
         preset, crop_background, max_patches, mode, window, overlap, device, dtype,
             memory_budget_gb: as :func:`voxelfm.extract_features`.
@@ -298,7 +326,8 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
             entry, else 1 mm with a warning); other formats carry their own spacing.
 
     Returns:
-        :class:`BatchSummary` (ok / failed / skipped counts summed over ranks).
+        :class:`BatchSummary` (ok / failed / skipped counts summed over ranks; ``model_busy`` =
+        forward time / wall time of this process).
 
     Raises:
         ValueError: bad arguments, duplicate ids, or ``out`` written with different settings.
@@ -360,6 +389,7 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
     _clean_stale_tmp(store, (it.id for it in todo))
 
     ok = failed = 0
+    model_seconds = 0.0
     failed_ids: list[str] = []
     ds = _ReadPreprocess(todo, resolved, crop_background, max_patches, 0 if baseline else int(model.patch_size),
                          spacing, baseline=model if baseline else None)
@@ -382,6 +412,7 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
                 try:
                     feats = extract_preprocessed(model, pre, mode=mode, window=window, overlap=overlap,
                                                  device=dev, dtype=dtype, memory_budget_gb=memory_budget_gb)
+                    model_seconds += float(feats.record["forward_seconds"])
                     feats.record["read_preprocess_seconds"] = round(read_s, 4)
                     seconds = read_s + time.perf_counter() - t0
                     if "pth" in formats:
@@ -424,4 +455,5 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
         if owns_group:
             dist.destroy_process_group()
     return BatchSummary(ok=counts[0], failed=counts[1], skipped=counts[2], total=counts[3], out=str(root),
-                        seconds=time.perf_counter() - t_start, failed_ids=failed_ids, failed_before=counts[4])
+                        seconds=time.perf_counter() - t_start, failed_ids=failed_ids, failed_before=counts[4],
+                        model_seconds=model_seconds)

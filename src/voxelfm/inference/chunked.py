@@ -148,25 +148,52 @@ def parse_window(window: int | str | Sequence[int] | None, patch_size: int) -> t
     return tuple(vals)  # type: ignore[return-value]
 
 
-def choose_window(grid: Sequence[int], model: Any, budget_bytes: int, *, dtype_bytes: int = 4) -> tuple[int, int, int]:
-    """Largest cubic window (clamped to the grid per axis) whose forward fits the budget."""
+def choose_window(grid: Sequence[int], model: Any, budget_bytes: int, *, dtype_bytes: int = 4,
+                  overlap: float = 0.25) -> tuple[int, int, int]:
+    """The window (tokens per axis) that fits the budget and costs the least compute.
+
+    Candidates: every window of at most ``n_max`` tokens (:func:`max_tokens_for_budget`) and at
+    least ``n_max / 2`` (windows keep at least half the context the budget allows), each side at
+    least half the side of the largest cube and >= 4 tokens (no degenerate slabs). Cost: the tokens
+    processed by all windows of the plan at this ``overlap`` (the overlap is computed twice),
+    then the analytic FLOPs (attention ∝ tokens²), then the larger window. In practice this
+    selects slabs spanning the grid on two axes, which repeat far fewer tokens than cubes: for
+    ViT-B at 20×20×20 tokens and a budget of ~4,000 tokens, 3 slabs of 20×20×8 process 1.2× the
+    grid's tokens where 15³ cubes process 3.4× it. The whole grid is one window when it fits.
+    """
+    grid = tuple(int(g) for g in grid)
     n_max = max_tokens_for_budget(model, budget_bytes, dtype_bytes=dtype_bytes)
-    side = max(1, int(round(n_max ** (1 / 3))))
-    while side > 1 and math.prod(min(side, g) for g in grid) > n_max:
-        side -= 1
-    # grow axes that are clamped by the grid while the budget allows
-    win = [min(side, g) for g in grid]
-    grown = True
-    while grown:
-        grown = False
-        for ax in range(3):
-            if win[ax] < grid[ax]:
-                trial = list(win)
-                trial[ax] += 1
-                if math.prod(trial) <= n_max:
-                    win = trial
-                    grown = True
-    return tuple(win)  # type: ignore[return-value]
+    if math.prod(grid) <= n_max:
+        return grid  # type: ignore[return-value]
+    dims = _model_dims(model)
+    C, special = dims["embed_dim"], dims["num_special"]
+    linear = (8 + 4 * dims["mlp_ratio"]) * C * C  # per token (24 C² at ratio 4)
+
+    def flops(tokens: int) -> float:
+        n = tokens + special
+        return linear * n + 4.0 * C * n * n
+
+    cube = max(1, int(round(n_max ** (1 / 3))))
+    while cube > 1 and cube ** 3 > n_max:
+        cube -= 1
+    low = [min(g, cube, max(4, (cube + 1) // 2)) for g in grid]
+    counts = [{w: len(_axis_starts(g, w, overlap)) for w in range(lo, g + 1)} for g, lo in zip(grid, low)]
+    best: tuple[int, float, int, tuple[int, int, int]] | None = None
+    for a in range(low[0], grid[0] + 1):
+        for b in range(low[1], grid[1] + 1):
+            if a * b * low[2] > n_max:
+                break
+            c_hi = min(grid[2], n_max // (a * b))
+            c_lo = max(low[2], -(-n_max // (2 * a * b)))
+            for c in range(c_lo, c_hi + 1):
+                tokens = a * b * c
+                count = counts[0][a] * counts[1][b] * counts[2][c]
+                key = (count * tokens, count * flops(tokens), -tokens, (a, b, c))
+                if best is None or key < best:
+                    best = key
+    if best is None:  # budget below half a cube in every shape: the largest cube that fits
+        return tuple(min(cube, g) for g in grid)  # type: ignore[return-value]
+    return best[3]
 
 
 def _axis_starts(g: int, w: int, overlap: float) -> list[int]:

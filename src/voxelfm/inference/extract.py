@@ -9,7 +9,9 @@ windows (:mod:`voxelfm.inference.chunked`) when the token grid does not fit the 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 
 from voxelfm.inference.chunked import (
     GiB,
+    WindowPlan,
     choose_window,
     default_memory_budget,
     estimate_forward_bytes,
@@ -28,7 +31,7 @@ from voxelfm.inference.features import Features
 from voxelfm.preprocess import PRESETS, Preprocessed, Preset, preprocess_volume
 
 __all__ = ["extract_features", "extract_preprocessed", "resolve_preset", "resolve_device", "resolve_dtype",
-           "MODES", "is_baseline", "check_baseline_options"]
+           "MODES", "ForwardPlan", "plan_forward", "is_baseline", "check_baseline_options"]
 
 MODES: tuple[str, ...] = ("auto", "full", "chunked")
 
@@ -129,6 +132,46 @@ def _model_record(model: Any) -> dict[str, Any]:
     return rec
 
 
+@dataclass(frozen=True)
+class ForwardPlan:
+    """How one volume will run: ``mode`` (``"full"``/``"chunked"``), the windows (or ``None``),
+    windows per forward, and the memory estimates (bytes) of the full forward and of one window."""
+
+    mode: str
+    plan: WindowPlan | None
+    windows_per_batch: int
+    full_bytes: int
+    window_bytes: int
+
+    def window_token_counts(self, grid: Sequence[int]) -> list[int]:
+        """Patch tokens of every forward item (one entry per window, or the whole grid)."""
+        if self.plan is None:
+            return [math.prod(grid)]
+        return [self.plan.window_tokens] * self.plan.count
+
+
+def plan_forward(model: Any, grid: Sequence[int], *, mode: str = "auto",
+                 window: int | str | Sequence[int] | None = None, overlap: float = 0.25,
+                 dtype_bytes: int = 4, budget_bytes: int) -> ForwardPlan:
+    """Decide full vs chunked (and the windows) for a token ``grid``, as :func:`extract_preprocessed` does."""
+    from voxelfm.inference.chunked import _model_dims
+
+    p = int(model.patch_size)
+    dims = _model_dims(model)
+    grid = tuple(int(g) for g in grid)
+    full_bytes = estimate_forward_bytes(math.prod(grid), dtype_bytes=dtype_bytes, **dims)
+    win = parse_window(window, p)
+    mode_used = mode if mode != "auto" else ("full" if full_bytes <= budget_bytes and win is None else "chunked")
+    if mode_used == "full":
+        return ForwardPlan("full", None, 1, full_bytes, full_bytes)
+    size = win if win is not None else choose_window(grid, model, budget_bytes, dtype_bytes=dtype_bytes,
+                                                     overlap=overlap)
+    plan = plan_windows(grid, size, overlap)
+    per_window = estimate_forward_bytes(plan.window_tokens, dtype_bytes=dtype_bytes, **dims)
+    per_batch = max(1, min(plan.count, budget_bytes // max(per_window, 1), 16))
+    return ForwardPlan("chunked", plan, int(per_batch), full_bytes, per_window)
+
+
 def extract_preprocessed(model: torch.nn.Module, pre: Preprocessed, *, mode: str = "auto",
                          window: int | str | Sequence[int] | None = None, overlap: float = 0.25,
                          device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
@@ -157,22 +200,16 @@ def extract_preprocessed(model: torch.nn.Module, pre: Preprocessed, *, mode: str
     if budget <= 0:
         raise ValueError(f"memory_budget_gb must be > 0, got {memory_budget_gb}")
     grid = tuple(pre.record["token_grid"])
-    n_tokens = grid[0] * grid[1] * grid[2]
-    from voxelfm.inference.chunked import _model_dims
-
-    dims = _model_dims(model)
-    full_bytes = estimate_forward_bytes(n_tokens, dtype_bytes=dtype_bytes, **dims)
-    win = parse_window(window, p)
-    if mode == "auto":
-        mode_used = "full" if full_bytes <= budget and win is None else "chunked"
-    else:
-        mode_used = mode
+    fplan = plan_forward(model, grid, mode=mode, window=window, overlap=overlap, dtype_bytes=dtype_bytes,
+                         budget_bytes=budget)
+    mode_used = fplan.mode
 
     _move(model, dev)
     x = pre.array.to(dev, torch.float32)
     autocast = _autocast_factory(dev, ac_dtype)
     t0 = time.perf_counter()
-    memory: dict[str, Any] = {"budget_gb": round(budget / GiB, 3), "full_estimate_gb": round(full_bytes / GiB, 3)}
+    memory: dict[str, Any] = {"budget_gb": round(budget / GiB, 3),
+                              "full_estimate_gb": round(fplan.full_bytes / GiB, 3)}
     windows: dict[str, Any] | None = None
     with torch.inference_mode(), _eval_mode(model):
         if mode_used == "full":
@@ -183,14 +220,12 @@ def extract_preprocessed(model: torch.nn.Module, pre: Preprocessed, *, mode: str
             regs = out.get("x_norm_regtokens")
             registers = regs[0].float() if regs is not None else torch.zeros(0, cls.shape[0], device=dev)
         else:
-            size = win if win is not None else choose_window(grid, model, budget, dtype_bytes=dtype_bytes)
-            plan = plan_windows(grid, size, overlap)
-            per_window = estimate_forward_bytes(plan.window_tokens, dtype_bytes=dtype_bytes, **dims)
-            per_batch = max(1, min(plan.count, budget // max(per_window, 1), 16))
+            plan, per_batch = fplan.plan, fplan.windows_per_batch
+            assert plan is not None
             cls, patch, registers = run_windows(model, x, plan, windows_per_batch=int(per_batch),
                                                 autocast=autocast)
             windows = {**plan.to_dict(), "windows_per_batch": int(per_batch)}
-            memory["window_estimate_gb"] = round(per_window * per_batch / GiB, 3)
+            memory["window_estimate_gb"] = round(fplan.window_bytes * per_batch / GiB, 3)
     seconds = time.perf_counter() - t0
     record = dict(pre.record)
     record.update({
@@ -284,8 +319,9 @@ def extract_features(model: torch.nn.Module, source: Any, *, preset: str | Prese
         mode: ``"full"`` (one forward), ``"chunked"`` (overlapping windows, stitched) or
             ``"auto"`` (full when the estimated activation memory fits the budget, else chunked).
         window: chunk size: tokens per side (int, 3 ints, ``"16x16x8"``) or voxels (``"224vox"``);
-            default: the largest cube that fits the budget. Passing a window in ``auto`` mode
-            selects chunked.
+            default: the window that fits the budget and repeats the fewest tokens (usually slabs
+            spanning two axes; :func:`~voxelfm.inference.chunked.choose_window`). Passing a window
+            in ``auto`` mode selects chunked.
         overlap: fraction of the window shared by neighbouring windows (0 ≤ overlap < 1).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...; default: the model's GPU, else CUDA if
             available, else CPU.

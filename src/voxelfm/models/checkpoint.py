@@ -39,6 +39,7 @@ from voxelfm.models.config import CONFIGS, ViTConfig, config_names
 from voxelfm.models.factory import VOXELFM_FORMAT, ConfigLike, resolve_config
 from voxelfm.models.vit import VisionTransformer3D
 from voxelfm.preprocess.presets import Preset
+from voxelfm.utils.json_file import read_json_object
 
 __all__ = [
     "load_backbone", "save_backbone", "save_reference_teacher", "extract_backbone_state_dict",
@@ -386,13 +387,7 @@ def find_reference_checkpoint(folder: str | os.PathLike[str]) -> Path:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, CheckpointError)
 
 
 # ----------------------------------------------------------------------------- load_backbone

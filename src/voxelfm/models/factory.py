@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from voxelfm.models.config import CONFIGS, ViTConfig, config_names, get_config
 from voxelfm.models.reference_config import load_reference_yaml, read_reference_config, reference_preset
 from voxelfm.models.vit import VisionTransformer3D
 from voxelfm.preprocess.presets import Preset
+from voxelfm.utils.json_file import read_json_object
 
 __all__ = ["build_backbone", "resolve_config", "ConfigLike", "VOXELFM_FORMAT"]
 
@@ -68,12 +68,7 @@ def resolve_config(config: ConfigLike) -> tuple[ViTConfig, Preset | None, str]:
                 cfg, _, _ = read_reference_config(data)
                 return cfg, reference_preset(data), str(path)
             if path.suffix.lower() == ".json":
-                try:
-                    data = json.loads(path.read_text(encoding="utf-8"))
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-                if not isinstance(data, dict):
-                    raise ConfigError(f"{path}: expected a JSON object")
+                data = read_json_object(path, ConfigError)
                 cfg, preset = _from_voxelfm_json(data, str(path))
                 return cfg, preset, str(path)
             raise ConfigError(f"{path}: config files must be .yaml/.yml (reference) or .json (voxelfm)")
