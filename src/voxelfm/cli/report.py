@@ -1,7 +1,8 @@
 """``voxelfm report``: train a report generator on cached embeddings, generate reports, score them.
 
     voxelfm report train    --store STORE --reports TABLE -o DIR [--lm PATH] [--stage 1|2|both]
-    voxelfm report generate --store STORE --model DIR -o OUT [--reports TABLE --split test]
+                            [--grounding none|probe|retrieval|both]
+    voxelfm report generate --store STORE --model DIR -o OUT [--reports TABLE --split test] [--redecode N]
     voxelfm report evaluate --generated OUT --truth TABLE -o DIR [--probe --store STORE]
     voxelfm report label    --reports TABLE -o LABELS.csv      (rule-based or LLM abnormality labels)
 """
@@ -60,6 +61,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--report-style", default="abnormal", choices=["abnormal", "original"],
                    help="train on abnormal findings only (default, like the reference's restructured reports) "
                         "or on the reports as written")
+    t.add_argument("--grounding", default="none", choices=["none", "probe", "retrieval", "both"],
+                   help="what the prompt holds besides the image tokens: none (pure LLaVA, the paper's method), "
+                        "probe (per-finding probe decisions with probabilities), retrieval (most similar training "
+                        "reports) or both")
+    t.add_argument("--top-k", type=int, default=1, help="similar training reports per prompt (--grounding retrieval/both)")
+    t.add_argument("--grounding-threshold", default="0.5",
+                   help="probe probability at which a finding is stated (default 0.5), or 'f1' (per finding, "
+                        "tuned on out-of-fold training probabilities)")
+    t.add_argument("--grounding-feature", default="cls", choices=["cls", "mean_patch", "cls+mean_patch"],
+                   help="embedding vector of the probes and the retrieval (default cls)")
+    t.add_argument("--train-findings", default="truth", choices=["truth", "probe"],
+                   help="findings listed in training prompts: the true ones (default: the LM learns to state what "
+                        "it is given) or the out-of-fold probe decisions")
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--grad-accum", type=int, default=None)
@@ -91,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--batch-size", type=int, default=8)
     _add_run_options(g, no_resume_help="regenerate reports already in OUT")
+    g.add_argument("--redecode", type=int, default=0,
+                   help="grounded models: up to N extra sampled decodings of a report that contradicts the probe "
+                        "findings (the one with the fewest disagreements is kept; default 0 = only check)")
 
     e = sub.add_parser("evaluate", help="abnormality F1 of generated reports (+ probe comparison)",
                        description="Label generated reports for the 18 CT-RATE abnormalities and compare with the "
@@ -103,7 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--split", default=None, help="evaluate only ids of this split of --truth")
     _add_labeler_options(e)
     e.add_argument("--baseline", action="store_true",
-                   help="also score the most-common-training-report and random-training-report baselines")
+                   help="also score the most-common-training-report and random-training-report baselines (and, "
+                        "with --store, the nearest-training-report retrieval baseline)")
+    e.add_argument("--permutations", type=int, default=0,
+                   help="permutation test with N shuffles: do the reports match their own scan? (default 0 = off)")
     e.add_argument("--probe", action="store_true", help="train a binary probe per label on --store and compare")
     e.add_argument("--store", default=None, help="embedding store for --probe")
     e.add_argument("--probe-head", default="linear")
@@ -152,7 +172,10 @@ def _train(args: argparse.Namespace) -> int:
                 "num_queries": args.queries, "width": args.width, "lora_r": args.lora_r,
                 "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout, "max_length": args.max_length}
         over = {k: v for k, v in over.items() if v is not None}
+        threshold = args.grounding_threshold if args.grounding_threshold == "f1" else float(args.grounding_threshold)
         return replace(cfg, feature=args.feature, max_patch_tokens=args.max_patch_tokens, device=args.device,
+                       grounding=args.grounding, grounding_top_k=args.top_k, grounding_threshold=threshold,
+                       grounding_feature=args.grounding_feature, grounding_train_findings=args.train_findings,
                        report_style=args.report_style,
                        lr_clock=args.lr_clock or ("time" if args.max_minutes else "steps"),
                        seed=args.seed, max_minutes=args.max_minutes if args.stage != "both" else None, **over)
@@ -185,8 +208,13 @@ def _generate(args: argparse.Namespace) -> int:
     split = None if args.split in ("all", "", None) else args.split
     df = generate_reports(args.model, args.store, table=args.reports, split=split if args.reports else None,
                           strategy=args.strategy, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                          out_dir=args.output, resume=not args.no_resume, seed=args.seed, device=args.device)
+                          out_dir=args.output, resume=not args.no_resume, seed=args.seed, device=args.device,
+                          redecode=args.redecode)
     print(f"{len(df)} reports -> {Path(args.output) / 'generated.csv'}")
+    if "n_disagreements" in df.columns:
+        bad = int((df["n_disagreements"] > 0).sum())
+        print(f"{bad} of {len(df)} reports disagree with the probe findings -> "
+              f"{Path(args.output) / 'consistency.csv'}")
     return 0
 
 
@@ -195,6 +223,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         baseline_reports,
         compare_with_probes,
         evaluate_reports,
+        permutation_test,
         write_evaluation,
     )
 
@@ -204,18 +233,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     baselines = None
     if args.baseline:
         ids = list(ev.truth.index)
-        baselines = {kind: evaluate_reports(baseline_reports(ids, args.truth, kind=kind, seed=args.seed, labeler=labeler),
+        kinds = ("most_common", "random_train") + (("nearest_train",) if args.store else ())
+        baselines = {kind: evaluate_reports(baseline_reports(ids, args.truth, kind=kind, seed=args.seed, labeler=labeler,
+                                                             store=args.store, feature=args.probe_feature),
                                             args.truth, labeler=labeler, truth_source=args.truth_source,
                                             n_resamples=args.n_resamples, seed=args.seed)
-                     for kind in ("most_common", "random_train")}
+                     for kind in kinds}
     comparison = None
     if args.probe:
         if not args.store:
             raise ValueError("--probe needs --store (the embeddings the probes are trained on)")
         comparison = compare_with_probes(args.store, args.truth, ev, feature=args.probe_feature, head=args.probe_head,
                                          n_resamples=args.n_resamples, seed=args.seed)
-    paths = write_evaluation(ev, args.output, comparison=comparison, baselines=baselines)
+    extra = None
+    if args.permutations:
+        extra = {"permutation_test": permutation_test(ev, n_permutations=args.permutations, seed=args.seed)}
+    paths = write_evaluation(ev, args.output, comparison=comparison, baselines=baselines, extra=extra)
     print(ev.summary())
+    if extra:
+        pt = extra["permutation_test"]
+        print(f"permutation test: macro F1 {pt['observed_macro_f1']:.3f} vs shuffled {pt['null_mean']:.3f} "
+              f"(95th percentile {pt['null_95th_percentile']:.3f}), p = {pt['p_value']:.4f}")
     if baselines:
         for k, b in baselines.items():
             print(f"baseline {k.replace('_', ' ')}: macro F1 {b.macro_f1}")

@@ -18,7 +18,10 @@ Pieces (one per module):
 - :mod:`~voxelfm.reportgen.dataset`: :class:`ReportDataset` over an embedding store and a report table
 - :mod:`~voxelfm.reportgen.train`: :func:`train_report_model` (two stages, resumable checkpoints)
 - :mod:`~voxelfm.reportgen.generate`: :func:`generate_reports` (greedy / nucleus / beam)
-- :mod:`~voxelfm.reportgen.evaluate`: per-label P/R/F1, macro F1 with bootstrap CIs, probe comparison
+- :mod:`~voxelfm.reportgen.grounding`: grounded prompts (probe findings, similar training reports)
+- :mod:`~voxelfm.reportgen.consistency`: generated report vs the probe's findings, per scan
+- :mod:`~voxelfm.reportgen.evaluate`: per-label P/R/F1, macro F1 with bootstrap CIs, probe comparison,
+  baselines (most common, random, nearest training report), permutation test
 - :mod:`~voxelfm.reportgen.experiment`: :func:`run_report_experiment` (train → generate → evaluate)
 
 Names are imported lazily so ``import voxelfm.reportgen`` does not import torch or transformers.
@@ -52,6 +55,11 @@ _LAZY: dict[str, str] = {
     "evaluate_reports": "voxelfm.reportgen.evaluate",
     "compare_with_probes": "voxelfm.reportgen.evaluate",
     "run_report_experiment": "voxelfm.reportgen.experiment",
+    "Grounding": "voxelfm.reportgen.grounding",
+    "GroundingConfig": "voxelfm.reportgen.grounding",
+    "report_disagreements": "voxelfm.reportgen.consistency",
+    "evaluate_findings": "voxelfm.reportgen.evaluate",
+    "permutation_test": "voxelfm.reportgen.evaluate",
 }
 
 __all__ = sorted(_LAZY)

@@ -8,7 +8,7 @@ The table (CSV, TSV, Parquet or JSON lines) needs an ``id`` column matching the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,8 @@ class ReportDataset(Dataset):
         report_style: ``"original"`` (the report as written) or ``"abnormal"`` (abnormal findings
             only, :func:`~voxelfm.reportgen.restructure.restructure_report`, as the reference's
             LLM-restructured training reports).
+        prompts: ``{id: user prompt}`` overriding ``prompt`` per case (grounded prompts,
+            :meth:`~voxelfm.reportgen.grounding.Grounding.prompts`).
 
     Rows whose id has no embedding in the store, or whose report is empty, are left out; their ids
     are listed in :attr:`skipped`.
@@ -118,7 +120,8 @@ class ReportDataset(Dataset):
                  feature: str = "cls", max_patch_tokens: int | None = None, prompt: str | None = None,
                  system_prompt: str = "", chat_template_kwargs: dict[str, Any] | None = None,
                  max_length: int | None = 1024, id_col: str = "id", report_col: str = "report",
-                 split_col: str = "split", cache_features: bool = False, report_style: str = "original") -> None:
+                 split_col: str = "split", cache_features: bool = False, report_style: str = "original",
+                 prompts: Mapping[str, str] | None = None) -> None:
         from voxelfm.inference.store import EmbeddingStore
         from voxelfm.reportgen.conversation import DEFAULT_PROMPT
 
@@ -150,7 +153,7 @@ class ReportDataset(Dataset):
                 from voxelfm.reportgen.restructure import restructure_report
 
                 text = restructure_report(text)
-            msgs = build_messages(text, prompt=prompt, system_prompt=system_prompt)
+            msgs = build_messages(text, prompt=(prompts or {}).get(item_id, prompt), system_prompt=system_prompt)
             tc = tokenize_conversation(tokenizer, msgs, chat_template_kwargs=chat_template_kwargs,
                                        max_length=max_length)
             self.ids.append(item_id)

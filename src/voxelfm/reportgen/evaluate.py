@@ -13,7 +13,9 @@
   on the same embeddings, thresholded at 0.5 on the test split (the reference ``combine.py``), F1
   with a CI next to the generated reports' F1 — the paper's Figure 3.
 * :func:`most_common_report`, :func:`baseline_reports`: the trivial baseline of always writing the
-  most common training report, and the "random training report" baseline.
+  most common training report, the "random training report" baseline, and the retrieval baseline
+  (the report of the nearest training scan by embedding similarity).
+* :func:`permutation_test`: do the reports match *their own* scan better than another test scan's?
 * :func:`write_evaluation`: ``per_label.csv``, ``results.md``, ``results.json`` and
   ``comparison.png``.
 """
@@ -35,10 +37,13 @@ from voxelfm.reportgen.labeler import ABNORMALITIES, FINDING_COLUMNS, label_repo
 __all__ = [
     "ReportEvaluation",
     "evaluate_reports",
+    "evaluate_findings",
     "macro_f1",
     "read_generated",
     "most_common_report",
     "baseline_reports",
+    "BASELINES",
+    "permutation_test",
     "ProbeComparison",
     "compare_with_probes",
     "plot_comparison",
@@ -186,7 +191,6 @@ def evaluate_reports(generated: Any, truth: Any, *, labeler: Labeler | None = No
         :class:`ReportEvaluation`.
     """
     from voxelfm.reportgen.dataset import normalise_split, read_table
-    from voxelfm.stats import Estimate, bootstrap_ci, f1_at
 
     gen = read_generated(generated)
     ids = list(dict.fromkeys(gen["id"]))
@@ -204,10 +208,37 @@ def evaluate_reports(generated: Any, truth: Any, *, labeler: Labeler | None = No
     gen = gen.drop_duplicates("id").set_index("id").loc[ids]
     pred = label_reports(gen["generated"], labeler=labeler)
     pred.index = ids
-    cols = list(t.columns)
-    pred = pred[cols]
+    return _score(pred[list(t.columns)], t, source, n_resamples=n_resamples, seed=seed, alpha=alpha)
 
+
+def evaluate_findings(predictions: Any, truth: Any, *, truth_source: Literal["auto", "columns", "report"] = "auto",
+                      labeler: Labeler | None = None, id_col: str = "id", report_col: str = "report",
+                      n_resamples: int = 1000, seed: int = 4, alpha: float = 0.05) -> ReportEvaluation:
+    """The metrics of :func:`evaluate_reports` for 0/1 finding decisions instead of report text
+    (e.g. a probe's decisions): ``predictions`` is a DataFrame indexed by id (or with an ``id``
+    column) with snake_case finding columns; a truth finding it lacks counts as never predicted."""
+    pred = predictions.copy()
+    if "id" in pred.columns:
+        pred = pred.set_index("id")
+    pred.index = pred.index.astype(str)
+    ids = list(dict.fromkeys(pred.index))
+    t, source = _truth_table(truth, ids, truth_source, labeler, id_col, report_col)
+    ids = [i for i in ids if i in t.index]
+    if len(ids) < 2:
+        raise ConfigError(f"only {len(ids)} predictions have a truth row; check the ids")
+    t = t.loc[ids]
+    pred = pred[~pred.index.duplicated()].reindex(index=ids, columns=list(t.columns)).fillna(0).astype(int)
+    return _score(pred, t, source, n_resamples=n_resamples, seed=seed, alpha=alpha)
+
+
+def _score(pred: Any, t: Any, source: str, *, n_resamples: int, seed: int, alpha: float) -> ReportEvaluation:
+    """Per-label and macro metrics of 0/1 ``pred`` against 0/1 truth ``t`` (same index and columns)."""
     import pandas as pd
+
+    from voxelfm.stats import Estimate, bootstrap_ci, f1_at
+
+    ids = list(t.index)
+    cols = list(t.columns)
 
     rows = []
     for col in cols:
@@ -270,15 +301,29 @@ def most_common_report(table: Any, *, split: str | None = "train", id_col: str =
     return next(t for t in candidates if " ".join(t.split()) == best)
 
 
-def baseline_reports(ids: Sequence[str], table: Any, *, kind: Literal["most_common", "random_train"] = "most_common",
+#: Baseline kinds of :func:`baseline_reports` (``nearest_train`` needs the embedding store).
+BASELINES = ("most_common", "random_train", "nearest_train")
+
+
+def baseline_reports(ids: Sequence[str], table: Any, *,
+                     kind: Literal["most_common", "random_train", "nearest_train"] = "most_common",
                      seed: int = 4, id_col: str = "id", report_col: str = "report", split_col: str = "split",
-                     labeler: Labeler | None = None):
-    """Baseline "generated" reports for ``ids``: the most common training report for everyone, or
-    the report of a random training case (drawn with ``seed``; F1 ≈ prevalence, no image used)."""
+                     labeler: Labeler | None = None, store: Any = None, feature: str = "cls"):
+    """Baseline "generated" reports for ``ids``: the most common training report for everyone, the
+    report of a random training case (drawn with ``seed``; F1 ≈ prevalence, no image used), or the
+    report of the nearest training scan (``nearest_train``: cosine similarity of the standardised
+    ``feature`` vectors of ``store``; retrieval instead of generation)."""
     import pandas as pd
 
     from voxelfm.reportgen.dataset import normalise_split, read_table
 
+    if kind == "nearest_train":
+        if store is None:
+            raise ConfigError("the nearest-training-report baseline needs the embedding store (--store)")
+        from voxelfm.reportgen.grounding import nearest_train_reports
+
+        return nearest_train_reports(store, table, ids, feature=feature, id_col=id_col, report_col=report_col,
+                                     split_col=split_col)
     if kind == "most_common":
         text = most_common_report(table, id_col=id_col, report_col=report_col, split_col=split_col, labeler=labeler)
         return pd.DataFrame({"id": list(ids), "generated": [text] * len(ids)})
@@ -291,7 +336,28 @@ def baseline_reports(ids: Sequence[str], table: Any, *, kind: Literal["most_comm
             raise ConfigError("no training reports for the random baseline")
         rng = np.random.default_rng(seed)
         return pd.DataFrame({"id": list(ids), "generated": [pool[k] for k in rng.integers(0, len(pool), len(ids))]})
-    raise ValueError(f"kind must be most_common or random_train, got {kind!r}")
+    raise ValueError(f"kind must be one of {', '.join(BASELINES)}, got {kind!r}")
+
+
+def permutation_test(evaluation: ReportEvaluation, *, n_permutations: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Do the reports match *their own* scan better than another test scan's?
+
+    The reports are shuffled across the evaluated cases (each keeps its findings, so the label
+    frequencies stay the same; only the link to the scan is broken) and macro F1 is recomputed. A
+    generator that writes the same text for everyone, or plausible reports without reading the
+    image, sits inside this null distribution. ``p_value = (1 + #{null >= observed}) / (1 + n)``.
+    """
+    cols = [evaluation.per_label.loc[name, "column"] for name in evaluation.labels]
+    truth = evaluation.truth[cols].to_numpy().astype(bool)
+    pred = evaluation.predictions.loc[evaluation.truth.index, cols].to_numpy().astype(bool)
+    observed = macro_f1(truth, pred)
+    rng = np.random.default_rng(seed)
+    perms = np.stack([pred[rng.permutation(len(pred))] for _ in range(n_permutations)])
+    null = _macro_f1_batched(np.broadcast_to(truth, perms.shape), perms)
+    return {"observed_macro_f1": round(observed, 4), "null_mean": round(float(null.mean()), 4),
+            "null_95th_percentile": round(float(np.quantile(null, 0.95)), 4),
+            "p_value": round(float((1 + (null >= observed - 1e-12).sum()) / (1 + n_permutations)), 4),
+            "n_permutations": n_permutations}
 
 
 # --------------------------------------------------------------------------------------------- probes

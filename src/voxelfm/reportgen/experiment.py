@@ -11,6 +11,10 @@ Output folder::
     OUT/generated/                         test-split reports (see voxelfm.reportgen.generate)
     OUT/evaluation/                        per_label.csv, results.md, results.json, comparison.png
     OUT/results.json                       summary: macro F1 of reports / baselines / probe, timings
+
+With ``grounding="probe"|"retrieval"|"both"`` the prompts carry the probes' findings and/or the most
+similar training reports (:mod:`voxelfm.reportgen.grounding`); ``OUT/generated/`` then also holds
+``consistency.csv`` and ``probe_decisions.csv``, and the summary the grounding probes' own macro F1.
 """
 
 from __future__ import annotations
@@ -69,12 +73,28 @@ def _drop_stale_generation(model_dir: Path, gen_dir: Path) -> None:
     atomic_write_text(marker, fp)
 
 
+def _grounding_summary(gen_dir: Path, table: Any, gen: Any, n_resamples: int, seed: int) -> dict[str, Any]:
+    """Macro F1 of the grounding probes' own decisions on the test scans and the consistency counts."""
+    import pandas as pd
+
+    from voxelfm.reportgen.evaluate import evaluate_findings
+
+    decisions = pd.read_csv(gen_dir / "probe_decisions.csv", dtype={"id": str})
+    decisions = decisions[[c for c in decisions.columns if not c.endswith("_prob")]]
+    probe = evaluate_findings(decisions, table, n_resamples=n_resamples, seed=seed)
+    return {"probe_decisions": {"macro_f1": probe.macro_f1.to_dict()},
+            "reports_disagreeing_with_probe": int((gen["n_disagreements"] > 0).sum()),
+            "disagreements": int(gen["n_disagreements"].sum()), "n": int(len(gen))}
+
+
 def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *, minutes: float = 10.0,
                           lm: str | None = None, feature: str = "cls", stage1: Any = None, stage2: Any = None,
                           strategy: str = "greedy", max_new_tokens: int | None = None, batch_size: int = 8,
                           with_probes: bool = True, probe_head: str = "linear", probe_feature: str | None = None,
                           n_resamples: int = 1000, seed: int = 4, device: str = "cpu", resume: bool = True,
-                          stage1_fraction: float = 0.2, lm_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
+                          stage1_fraction: float = 0.2, lm_and_tokenizer: tuple[Any, Any] | None = None,
+                          grounding: str = "none", grounding_top_k: int = 1, grounding_threshold: float | str = 0.5,
+                          redecode: int = 0, n_permutations: int = 2000) -> dict[str, Any]:
     """Train, generate for the ``test`` split, and score against the truth, baselines and probes.
 
     Args:
@@ -97,6 +117,11 @@ def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *
         probe_head, probe_feature: probe settings (feature default: ``cls`` for ``feature="cls"``,
             else ``mean_patch``).
         n_resamples, seed: bootstrap settings (reference 1000, 4).
+        grounding: ``none`` (the pure LLaVA prompt, the paper's method), ``probe``, ``retrieval``
+            or ``both`` (:mod:`voxelfm.reportgen.grounding`); ``grounding_top_k``,
+            ``grounding_threshold``: similar reports per prompt, probe decision threshold.
+        redecode: grounded models: extra decodings for reports that contradict the probe findings.
+        n_permutations: permutations of the image-dependence test (0 = skip).
 
     Returns:
         the summary dict also written to ``OUT/results.json``.
@@ -109,6 +134,8 @@ def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *
         baseline_reports,
         compare_with_probes,
         evaluate_reports,
+        BASELINES,
+        permutation_test,
         write_evaluation,
     )
     from voxelfm.reportgen.generate import generate_reports
@@ -126,8 +153,9 @@ def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *
     d1, d2 = budget_configs()
     s1 = stage1 or d1
     s2 = stage2 or d2
-    s1 = replace(s1, feature=feature, seed=seed, device=device)
-    s2 = replace(s2, feature=feature, seed=seed, device=device)
+    g = {"grounding": grounding, "grounding_top_k": grounding_top_k, "grounding_threshold": grounding_threshold}
+    s1 = replace(s1, feature=feature, seed=seed, device=device, **g)
+    s2 = replace(s2, feature=feature, seed=seed, device=device, **g)
     t0 = time.perf_counter()
     r1, r2 = train_two_stages(store, df, out / "model", lm=lm, stage1=s1, stage2=s2, max_minutes=minutes,
                               stage1_fraction=stage1_fraction, resume=resume, lm_and_tokenizer=lm_and_tokenizer)
@@ -145,21 +173,26 @@ def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *
         max_new_tokens = auto_max_new_tokens(model.tokenizer, train_reports)
     with torch.no_grad():
         gen = generate_reports(model, store, table=df, split="test", strategy=strategy, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, out_dir=out / "generated", resume=resume, seed=seed)
+                               batch_size=batch_size, out_dir=out / "generated", resume=resume, seed=seed,
+                               redecode=redecode)
     generate_seconds = time.perf_counter() - t0
     del model
 
     t0 = time.perf_counter()
     evaluation = evaluate_reports(gen, df, n_resamples=n_resamples, seed=seed)
     test_ids = list(evaluation.truth.index)
-    baselines = {kind: evaluate_reports(baseline_reports(test_ids, df, kind=kind, seed=seed), df,
+    baselines = {kind: evaluate_reports(baseline_reports(test_ids, df, kind=kind, seed=seed, store=store), df,
                                         n_resamples=n_resamples, seed=seed)
-                 for kind in ("most_common", "random_train")}
+                 for kind in BASELINES}
     comparison = None
     if with_probes:
         pf = probe_feature or ("cls" if feature == "cls" else "mean_patch")
         comparison = compare_with_probes(store, df, evaluation, feature=pf, head=probe_head,
                                          n_resamples=n_resamples, seed=seed)
+    grounding_summary = None
+    if grounding != "none":
+        grounding_summary = _grounding_summary(out / "generated", df, gen, n_resamples, seed)
+    perm = permutation_test(evaluation, n_permutations=n_permutations, seed=seed) if n_permutations else None
     eval_seconds = time.perf_counter() - t0
 
     summary: dict[str, Any] = {
@@ -169,7 +202,9 @@ def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *
         "baselines": {k: {"macro_f1": v.macro_f1.to_dict()} for k, v in baselines.items()},
         "probe": None if comparison is None else {"macro_f1": comparison.macro_f1.to_dict(), "head": probe_head},
         "training": {"stage1": r1.to_dict(), "stage2": r2.to_dict(), "minutes_budget": minutes},
-        "generation": {"strategy": strategy, "max_new_tokens": max_new_tokens, "n": len(gen)},
+        "generation": {"strategy": strategy, "max_new_tokens": max_new_tokens, "n": len(gen), "redecode": redecode},
+        "permutation_test": perm,
+        "grounding": grounding_summary,
         "seconds": {"train": round(train_seconds, 1), "generate": round(generate_seconds, 1),
                     "evaluate": round(eval_seconds, 1), "total": round(time.perf_counter() - t_all, 1)},
         "lm": str(lm or "default"), "feature": feature,

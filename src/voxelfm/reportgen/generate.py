@@ -6,6 +6,9 @@ Output folder (``out_dir``)::
                               a rerun, so an interrupted run resumes)
     generated.csv             id, split, generated, ground_truth (when a report table was given)
     generation.json           model, strategy, decoding settings, counts, time
+    consistency.csv           grounded models: per scan, the probe's findings and the findings the
+                              report misses or adds (see voxelfm.reportgen.consistency)
+    probe_decisions.csv       grounded models: per scan, probability and 0/1 decision of each probe
 
 Decoding strategies (reference ``mllm/inference``): ``greedy``; ``nucleus`` (temperature 0.7,
 top-p 0.9, top-k 50; the reference evaluated these); ``beam`` (4 beams).
@@ -73,7 +76,7 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
                      split: str | None = "test", strategy: str = "greedy", max_new_tokens: int = 256,
                      batch_size: int = 8, out_dir: str | os.PathLike[str] | None = None, resume: bool = True,
                      seed: int = 4, device: Any = "cpu", id_col: str = "id", report_col: str = "report",
-                     split_col: str = "split", **generate_kwargs: Any):
+                     split_col: str = "split", redecode: int = 0, labeler: Any = None, **generate_kwargs: Any):
     """Generate a report for each selected volume.
 
     Args:
@@ -89,6 +92,10 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
         out_dir: write ``reports/``, ``generated.csv``, ``generation.json`` here (see module docs).
         resume: keep reports already in ``out_dir/reports``.
         seed: torch seed (nucleus sampling is reproducible for equal seeds and batch sizes).
+        redecode: grounded models: up to this many extra nucleus-sampled decodings for each report
+            that disagrees with the probe's findings; the decoding with the fewest disagreements
+            is kept (0 = only check and report disagreements).
+        labeler: the labeler of the consistency check (default: rule-based).
         **generate_kwargs: passed to ``generate`` (e.g. ``repetition_penalty=1.1``).
 
     Returns:
@@ -109,6 +116,9 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
         model_dir = resolve_model_dir(model)
         model = ReportModel.load(model_dir, device=device, merge_lora=True)
     ids, truth, splits = _select_ids(store, ids, table, split, id_col, report_col, split_col)
+    if redecode < 0:
+        raise ValueError("redecode must be 0 or more")
+    grounding = getattr(model, "grounding", None)
 
     out = Path(out_dir) if out_dir is not None else None
     done: dict[str, str] = {}
@@ -121,6 +131,7 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
                     done[i] = f.read_text(encoding="utf-8")
     todo = [i for i in ids if i not in done]
     torch.manual_seed(seed)
+    attempts: dict[str, int] = {}
     t0 = time.perf_counter()
     cfg = model.config
     bar = progress(total=len(todo), desc=f"generate ({strategy})", unit="report")
@@ -130,8 +141,16 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
             items = [{"id": i, "tokens": feature_tokens(store, i, cfg.feature, max_patch_tokens=cfg.max_patch_tokens),
                       "input_ids": torch.zeros(1, dtype=torch.long)} for i in chunk]
             batch = collate_reports(items)
+            prompts = None
+            if grounding is not None:
+                prompts, _, dec = grounding.prompts(chunk, store.matrix(chunk, feature=grounding.config.feature),
+                                                    cfg.prompt)
             texts = model.generate(batch["features"], batch["feature_mask"], strategy=strategy,
-                                   max_new_tokens=max_new_tokens, **generate_kwargs)
+                                   max_new_tokens=max_new_tokens, prompts=prompts, **generate_kwargs)
+            if grounding is not None and redecode:
+                texts, n_tries = _redecode(model, batch, texts, prompts, dec, grounding.labels, redecode, seed + start,
+                                           max_new_tokens, labeler, generate_kwargs)
+                attempts.update(zip(chunk, n_tries))
             for i, text in zip(chunk, texts):
                 done[i] = text
                 if out is not None:
@@ -147,12 +166,67 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
             row["ground_truth"] = truth.get(i, "")
         rows.append(row)
     df = pd.DataFrame(rows)
+    consistency = None
+    if grounding is not None:
+        consistency, probe_table = _check(grounding, store, ids, [done[i] for i in ids], attempts, labeler)
+        df["probe_findings"] = consistency["probe_findings"].to_numpy()
+        df["n_disagreements"] = consistency["n_disagreements"].to_numpy()
     if out is not None:
+        if consistency is not None:
+            atomic_write_text(out / "consistency.csv", consistency.to_csv(index=False))
+            atomic_write_text(out / "probe_decisions.csv", probe_table.to_csv(index=False))
         df.to_csv(out / ".generated.csv.tmp", index=False)
         os.replace(out / ".generated.csv.tmp", out / "generated.csv")
         meta = {"model_dir": str(model_dir) if model_dir else "", "lm": cfg.lm, "strategy": strategy,
                 "decoding": {**generation_kwargs(strategy), "max_new_tokens": max_new_tokens, **generate_kwargs},
                 "n": len(ids), "n_generated_now": len(todo), "seconds": round(seconds, 2),
-                "seconds_per_report": round(seconds / max(len(todo), 1), 3), "seed": seed, "split": split}
+                "seconds_per_report": round(seconds / max(len(todo), 1), 3), "seed": seed, "split": split,
+                "grounding": cfg.grounding, "redecode": redecode}
+        if consistency is not None:
+            meta["consistency"] = {"reports_disagreeing": int((consistency["n_disagreements"] > 0).sum()),
+                                   "disagreements": int(consistency["n_disagreements"].sum())}
         atomic_write_text(out / "generation.json", json.dumps(meta, indent=2, default=str))
     return df
+
+
+def _redecode(model: Any, batch: dict[str, Any], texts: list[str], prompts: list[str], decisions: Any,
+              labels: list[str], tries: int, seed: int, max_new_tokens: int, labeler: Any,
+              generate_kwargs: dict[str, Any]) -> tuple[list[str], list[int]]:
+    """Re-decode (nucleus sampling, seeded) the reports that disagree with the probe decisions; keep
+    per report the decoding with the fewest disagreements. Returns the texts and decodings tried."""
+    from voxelfm.reportgen.consistency import report_disagreements
+
+    texts = list(texts)
+    best = [d.count for d in report_disagreements(texts, decisions, labels, labeler=labeler)]
+    n_tries = [1] * len(texts)
+    for attempt in range(tries):
+        todo = [j for j, b in enumerate(best) if b > 0]
+        if not todo:
+            break
+        torch.manual_seed(seed * 1000 + attempt)
+        cand = model.generate(batch["features"][todo], batch["feature_mask"][todo], strategy="nucleus",
+                              max_new_tokens=max_new_tokens, prompts=[prompts[j] for j in todo], **generate_kwargs)
+        counts = report_disagreements(cand, decisions[todo], labels, labeler=labeler)
+        for j, text, d in zip(todo, cand, counts):
+            n_tries[j] += 1
+            if d.count < best[j]:
+                texts[j], best[j] = text, d.count
+    return texts, n_tries
+
+
+def _check(grounding: Any, store: Any, ids: list[str], texts: list[str], attempts: dict[str, int],
+           labeler: Any) -> tuple[Any, Any]:
+    """Consistency table of the final reports and the probe decision table (id, ``<col>_prob``, ``<col>``)."""
+    import pandas as pd
+
+    from voxelfm.reportgen.consistency import consistency_table, report_disagreements
+
+    probs = grounding.probabilities(store.matrix(ids, feature=grounding.config.feature))
+    dec = grounding.decisions(probs)
+    dis = report_disagreements(texts, dec, grounding.labels, labeler=labeler)
+    table = consistency_table(ids, dis, dec, grounding.labels, [attempts.get(i, 1) for i in ids])
+    cols: dict[str, Any] = {"id": ids}
+    for k, c in enumerate(grounding.labels):
+        cols[f"{c}_prob"] = probs[:, k].round(4)
+        cols[c] = dec[:, k]
+    return table, pd.DataFrame(cols)

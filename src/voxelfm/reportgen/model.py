@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -79,6 +80,9 @@ class ReportModelConfig:
         stage: 1 or 2 (informational).
         stop_token_ids: extra ids that end generation (the end-of-turn token of the template).
         report_style: what the model was trained to write (``original`` or ``abnormal`` findings only).
+        grounding: :class:`~voxelfm.reportgen.grounding.GroundingConfig` as a dict, or ``None``
+            (the pure LLaVA prompt); a grounded model folder also holds ``grounding.json`` and
+            ``grounding.safetensors``.
     """
 
     lm: str
@@ -92,6 +96,7 @@ class ReportModelConfig:
     stage: int = 1
     stop_token_ids: list[int] = field(default_factory=list)
     report_style: str = "original"
+    grounding: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.feature not in ("cls", "patch", "cls+patch"):
@@ -126,10 +131,15 @@ class ReportModel(nn.Module):
         tokenizer: its tokenizer (must have a pad token).
         projector: a :class:`PerceiverResampler` whose ``out_dim`` is the LM hidden size.
         config: the :class:`ReportModelConfig`.
+        grounding: a fitted :class:`~voxelfm.reportgen.grounding.Grounding` (grounded prompts), or ``None``.
     """
 
-    def __init__(self, lm: Any, tokenizer: Any, projector: PerceiverResampler, config: ReportModelConfig) -> None:
+    def __init__(self, lm: Any, tokenizer: Any, projector: PerceiverResampler, config: ReportModelConfig,
+                 grounding: Any = None) -> None:
         super().__init__()
+        self.grounding = grounding
+        if grounding is not None:
+            config.grounding = grounding.config.to_dict()
         self.lm = lm
         self.tokenizer = tokenizer
         self.projector = projector
@@ -208,7 +218,12 @@ class ReportModel(nn.Module):
         except RuntimeError as exc:
             raise CheckpointError(f"{model_dir / PROJECTOR_NAME} does not match the projector config: "
                                   f"{str(exc).splitlines()[0]}") from exc
-        model = cls(base, tok, projector, config)
+        grounding = None
+        if config.grounding and config.grounding.get("mode", "none") != "none":
+            from voxelfm.reportgen.grounding import Grounding
+
+            grounding = Grounding.load(model_dir)
+        model = cls(base, tok, projector, config, grounding)
         if merge_lora:
             config.lora = None
         return model
@@ -239,6 +254,8 @@ class ReportModel(nn.Module):
             except BaseException:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
                 raise
+        if self.grounding is not None:
+            self.grounding.save(model_dir)
         atomic_write_text(model_dir / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2))
         return model_dir
 
@@ -288,18 +305,22 @@ class ReportModel(nn.Module):
         return self.lm(inputs_embeds=inj.inputs_embeds, attention_mask=inj.attention_mask,
                        position_ids=inj.position_ids, labels=inj.labels)
 
-    def prompt_ids(self) -> list[int]:
-        """Token ids of the generation prompt (system + user with ``<image>`` + generation prompt)."""
-        msgs = build_messages(None, prompt=self.config.prompt, system_prompt=self.config.system_prompt)
+    def prompt_ids(self, prompt: str | None = None) -> list[int]:
+        """Token ids of the generation prompt (system + user with ``<image>`` + generation prompt);
+        ``prompt`` replaces the configured user prompt (a grounded prompt)."""
+        msgs = build_messages(None, prompt=prompt or self.config.prompt, system_prompt=self.config.system_prompt)
         return tokenize_prompt(self.tokenizer, msgs, chat_template_kwargs=self.config.chat_template_kwargs)
 
     @torch.no_grad()
     def generate(self, features: torch.Tensor, feature_mask: torch.Tensor | None = None, *,
-                 strategy: str = "greedy", max_new_tokens: int = 256, **kwargs: Any) -> list[str]:
+                 strategy: str = "greedy", max_new_tokens: int = 256, prompts: Sequence[str] | None = None,
+                 **kwargs: Any) -> list[str]:
         """Write one report per sample.
 
         Args:
             features: ``[B, N, C]``; ``feature_mask`` ``[B, N]`` bool (True = padding).
+            prompts: one user prompt per sample (grounded prompts,
+                :meth:`~voxelfm.reportgen.grounding.Grounding.prompts`); default: the configured prompt.
             strategy: ``greedy``, ``nucleus`` or ``beam`` (:data:`GENERATION_STRATEGIES`).
             max_new_tokens: length limit of a report.
             **kwargs: override any ``generate`` argument (e.g. ``repetition_penalty``).
@@ -308,8 +329,19 @@ class ReportModel(nn.Module):
             the decoded reports (special tokens removed, whitespace stripped).
         """
         B = features.shape[0]
-        ids = torch.tensor([self.prompt_ids()] * B, dtype=torch.long)
-        mask = torch.ones_like(ids)
+        if prompts is None:
+            ids = torch.tensor([self.prompt_ids()] * B, dtype=torch.long)
+            mask = torch.ones_like(ids)
+        else:
+            if len(prompts) != B:
+                raise ValueError(f"{len(prompts)} prompts for {B} samples")
+            rows = [self.prompt_ids(p) for p in prompts]
+            width = max(len(r) for r in rows)
+            ids = torch.zeros(B, width, dtype=torch.long)
+            mask = torch.zeros(B, width, dtype=torch.long)
+            for i, r in enumerate(rows):  # right-padded here; the injector re-pads on the left
+                ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+                mask[i, :len(r)] = 1
         inj = self._inject(features, feature_mask, ids, mask, None, "left")
         tok = self.tokenizer
         eos = [t for t in [tok.eos_token_id, *self.config.stop_token_ids] if t is not None]

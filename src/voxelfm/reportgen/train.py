@@ -86,6 +86,13 @@ class TrainConfig:
         gradient_checkpointing: trade compute for memory in the LM (large LMs on a GPU).
         device: ``"cpu"``, ``"cuda"``, ...
         log_every: optimizer steps between history lines.
+        grounding: ``"none"`` (the pure LLaVA prompt, the paper's method), ``"probe"`` (the
+            findings of per-finding probes with their probabilities), ``"retrieval"`` (the most
+            similar training reports) or ``"both"`` in the prompt, next to the image tokens (see
+            :mod:`voxelfm.reportgen.grounding`). Stage 2 reuses stage 1's fitted grounding.
+        grounding_feature, grounding_top_k, grounding_threshold, grounding_train_findings: the
+            :class:`~voxelfm.reportgen.grounding.GroundingConfig` fields ``feature``, ``top_k``,
+            ``threshold`` (0.5 or ``"f1"``) and ``train_findings`` (``truth`` or ``probe``).
     """
 
     stage: int = 2
@@ -121,8 +128,14 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     device: str = "cpu"
     log_every: int = 1
+    grounding: Literal["none", "probe", "retrieval", "both"] = "none"
+    grounding_feature: str = "cls"
+    grounding_top_k: int = 1
+    grounding_threshold: float | str = 0.5
+    grounding_train_findings: Literal["truth", "probe"] = "truth"
 
     def __post_init__(self) -> None:
+        self.grounding_config()  # validates the grounding fields
         if self.stage not in (1, 2):
             raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
         for name in ("epochs", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
@@ -140,6 +153,14 @@ class TrainConfig:
             raise ConfigError(f"max_val_examples must be at least 1 or None, got {self.max_val_examples}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}")
+
+    def grounding_config(self) -> Any:
+        """The :class:`~voxelfm.reportgen.grounding.GroundingConfig` of these settings."""
+        from voxelfm.reportgen.grounding import GroundingConfig
+
+        return GroundingConfig(mode=self.grounding, feature=self.grounding_feature, top_k=self.grounding_top_k,
+                               threshold=self.grounding_threshold, train_findings=self.grounding_train_findings,
+                               seed=self.seed)
 
     @property
     def peak_lr(self) -> float:
@@ -231,7 +252,11 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 def _fingerprint(cfg: TrainConfig, n_train: int) -> dict[str, Any]:
     keys = ("stage", "batch_size", "grad_accum", "seed", "feature", "max_patch_tokens", "num_queries", "width",
             "num_heads", "lora_r", "lora_alpha", "lora_target_modules", "epochs", "report_style")
-    return {**{k: getattr(cfg, k) for k in keys}, "n_train": n_train}
+    grounding = cfg.grounding_config().to_dict() if cfg.grounding != "none" else None  # old checkpoints: no key
+    fp = {**{k: getattr(cfg, k) for k in keys}, "n_train": n_train}
+    if grounding is not None:
+        fp["grounding"] = grounding
+    return fp
 
 
 def _write_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any],
@@ -336,6 +361,35 @@ def _build_model(config: TrainConfig, lm: str | None, init_from: Path | None, st
     return model
 
 
+def _grounded_training_prompts(model: Any, cfg: TrainConfig, store: Any, table: Any, init_from: Path | None, *,
+                               id_col: str, report_col: str, split_col: str) -> dict[str, str] | None:
+    """Fit (or, for stage 2, reuse stage 1's) grounding, attach it to ``model`` and return the
+    training / validation prompts ``{id: prompt}`` (``None`` without grounding)."""
+    from voxelfm.reportgen.dataset import normalise_split, read_table
+    from voxelfm.reportgen.grounding import GROUNDING_JSON, Grounding
+
+    gcfg = cfg.grounding_config()
+    if gcfg.mode == "none":
+        return None
+    grounding = None
+    if init_from is not None and (init_from / GROUNDING_JSON).is_file():
+        saved = Grounding.load(init_from)
+        if saved.config == gcfg:
+            grounding = saved
+    if grounding is None:
+        grounding = Grounding.fit(store, table, gcfg, id_col=id_col, report_col=report_col, split_col=split_col,
+                                  report_style=cfg.report_style)
+    model.grounding = grounding
+    model.config.grounding = gcfg.to_dict()
+    df = read_table(table, id_col=id_col)
+    keep = df[split_col].map(normalise_split).isin(["train", "val"])  # Grounding.fit checked the column
+    ids = [i for i in dict.fromkeys(df.loc[keep, id_col]) if store.has(i)]
+    if not ids:
+        return {}
+    texts, _, _ = grounding.prompts(ids, store.matrix(ids, feature=gcfg.feature), cfg.prompt, training=True)
+    return dict(zip(ids, texts))
+
+
 def train_report_model(store: Any, table: Any, out_dir: str | os.PathLike[str], *, lm: str | None = None,
                        config: TrainConfig | None = None, init_from: str | os.PathLike[str] | None = None,
                        resume: bool = True, lm_and_tokenizer: tuple[Any, Any] | None = None,
@@ -371,7 +425,9 @@ def train_report_model(store: Any, table: Any, out_dir: str | os.PathLike[str], 
     _seed_everything(cfg.seed)
     model = _build_model(cfg, lm, Path(init_from) if init_from else None, store, lm_and_tokenizer, allow_download)
     tok = model.tokenizer
-    ds_kw = dict(feature=cfg.feature, max_patch_tokens=cfg.max_patch_tokens, prompt=cfg.prompt,
+    prompts = _grounded_training_prompts(model, cfg, store, table, Path(init_from) if init_from else None,
+                                         id_col=id_col, report_col=report_col, split_col=split_col)
+    ds_kw = dict(prompts=prompts, feature=cfg.feature, max_patch_tokens=cfg.max_patch_tokens, prompt=cfg.prompt,
                  system_prompt=cfg.effective_system_prompt,
                  chat_template_kwargs=model.config.chat_template_kwargs, max_length=cfg.max_length,
                  id_col=id_col, report_col=report_col, split_col=split_col, cache_features=True,
