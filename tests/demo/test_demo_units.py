@@ -498,7 +498,9 @@ def test_baselines_section_says_it_is_a_pipeline_check(tmp_path):
     paths = SimpleNamespace(root=tmp_path, baselines=tmp_path / "baselines")
     assert _baselines_section(paths, {}) == []
     paths.baselines.mkdir()
-    (paths.baselines / "table.md").write_text("| task | pretrained | merlin |\n|---|---|---|\n| a | 0.7 | 0.5 |\n")
+    (paths.baselines / "table.md").write_text("# Backbone comparison\n\n| task | pretrained | merlin |\n|---|---|---|\n"
+                                             "| a | 0.7 | 0.5 |\n")
     text = "\n".join(_baselines_section(paths, {"backbones": ["pretrained", "random_init", "merlin"]}))
     assert "pipeline check, not a result" in text and "random weights" in text
     assert "(merlin)" in text and "| a | 0.7 | 0.5 |" in text and "baselines/table.md" in text
+    assert "\n### Backbone comparison" in text and "\n# " not in text

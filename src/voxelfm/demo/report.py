@@ -440,7 +440,8 @@ def _baselines_section(paths: Any, summary: dict[str, Any]) -> list[str]:
             "every family goes through the same extraction, probes and paired tests as the ViT. It says nothing "
             "about how the released models compare; for that, run `voxelfm compare` with their weight files "
             "(docs/compare.md, docs/baselines.md).", "",
-            table.read_text(encoding="utf-8").strip(), "",
+            # the table file's own headings sit below this section's
+            re.sub(r"^(#+) ", r"\1## ", table.read_text(encoding="utf-8").strip(), flags=re.M), "",
             f"Files: `{_rel(table, paths.root)}` (also .csv and .tex) and `{_rel(paths.baselines, paths.root)}/`.", ""]
 
 
