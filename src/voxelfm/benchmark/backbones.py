@@ -16,7 +16,6 @@ column of the results table and says what to load:
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import re
 from collections.abc import Iterable
@@ -65,13 +64,10 @@ class BackboneSpec:
 
 
 def backbone_families() -> list[str]:
-    """Families :func:`voxelfm.load_backbone` can load in this installation (``voxelfm`` first)."""
-    try:
-        from voxelfm.baselines import family_names  # type: ignore[import-not-found]
-    except ImportError:  # this release has only the VoxelFM ViT
-        return ["voxelfm"]
-    names = [str(n) for n in family_names()]
-    return ["voxelfm"] + [n for n in names if n != "voxelfm"]
+    """Families :func:`voxelfm.load_backbone` can load (``voxelfm`` first)."""
+    from voxelfm.baselines import family_names
+
+    return ["voxelfm"] + [str(n) for n in family_names() if n != "voxelfm"]
 
 
 def _split_items(text: str | Iterable[str]) -> list[str]:
@@ -114,17 +110,10 @@ def parse_backbones(text: str | Iterable[str]) -> list[BackboneSpec]:
 
 
 def load_backbone_spec(spec: BackboneSpec, *, device: str = "cpu") -> Any:
-    """Load the backbone of ``spec`` (eval mode) through :func:`voxelfm.load_backbone`.
+    """Load the backbone of ``spec`` (eval mode) through the one loader of backbone specs,
+    :func:`voxelfm.inference.backbones.load_spec` (``load_backbone(FAMILY, weights=WEIGHTS)``; the
+    VoxelFM ViT's weights are a path or a config name)."""
+    from voxelfm.inference.backbones import BackboneSpec as LoadSpec, load_spec
 
-    The VoxelFM ViT loads with today's ``load_backbone(WEIGHTS)`` (a path or a config name); other
-    families with ``load_backbone(FAMILY, weights=WEIGHTS)`` where this installation has them.
-    """
-    from voxelfm.models import load_backbone
-
-    if spec.family == "voxelfm":
-        assert spec.weights is not None  # parse_backbones guarantees it
-        return load_backbone(os.path.expanduser(spec.weights), device=device)
-    if "weights" not in inspect.signature(load_backbone).parameters:
-        raise ConfigError(f"backbone {spec.name!r}: family {spec.family!r} is not available in this "
-                          "voxelfm installation (only the VoxelFM ViT)")
-    return load_backbone(spec.family, weights=spec.weights, device=device)  # type: ignore[call-arg]
+    weights = os.path.expanduser(spec.weights) if spec.weights is not None else None
+    return load_spec(LoadSpec(label=spec.name, family=spec.family, weights=weights), device=device)
