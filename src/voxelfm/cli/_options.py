@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
+from voxelfm.utils.json_file import json_or_text
+
 __all__ = ["parse_set_options"]
-
-
-def _value(text: str) -> Any:
-    """JSON where possible (numbers, lists, null, true/false), else the string itself."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def parse_set_options(items: Iterable[str]) -> dict[str, Any]:
@@ -30,5 +23,5 @@ def parse_set_options(items: Iterable[str]) -> dict[str, Any]:
         key, sep, val = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = _value(val)
+        out[key.strip()] = json_or_text(val)
     return out

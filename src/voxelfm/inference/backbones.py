@@ -21,13 +21,14 @@ all backbones), one model in memory at a time.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from voxelfm.utils.json_file import json_or_text
 
 __all__ = ["BackboneSpec", "check_specs", "extract_backbones", "load_spec", "parse_backbones", "parse_options"]
 
@@ -48,12 +49,6 @@ class BackboneSpec:
         return {"label": self.label, "family": self.family, "weights": self.weights, "options": dict(self.options)}
 
 
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
 
 def parse_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
     """``["LABEL:KEY=VALUE", ...]`` → ``{label: {key: value}}`` (values parsed as JSON where possible).
@@ -67,7 +62,7 @@ def parse_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         label, colon, key = head.partition(":")
         if not sep or not colon or not label.strip() or not key.strip():
             raise ValueError(f"a backbone option is LABEL:KEY=VALUE (e.g. biomedclip:window=lung), got {item!r}")
-        out.setdefault(label.strip(), {})[key.strip()] = _value(val.strip())
+        out.setdefault(label.strip(), {})[key.strip()] = json_or_text(val.strip())
     return out
 
 

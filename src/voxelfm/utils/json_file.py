@@ -1,4 +1,5 @@
-"""Read a JSON file that must hold one object, with errors that name the file."""
+"""JSON helpers: read a file that must hold one object (errors name the file); parse a ``KEY=VALUE``
+option's value."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_json_object"]
+__all__ = ["json_or_text", "read_json_object"]
 
 
 def read_json_object(path: str | os.PathLike[str], error: type[Exception] = ValueError) -> dict[str, Any]:
@@ -25,3 +26,11 @@ def read_json_object(path: str | os.PathLike[str], error: type[Exception] = Valu
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object")
     return data
+
+
+def json_or_text(text: str) -> Any:
+    """An option value: JSON where possible (numbers, lists, null, true/false), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
