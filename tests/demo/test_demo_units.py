@@ -22,7 +22,7 @@ from voxelfm.errors import VoxelFMError
 def test_settings_presets_and_overrides():
     d = DemoSettings.create()
     q = DemoSettings.create(quick=True)
-    assert (d.cases, d.pretrain_minutes, d.with_reports) == (200, 7.0, False)
+    assert (d.cases, d.pretrain_minutes, d.with_reports) == (400, 7.0, False)
     assert q.quick and q.cases < d.cases and q.pretrain_minutes < 1.0 and q.n_resamples < d.n_resamples
     q2 = DemoSettings.create(quick=True, cases=60, pretrain_minutes=2, with_reports=True, workers=1, seed=3)
     assert (q2.cases, q2.pretrain_minutes, q2.with_reports, q2.n_workers, q2.seed) == (60, 2.0, True, 1, 3)
@@ -442,7 +442,10 @@ def test_pretraining_schedule_is_fitted_to_the_measured_speed(tmp_path, monkeypa
     fitted = W._fit_schedule_to_machine(paths, s, ["train.seed=0"], 1)
     # 45 steps done + 1 step/s × (420 − 45) s = 420 steps → 8 epochs of 50 steps
     assert fitted == ["optim.epochs=8"]
-    assert calls == [(["train.seed=0", "optim.epochs=46"], W.CALIBRATION_MINUTES)]
+    # the calibration runs the demo's own model (its grid overrides), not the plain recipe: a
+    # checkpoint of another patch size could not be resumed, and its speed would be another model's
+    assert calls == [(["train.seed=0", "optim.epochs=46", *s.pretrain_overrides], W.CALIBRATION_MINUTES)]
+    assert "student.patch_size=16" in s.pretrain_overrides
     rec = json.loads((paths.pretrain / W.SCHEDULE_FILE).read_text())
     assert rec["steps_per_second"] == 1.0 and rec["epochs"] == 8
     assert W._fit_schedule_to_machine(paths, s, ["train.seed=0"], 1) == ["optim.epochs=8"] and len(calls) == 1

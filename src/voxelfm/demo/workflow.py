@@ -263,7 +263,8 @@ def _fit_schedule_to_machine(paths: DemoPaths, s: DemoSettings, base: list[str],
     if fit is None:
         if budget < 4 * 60.0 * CALIBRATION_MINUTES:  # too short to measure first (the quick demo)
             return quiet
-        pretrain(s.pretrain_config, paths.prepared, paths.pretrain, overrides=[*base, *quiet], resume=True,
+        pretrain(s.pretrain_config, paths.prepared, paths.pretrain, overrides=[*base, *quiet, *s.pretrain_overrides],
+                 resume=True,
                  num_workers=loader_workers, show_progress=True, max_minutes=CALIBRATION_MINUTES)
         run = json.loads((paths.pretrain / "run.json").read_text())
         fit = {"steps_per_second": _measured_speed(paths.pretrain, run),
