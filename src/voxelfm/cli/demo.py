@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="≈ 2-3 minute version: 48 scans, 45 s of pre-training, lighter probes")
     parser.add_argument("--cases", type=int, default=None, metavar="N",
-                        help="phantom scans to generate (default 200; --quick 48; at least 24)")
+                        help="phantom scans to generate (default 400; --quick 48; at least 24)")
     parser.add_argument("--pretrain-minutes", type=_positive_float, default=None, metavar="M",
                         help="pre-training wall-time budget in minutes (default 7; --quick 0.75)")
     group = parser.add_mutually_exclusive_group()

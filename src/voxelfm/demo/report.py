@@ -575,7 +575,9 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
                  f"resized to a budget of {ext.get('max_patches', '?')} patch tokens, the scale of one global "
                  "pre-training crop.")
     if pt:
-        L.append(f"- **Pre-training:** {pt.get('objectives', 'DINO + iBOT + KoLeo')}, config `{pt.get('config')}`, "
+        over = [str(o) for o in settings.pretrain_overrides]
+        L.append(f"- **Pre-training:** {pt.get('objectives', 'DINO + iBOT + KoLeo')}, config `{pt.get('config')}`"
+                 + (f" with {', '.join(f'`{o}`' for o in over)}" if over else "") + ", "
                  f"{pt.get('steps')} optimizer "
                  f"steps (effective batch {pt.get('effective_batch_size')}) in {pt.get('minutes')} min; total loss "
                  f"{_num(float(pt.get('loss_first', math.nan)))} → {_num(float(pt.get('loss_last', math.nan)))}. "
@@ -583,7 +585,10 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
                  "`pretrain/backbone/`.")
     if ex:
         L.append(f"- **Backbones:** ViT with {ex.get('parameters')} parameters, embedding size {ex.get('embed_dim')}, "
-                 f"≈ {ex.get('tokens_per_scan')} patch tokens per scan; the random-init backbone "
+                 f"≈ {ex.get('tokens_per_scan')} patch tokens per scan"
+                 + (f" (input voxels ≈ {ex['resolution']['voxel_mm']:g} mm, one token ≈ "
+                    f"{ex['resolution']['token_mm']:g} mm)" if isinstance(ex.get('resolution'), dict) else "")
+                 + "; the random-init backbone "
                  "(`random_init/`) has the same architecture and preprocessing. Embeddings in `embeddings/`.")
     L.append("")
     L += ["## Timing", "", "Wall time of each stage in this run (a reused stage costs nothing; *computed in* is the "

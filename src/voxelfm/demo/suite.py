@@ -98,10 +98,10 @@ def below_resolution(findings: list[str], resolution: dict[str, float] | None) -
     reason as a phrase.
 
     Extraction resizes each scan to the token budget, so the model input's voxel (``voxel_mm``,
-    ≈ 11 mm for the default demo) is what blurs a small finding away: structures narrower than two
-    voxels (the sampling limit) no longer exist in the input of *any* backbone. A patch token
-    (``token_mm``, 8 voxels) is wider still, but its linear patch embedding sees every voxel inside
-    it, so the token is not the limit.
+    ≈ 5.3 mm for the default demo's 16-voxel patches on a 64-voxel grid) is what blurs a small
+    finding away: structures narrower than two voxels (the sampling limit) no longer exist in the
+    input of *any* backbone. A patch token (``token_mm``, 16 voxels there) is wider still, but its
+    linear patch embedding sees every voxel inside it, so the token is not the limit.
     """
     from voxelfm.data.phantoms import FINDING_SIZE_MM
 
