@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                          "phantoms + random-init extraction")
     ap.add_argument("--redecode", type=int, default=0,
                     help="grounded modes: extra decodings of reports contradicting the probe findings")
+    ap.add_argument("--repair", action="store_true",
+                    help="grounded modes: also score the reports repaired to state exactly the probe findings "
+                         "(the LM's own decodings are scored as generated_raw)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", default=None,
                     help="work folder (default: $TMPDIR/voxelfm_reportgen_evidence)")
@@ -160,10 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_report_experiment(store, table, exp_dir, minutes=args.minutes, lm=args.lm, feature=args.feature,
                                         stage1=s1, stage2=s2, stage1_fraction=args.stage1_fraction, grounding=mode,
                                         redecode=args.redecode if mode != "none" else 0,
-                                        grounding_threshold=threshold)
+                                        grounding_threshold=threshold, repair=args.repair)
         timings[f"experiment_{mode}"] = time.perf_counter() - t0
         load_after = os.getloadavg()
         image_test = {"greedy": summary["permutation_test"]}
+        raw = summary.get("generated_raw")
+        if raw:  # repaired reports: the decodings as the LM wrote them
+            image_test["greedy_raw"] = raw["permutation_test"]
         nucleus = None
         if args.nucleus:  # the reference evaluated nucleus sampling; same model, same test cases
             from voxelfm.reportgen.experiment import _drop_stale_generation
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             grounding["probe_decisions"]["permutation_test"] = permutation_test(dec_eval)
         runs[mode] = {
             "macro_f1": {"generated": summary["generated"]["macro_f1"], "generated_nucleus": nucleus,
+                         "generated_raw": raw["macro_f1"] if raw else None,
                          **{f"baseline_{k}_report": v["macro_f1"] for k, v in summary["baselines"].items()},
                          "probe": None if summary["probe"] is None else summary["probe"]["macro_f1"]},
             "image_dependence_permutation_test": image_test,

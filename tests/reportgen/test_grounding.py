@@ -5,6 +5,8 @@ effusion) gives a report the labeler marks effusion-positive after training on a
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,8 @@ from voxelfm.reportgen.conversation import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from voxelfm.reportgen.dataset import ReportDataset
 from voxelfm.reportgen.evaluate import baseline_reports, evaluate_findings, evaluate_reports, permutation_test
 from voxelfm.reportgen.grounding import FINDINGS_PREFIX, Grounding, GroundingConfig, grounded_prompt
-from voxelfm.reportgen.labeler import label_report
+from voxelfm.errors import ConfigError
+from voxelfm.reportgen.labeler import label_report, label_reports
 
 EFFUSION = "Pleural effusion."
 NORMAL = "No abnormal findings."
@@ -131,6 +134,38 @@ def test_consistency_check_lists_missing_and_extra_findings():
     assert out[0].missing == ("pleural_effusion", "cardiomegaly") and out[0].count == 2
 
 
+def test_repair_makes_reports_state_exactly_the_probe_findings():
+    from voxelfm.reportgen.consistency import ADDED_PREFIX, repair_reports
+
+    report = ("FINDINGS:\nLungs: Consolidative opacity in the right upper lobe. Plate-like atelectasis in the left "
+              "lower lobe. No pulmonary nodule.\nHeart: No cardiomegaly. Pericardial effusion of 18 mm.\n"
+              "IMPRESSION:\n1. Consolidation in the right upper lobe.\n2. Atelectasis in the left lower lobe.")
+    labels = ["consolidation", "atelectasis", "pericardial_effusion", "cardiomegaly", "lung_nodule",
+              "arterial_wall_calcification"]
+    dec = np.array([[1, 0, 0, 1, 0, 1], [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1]])
+    before = report_disagreements([report], dec[:1], labels)[0]
+    assert set(before.extra) == {"atelectasis", "pericardial_effusion"}
+    assert set(before.missing) == {"cardiomegaly", "arterial_wall_calcification"}
+    out = repair_reports([report, report, ""], dec, labels)
+    assert all(d.count == 0 for d in report_disagreements(out, dec, labels))
+    fixed = out[0]
+    # the stated findings are the probe's; agreeing negations and the layout stay, denials of a decided
+    # finding and dangling list numbers go, the added line says where its findings came from
+    assert "atelectasis" not in fixed.lower() and "pericardial" not in fixed.lower() and "\n2." not in fixed
+    assert "No pulmonary nodule." in fixed and "No cardiomegaly" not in fixed
+    assert fixed.startswith("FINDINGS:\nLungs: Consolidative opacity") and "1. Consolidation" in fixed
+    assert fixed.endswith(f"{ADDED_PREFIX} cardiomegaly; arterial wall calcification.")
+    assert label_report(out[1]) == label_report(_strip(out[1])) and not any(label_report(out[1]).values())
+    assert out[2] == f"{ADDED_PREFIX} arterial wall calcification."
+    assert repair_reports([NORMAL], np.zeros((1, 2)), ["pleural_effusion", "cardiomegaly"]) == [NORMAL.strip()]
+    with pytest.raises(ValueError, match="decisions"):
+        repair_reports([report], dec, labels)
+
+
+def _strip(text: str) -> str:
+    return " ".join(text.split())
+
+
 def test_retrieval_baseline_permutation_test_and_probe_decisions(planted):
     store, table = planted
     test_ids = [i for i, s in zip(table["id"], table["split"]) if s == "test"]
@@ -175,3 +210,15 @@ def test_planted_effusion_is_written_after_training_and_checked(learner_dir, tmp
     assert (cons["n_disagreements"] == gen["n_disagreements"]).all()
     dec = pd.read_csv(tmp_path / "gen" / "probe_decisions.csv", dtype={"id": str}).set_index("id")
     assert dec.loc["c52", "pleural_effusion"] == 1 and dec.loc["c52", "pleural_effusion_prob"] > 0.8
+    # repair: the final reports state exactly the probe decisions; the decodings are kept (resumed, not re-run)
+    rep = generate_reports(model, store, table=table, split="test", out_dir=tmp_path / "gen", max_new_tokens=16,
+                           repair=True)
+    assert rep["generated_raw"].tolist() == gen["generated"].tolist()
+    cols = [c for c in dec.columns if not c.endswith("_prob")]
+    said = label_reports(rep.set_index("id")["generated"])[cols]
+    assert (said.to_numpy() == dec.loc[said.index, cols].to_numpy()).all()
+    assert (tmp_path / "gen" / "repaired" / "c52.txt").read_text() == rep.set_index("id").loc["c52", "generated"]
+    assert json.loads((tmp_path / "gen" / "generation.json").read_text())["repair"] is True
+    model.grounding = None  # a pure LLaVA model has no probe findings to repair against
+    with pytest.raises(ConfigError, match="grounding probe or both"):
+        generate_reports(model, store, table=table, split="test", max_new_tokens=4, repair=True)

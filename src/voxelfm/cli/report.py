@@ -2,7 +2,7 @@
 
     voxelfm report train    --store STORE --reports TABLE -o DIR [--lm PATH] [--stage 1|2|both]
                             [--grounding none|probe|retrieval|both]
-    voxelfm report generate --store STORE --model DIR -o OUT [--reports TABLE --split test] [--redecode N]
+    voxelfm report generate --store STORE --model DIR -o OUT [--reports TABLE --split test] [--redecode N] [--repair]
     voxelfm report evaluate --generated OUT --truth TABLE -o DIR [--probe --store STORE]
     voxelfm report label    --reports TABLE -o LABELS.csv      (rule-based or LLM abnormality labels)
 """
@@ -108,6 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--redecode", type=int, default=0,
                    help="grounded models: up to N extra sampled decodings of a report that contradicts the probe "
                         "findings (the one with the fewest disagreements is kept; default 0 = only check)")
+    g.add_argument("--repair", action="store_true",
+                   help="grounded models: make each report state exactly the probe findings (sentences stating "
+                        "other findings or denying these are dropped, missed ones added on a last line); "
+                        "generated.csv keeps the decoding as generated_raw")
 
     e = sub.add_parser("evaluate", help="abnormality F1 of generated reports (+ probe comparison)",
                        description="Label generated reports for the 18 CT-RATE abnormalities and compare with the "
@@ -209,12 +213,13 @@ def _generate(args: argparse.Namespace) -> int:
     df = generate_reports(args.model, args.store, table=args.reports, split=split if args.reports else None,
                           strategy=args.strategy, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                           out_dir=args.output, resume=not args.no_resume, seed=args.seed, device=args.device,
-                          redecode=args.redecode)
+                          redecode=args.redecode, repair=args.repair)
     print(f"{len(df)} reports -> {Path(args.output) / 'generated.csv'}")
     if "n_disagreements" in df.columns:
         bad = int((df["n_disagreements"] > 0).sum())
         print(f"{bad} of {len(df)} reports disagree with the probe findings -> "
-              f"{Path(args.output) / 'consistency.csv'}")
+              f"{Path(args.output) / 'consistency.csv'}"
+              + (f"; repaired -> {Path(args.output) / 'repaired'}" if args.repair else ""))
     return 0
 
 

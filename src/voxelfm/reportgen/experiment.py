@@ -94,7 +94,7 @@ def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *
                           n_resamples: int = 1000, seed: int = 4, device: str = "cpu", resume: bool = True,
                           stage1_fraction: float = 0.2, lm_and_tokenizer: tuple[Any, Any] | None = None,
                           grounding: str = "none", grounding_top_k: int = 1, grounding_threshold: float | str = 0.5,
-                          redecode: int = 0, n_permutations: int = 2000) -> dict[str, Any]:
+                          redecode: int = 0, repair: bool = False, n_permutations: int = 2000) -> dict[str, Any]:
     """Train, generate for the ``test`` split, and score against the truth, baselines and probes.
 
     Args:
@@ -121,6 +121,9 @@ def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *
             or ``both`` (:mod:`voxelfm.reportgen.grounding`); ``grounding_top_k``,
             ``grounding_threshold``: similar reports per prompt, probe decision threshold.
         redecode: grounded models: extra decodings for reports that contradict the probe findings.
+        repair: grounded models: score the reports made to state exactly the probe findings
+            (:func:`~voxelfm.reportgen.consistency.repair_reports`); the summary's
+            ``generated_raw`` scores the decodings as the LM wrote them.
         n_permutations: permutations of the image-dependence test (0 = skip).
 
     Returns:
@@ -174,7 +177,7 @@ def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *
     with torch.no_grad():
         gen = generate_reports(model, store, table=df, split="test", strategy=strategy, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, out_dir=out / "generated", resume=resume, seed=seed,
-                               redecode=redecode)
+                               redecode=redecode, repair=repair and grounding in ("probe", "both"))
     generate_seconds = time.perf_counter() - t0
     del model
 
@@ -193,16 +196,25 @@ def run_report_experiment(store: Any, table: Any, out: str | os.PathLike[str], *
     if grounding != "none":
         grounding_summary = _grounding_summary(out / "generated", df, gen, n_resamples, seed)
     perm = permutation_test(evaluation, n_permutations=n_permutations, seed=seed) if n_permutations else None
+    raw = None
+    if "generated_raw" in gen.columns:  # repaired: score the LM's own decodings too
+        raw_eval = evaluate_reports(gen.drop(columns=["generated"]).rename(columns={"generated_raw": "generated"}),
+                                    df, n_resamples=n_resamples, seed=seed)
+        raw = {"macro_f1": raw_eval.macro_f1.to_dict(),
+               "permutation_test": (permutation_test(raw_eval, n_permutations=n_permutations, seed=seed)
+                                    if n_permutations else None)}
     eval_seconds = time.perf_counter() - t0
 
     summary: dict[str, Any] = {
         "n_test": len(test_ids),
         "labels": evaluation.labels,
-        "generated": {"macro_f1": evaluation.macro_f1.to_dict()},
+        "generated": {"macro_f1": evaluation.macro_f1.to_dict(), "repaired": raw is not None},
+        "generated_raw": raw,
         "baselines": {k: {"macro_f1": v.macro_f1.to_dict()} for k, v in baselines.items()},
         "probe": None if comparison is None else {"macro_f1": comparison.macro_f1.to_dict(), "head": probe_head},
         "training": {"stage1": r1.to_dict(), "stage2": r2.to_dict(), "minutes_budget": minutes},
-        "generation": {"strategy": strategy, "max_new_tokens": max_new_tokens, "n": len(gen), "redecode": redecode},
+        "generation": {"strategy": strategy, "max_new_tokens": max_new_tokens, "n": len(gen), "redecode": redecode,
+                       "repair": raw is not None},
         "permutation_test": perm,
         "grounding": grounding_summary,
         "seconds": {"train": round(train_seconds, 1), "generate": round(generate_seconds, 1),

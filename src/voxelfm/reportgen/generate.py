@@ -8,6 +8,8 @@ Output folder (``out_dir``)::
     generation.json           model, strategy, decoding settings, counts, time
     consistency.csv           grounded models: per scan, the probe's findings and the findings the
                               report misses or adds (see voxelfm.reportgen.consistency)
+    repaired/<safe id>.txt    grounded models with ``repair``: the report made to state exactly the
+                              probe's findings (``generated``; the LM's own text is ``generated_raw``)
     probe_decisions.csv       grounded models: per scan, probability and 0/1 decision of each probe
 
 Decoding strategies (reference ``mllm/inference``): ``greedy``; ``nucleus`` (temperature 0.7,
@@ -76,7 +78,8 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
                      split: str | None = "test", strategy: str = "greedy", max_new_tokens: int = 256,
                      batch_size: int = 8, out_dir: str | os.PathLike[str] | None = None, resume: bool = True,
                      seed: int = 4, device: Any = "cpu", id_col: str = "id", report_col: str = "report",
-                     split_col: str = "split", redecode: int = 0, labeler: Any = None, **generate_kwargs: Any):
+                     split_col: str = "split", redecode: int = 0, repair: bool = False, labeler: Any = None,
+                     **generate_kwargs: Any):
     """Generate a report for each selected volume.
 
     Args:
@@ -95,6 +98,11 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
         redecode: grounded models: up to this many extra nucleus-sampled decodings for each report
             that disagrees with the probe's findings; the decoding with the fewest disagreements
             is kept (0 = only check and report disagreements).
+        repair: grounded models: make every report state exactly the probe's findings
+            (:func:`voxelfm.reportgen.consistency.repair_reports`: sentences stating an undecided
+            finding or denying a decided one are removed, missed findings are added on a last
+            line). ``generated`` is then the repaired report and ``generated_raw`` the decoding;
+            the consistency check describes the decoding.
         labeler: the labeler of the consistency check (default: rule-based).
         **generate_kwargs: passed to ``generate`` (e.g. ``repetition_penalty=1.1``).
 
@@ -119,6 +127,9 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
     if redecode < 0:
         raise ValueError("redecode must be 0 or more")
     grounding = getattr(model, "grounding", None)
+    if repair and (grounding is None or not grounding.config.uses_probe):
+        raise ConfigError("repair needs a report model trained with --grounding probe or both: without "
+                          "probe findings there is nothing to repair the reports against")
 
     out = Path(out_dir) if out_dir is not None else None
     done: dict[str, str] = {}
@@ -167,11 +178,27 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
         rows.append(row)
     df = pd.DataFrame(rows)
     consistency = None
+    repaired = None
     if grounding is not None:
         consistency, probe_table = _check(grounding, store, ids, [done[i] for i in ids], attempts, labeler)
         df["probe_findings"] = consistency["probe_findings"].to_numpy()
         df["n_disagreements"] = consistency["n_disagreements"].to_numpy()
+        if repair:
+            from voxelfm.reportgen.consistency import repair_reports
+
+            dec = probe_table[list(grounding.labels)].to_numpy()
+            repaired = repair_reports([done[i] for i in ids], dec, grounding.labels, labeler=labeler)
+            df["generated_raw"] = df["generated"]
+            df["generated"] = repaired
+    grounding = getattr(model, "grounding", None)
+    if repair and (grounding is None or not grounding.config.uses_probe):
+        raise ConfigError("repair needs a report model trained with --grounding probe or both: without "
+                          "probe findings there is nothing to repair the reports against")
     if out is not None:
+        if repaired is not None:
+            (out / "repaired").mkdir(parents=True, exist_ok=True)
+            for i, text in zip(ids, repaired):
+                atomic_write_text(out / "repaired" / f"{safe_id(i)}.txt", text)
         if consistency is not None:
             atomic_write_text(out / "consistency.csv", consistency.to_csv(index=False))
             atomic_write_text(out / "probe_decisions.csv", probe_table.to_csv(index=False))
@@ -181,10 +208,12 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
                 "decoding": {**generation_kwargs(strategy), "max_new_tokens": max_new_tokens, **generate_kwargs},
                 "n": len(ids), "n_generated_now": len(todo), "seconds": round(seconds, 2),
                 "seconds_per_report": round(seconds / max(len(todo), 1), 3), "seed": seed, "split": split,
-                "grounding": cfg.grounding, "redecode": redecode}
+                "grounding": cfg.grounding, "redecode": redecode, "repair": bool(repaired is not None)}
         if consistency is not None:
             meta["consistency"] = {"reports_disagreeing": int((consistency["n_disagreements"] > 0).sum()),
                                    "disagreements": int(consistency["n_disagreements"].sum())}
+            if repaired is not None:
+                meta["consistency"]["reports_repaired"] = int(sum(a != b for a, b in zip(repaired, df["generated_raw"])))
         atomic_write_text(out / "generation.json", json.dumps(meta, indent=2, default=str))
     return df
 
