@@ -48,6 +48,14 @@ class Disagreement:
         return len(self.missing) + len(self.extra)
 
 
+def _checked(reports: Sequence[str], decisions: Any, labels: Sequence[str]) -> np.ndarray:
+    """``decisions`` as an int ``[N, K]`` array, or a ValueError naming the expected shape."""
+    decisions = np.asarray(decisions).astype(int)
+    if decisions.shape != (len(reports), len(labels)):
+        raise ValueError(f"decisions must be [{len(reports)}, {len(labels)}], got {decisions.shape}")
+    return decisions
+
+
 def report_disagreements(reports: Sequence[str], decisions: np.ndarray, labels: Sequence[str], *,
                          labeler: Callable[[str], Mapping[str, bool]] | None = None) -> list[Disagreement]:
     """Compare each report's labelled findings with the probe decisions.
@@ -61,9 +69,7 @@ def report_disagreements(reports: Sequence[str], decisions: np.ndarray, labels: 
     Returns:
         one :class:`Disagreement` per report.
     """
-    decisions = np.asarray(decisions).astype(int)
-    if decisions.shape != (len(reports), len(labels)):
-        raise ValueError(f"decisions must be [{len(reports)}, {len(labels)}], got {decisions.shape}")
+    decisions = _checked(reports, decisions, labels)
     if not len(reports):
         return []
     said = label_reports(list(reports), labeler=labeler)[list(labels)].to_numpy().astype(int)
@@ -141,19 +147,13 @@ def repair_reports(reports: Sequence[str], decisions: np.ndarray, labels: Sequen
     absence that agree with the probe ("No pleural effusion.") stay, as do findings outside
     ``labels``.
 
-    Args:
-        reports: ``N`` generated reports.
-        decisions: ``[N, K]`` 0/1 probe decisions.
-        labels: the ``K`` snake_case finding columns of ``decisions``.
-        labeler: ``text -> {abnormality: bool}`` (default: the rule labeler).
+    Args: as :func:`report_disagreements`.
 
     Returns:
         the ``N`` repaired reports; :func:`report_disagreements` finds no disagreement in them
         for a labeler that reads its own findings' names (the rule labeler does).
     """
-    decisions = np.asarray(decisions).astype(int)
-    if decisions.shape != (len(reports), len(labels)):
-        raise ValueError(f"decisions must be [{len(reports)}, {len(labels)}], got {decisions.shape}")
+    decisions = _checked(reports, decisions, labels)
     names = [abnormality_name(c) for c in labels]
     out = []
     for text, row in zip(reports, decisions):
