@@ -507,3 +507,29 @@ def test_baselines_section_says_it_is_a_pipeline_check(tmp_path):
     assert "pipeline check, not a result" in text and "random weights" in text
     assert "(merlin)" in text and "| a | 0.7 | 0.5 |" in text and "baselines/table.md" in text
     assert "\n### Backbone comparison" in text and "\n# " not in text
+
+
+def test_report_generation_section_shows_repaired_and_decoded_reports(tmp_path):
+    from voxelfm.demo import workflow as W
+    from voxelfm.demo.report import _reports_section
+    from voxelfm.demo.workflow import REPORT_GROUNDING
+
+    assert REPORT_GROUNDING == {"grounding": "probe", "grounding_threshold": "f1", "repair": True}
+    paths = W.DemoPaths(tmp_path)
+    assert "voxelfm demo --with-reports" in "\n".join(_reports_section(paths, tmp_path, False))
+    assert _reports_section(paths, tmp_path, True) == []  # asked for but not (yet) run: no section
+
+    def est(v):
+        return {"macro_f1": {"value": v, "ci_low": v - 0.05, "ci_high": v + 0.05}}
+
+    paths.reports.mkdir(parents=True)
+    (paths.reports / "results.json").write_text(json.dumps({
+        "lm": "SmolLM2", "n_test": 75, "generated": est(0.428), "generated_raw": est(0.291),
+        "grounding": {"reports_disagreeing_with_probe": 75}, "probe": est(0.300),
+        "baselines": {"most_common": est(0.0), "random_train": est(0.171), "nearest_train": est(0.294)},
+        "permutation_test": {"p_value": 0.0005, "n_permutations": 2000}}))
+    md = "\n".join(_reports_section(paths, tmp_path, True))
+    assert "| generated, repaired to the probe findings | 0.428 [0.378, 0.478] |" in md
+    assert "| generated, as decoded | 0.291 [0.241, 0.341] |" in md
+    assert "nearest training report" in md and "| linear probe per abnormality | 0.300" in md
+    assert "p = 0.0005 — the reports depend on their own scan" in md and "`--repair`" in md

@@ -445,6 +445,62 @@ def _baselines_section(paths: Any, summary: dict[str, Any]) -> list[str]:
             f"Files: `{_rel(table, paths.root)}` (also .csv and .tex) and `{_rel(paths.baselines, paths.root)}/`.", ""]
 
 
+def _reports_section(paths: Any, root: Path, with_reports: bool) -> list[str]:
+    """The *Report generation* section: generated reports (repaired and as decoded, when grounded and
+    repaired) against the baselines and the linear probe, with the image-dependence test."""
+    L: list[str] = []
+    rg = paths.reports / "results.json"
+    if rg.exists():
+        s = json.loads(rg.read_text())
+
+        def f1(d: dict[str, Any] | None) -> str:
+            d = (d or {}).get("macro_f1") or {}
+
+            def num(key: str) -> float:
+                v = d.get(key)
+                return math.nan if v is None else float(v)
+
+            return _est(num("value"), num("ci_low"), num("ci_high"))
+
+        base = s.get("baselines") or {}
+        grounded = bool(s.get("grounding"))
+        raw = s.get("generated_raw")
+        perm = s.get("permutation_test") or {}
+        rows = [["generated, repaired to the probe findings" if raw else
+                 ("generated, grounded on the probe findings" if grounded else "generated (pre-trained embeddings)"),
+                 f1(s.get("generated"))]]
+        if raw:
+            rows.append(["generated, as decoded", f1(raw)])
+        rows += [["most common training report", f1(base.get("most_common"))],
+                 ["random training report", f1(base.get("random_train"))]]
+        if base.get("nearest_train"):
+            rows.append(["nearest training report (embedding similarity)", f1(base.get("nearest_train"))])
+        rows.append(["linear probe per abnormality", f1(s.get("probe"))])
+        how = (" Its prompt held the findings of per-abnormality probes on the same embeddings (`--grounding "
+               "probe`), and each report was then repaired to state exactly those findings (`--repair`): the "
+               "language model writes the text, the calibrated probes decide the findings." if raw else
+               " Its prompt held the findings of per-abnormality probes on the same embeddings (`--grounding probe`)."
+               if grounded else "")
+        dep = ""
+        if perm.get("p_value") is not None:
+            pv = float(perm["p_value"])
+            dep = (f" Image dependence (the reports shuffled across the test scans, {perm.get('n_permutations')} "
+                   f"shuffles): p = {pv:.4f} — " + ("the reports depend on their own scan." if pv < 0.05 else
+                                                  "no clear dependence on the scan."))
+        L += ["## Report generation", "",
+              f"A Perceiver projector + LoRA on the offline LM ({s.get('lm')}) was trained on the pre-trained "
+              f"embeddings to write the reports of the training scans, then wrote reports for the "
+              f"{s.get('n_test')} test scans; the abnormalities each report mentions were scored against the truth."
+              + how + dep, "", _md_table(["reports from", "macro F1 [95% CI]"], rows), ""]
+        comp = paths.reports / "evaluation" / "comparison.png"
+        if comp.exists():
+            L += [f"![report generation vs probe]({_rel(comp, root)})", ""]
+    elif not with_reports:
+        L += ["## Report generation", "", "Not run (it needs ≈ 12 more minutes on 2 CPU cores): "
+              "`voxelfm demo --with-reports` adds it.", ""]
+    return L
+
+
 def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunner) -> dict[str, Any]:
     """Write ``report.md`` and ``report.html`` from the files of the demo folder.
 
@@ -527,34 +583,7 @@ def write_report(paths: Any, settings: Any, state: DemoState, runner: StageRunne
     L += ["Full tables: `probes/results.csv` (every metric of every run), `probes/comparisons.csv` (raw and "
           "adjusted p), `probes/pretrained_vs_random.csv` (this table), `probes/results.md`/`.tex`.", ""]
     L += ["## Figures", ""] + _figure_section(paths, cmp, lead, cv)
-    rg = paths.reports / "results.json"
-    if rg.exists():
-        s = json.loads(rg.read_text())
-
-        def f1(d: dict[str, Any] | None) -> str:
-            d = (d or {}).get("macro_f1") or {}
-
-            def num(key: str) -> float:
-                v = d.get(key)
-                return math.nan if v is None else float(v)
-
-            return _est(num("value"), num("ci_low"), num("ci_high"))
-
-        L += ["## Report generation", "",
-              f"A Perceiver projector + LoRA on the offline LM ({s.get('lm')}) was trained on the pre-trained "
-              f"embeddings to write the reports of the training scans, then wrote reports for the "
-              f"{s.get('n_test')} test scans; the abnormalities each report mentions were scored against the truth.",
-              "", _md_table(["reports from", "macro F1 [95% CI]"],
-                            [["generated (pre-trained embeddings)", f1(s.get("generated"))],
-                             ["most common training report", f1((s.get("baselines") or {}).get("most_common"))],
-                             ["random training report", f1((s.get("baselines") or {}).get("random_train"))],
-                             ["linear probe per abnormality", f1(s.get("probe"))]]), ""]
-        comp = paths.reports / "evaluation" / "comparison.png"
-        if comp.exists():
-            L += [f"![report generation vs probe]({_rel(comp, root)})", ""]
-    elif not settings.with_reports:
-        L += ["## Report generation", "", "Not run (it needs ≈ 12 more minutes on 2 CPU cores): "
-              "`voxelfm demo --with-reports` adds it.", ""]
+    L += _reports_section(paths, root, bool(settings.with_reports))
     L += _baselines_section(paths, _summary(state, "baselines"))
     L += ["## Cohort and models", ""]
     if ph:

@@ -206,7 +206,7 @@ class DemoSettings:
             return {"baselines": {b: DEMO_BASELINES[b] for b in self.baselines}, "seed": int(self.seed),
                     "n_resamples": int(self.n_resamples), "protocol": str(self.protocol), "folds": int(self.folds)}
         if stage == "reports":
-            return {"quick": bool(self.quick), "seed": int(self.seed)}
+            return {"quick": bool(self.quick), "seed": int(self.seed), "grounding": "probe", "repair": True}
         if stage == "report":
             return {}
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")

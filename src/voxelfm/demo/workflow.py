@@ -43,6 +43,12 @@ MIN_SIDE = 32
 
 #: minutes of report-generation training with --with-reports (default demo / quick)
 REPORT_MINUTES = {False: 10.0, True: 1.0}
+#: how the demo's report generator is grounded (docs/reportgen.md, "Grounded generation"): the prompt
+#: holds the findings of per-abnormality probes at F1-chosen thresholds, and each report is repaired to
+#: state exactly those findings; the pure LLaVA prompt (the paper's method) is ``voxelfm report``'s
+#: ``--grounding none``. Measured on the demo's embeddings: macro F1 0.428 repaired and 0.291 as decoded
+#: against 0.052 for pure LLaVA and 0.300 for a linear probe (benchmarks/results/reportgen_evidence_demo.json)
+REPORT_GROUNDING: dict[str, Any] = {"grounding": "probe", "grounding_threshold": "f1", "repair": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -508,7 +514,7 @@ def _stage_reports(paths: DemoPaths, s: DemoSettings) -> dict[str, Any]:
 
     summary = run_report_experiment(paths.store("pretrained"), paths.cohort, paths.reports,
                                     minutes=REPORT_MINUTES[bool(s.quick)], seed=int(s.seed) + 4,
-                                    n_resamples=int(s.n_resamples), resume=True)
+                                    n_resamples=int(s.n_resamples), resume=True, **REPORT_GROUNDING)
     gen = summary.get("generated", {}).get("macro_f1", {})
     return {"summary": summary,
             "_line": f"macro F1 of generated reports {gen.get('value', math.nan):.3f}"}
