@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_test": n_test,
         "workdir": str(work),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-                    "note": "timings measured on a shared 2-core machine; rerun on a quiet one"},
+                    "note": "wall times depend on other load on the machine: see load_average_1_5_15 per run"},
     }
     text = json.dumps(result, indent=2, default=str)
     print(text)
