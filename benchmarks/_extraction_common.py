@@ -1,4 +1,4 @@
-"""Shared helpers of the extraction benchmarks: synthetic CT, JSON output, peak RSS."""
+"""Shared helpers of the benchmarks: synthetic CT, JSON output, peak RSS."""
 
 from __future__ import annotations
 
@@ -36,15 +36,24 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def write_json(path: Path | str, result: dict, *, indent: int = 2, default=str) -> str:
+    """Print ``result`` as JSON and write it to ``path`` atomically (parent folders created)."""
+    from voxelfm.utils import atomic_write_text
+
+    text = json.dumps(result, indent=indent, default=default)
+    print(text)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text + "\n")
+    return text
+
+
 def write_result(name: str, result: dict) -> None:
     import torch
 
     result = {"benchmark": name, "python": sys.version.split()[0], "torch": torch.__version__,
               "machine": platform.machine(), "threads": torch.get_num_threads(), **result}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=1, default=float)
-    (RESULTS / f"{name}.json").write_text(text + "\n")
-    print(text)
+    write_json(RESULTS / f"{name}.json", result, indent=1, default=float)
 
 
 def write_nifti_ras(path: Path, canonical: np.ndarray, spacing) -> None:

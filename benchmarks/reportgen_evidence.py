@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _extraction_common import write_json  # benchmarks/ is on sys.path when run as a script
+
 
 def _fmt(m: dict | None) -> str:
     return "–" if not m else f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
@@ -243,12 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
                     "note": "wall times depend on other load on the machine: see load_average_1_5_15 per run"},
     }
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
+    write_json(args.out, result)
     print("\n".join(table_rows), file=sys.stderr)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
     return 0
 
 

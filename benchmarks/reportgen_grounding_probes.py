@@ -17,11 +17,12 @@ Prints JSON and writes ``benchmarks/results/reportgen_grounding_probes.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
+
+from _extraction_common import write_json  # benchmarks/ is on sys.path when run as a script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
               "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1),
               "load_average_1_5_15": {"before": [round(x, 2) for x in load0],
                                       "after": [round(x, 2) for x in os.getloadavg()]}}
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    write_json(args.out, result)
     return 0
 
 

@@ -190,10 +190,6 @@ def generate_reports(model: Any, store: Any, *, ids: Sequence[str] | None = None
             repaired = repair_reports([done[i] for i in ids], dec, grounding.labels, labeler=labeler)
             df["generated_raw"] = df["generated"]
             df["generated"] = repaired
-    grounding = getattr(model, "grounding", None)
-    if repair and (grounding is None or not grounding.config.uses_probe):
-        raise ConfigError("repair needs a report model trained with --grounding probe or both: without "
-                          "probe findings there is nothing to repair the reports against")
     if out is not None:
         if repaired is not None:
             (out / "repaired").mkdir(parents=True, exist_ok=True)
