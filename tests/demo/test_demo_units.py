@@ -168,7 +168,10 @@ def test_suite_covers_every_category_and_skips_unusable_findings():
     assert tasks["retrieval"]["target"] == ["lung_nodule", "emphysema"]
     assert tasks["retrieval"]["hparams"] == {"retrieval_split": "all", "n_negatives": 40}  # 60 - 20 nodules
     assert plan.suite["reference"] == "pretrained"
-    assert plan.suite["head_defaults"]["segmentation"] == {"epochs": 12}
+    assert plan.suite["head_defaults"]["segmentation"] == {"epochs": 12, "repeats": 1}
+    # the default demo averages two decoders per backbone (one decoder's Dice moves with its seed)
+    default = build_suite(_cohort(), DemoSettings.create(folds=3), findings=["lung_nodule", "emphysema"])
+    assert default.suite["head_defaults"]["segmentation"] == {"epochs": 20, "repeats": 2}
     assert plan.suite["figures"]["pca"]["ids"] == ["c48"]  # first test scan with a nodule
     split = build_suite(_cohort(), DemoSettings.create(quick=True, protocol="split"),
                         findings=["lung_nodule", "emphysema", "cardiomegaly"])

@@ -77,8 +77,9 @@ def test_localisation_from_the_class_token_is_bounded_and_saved(strong_store, tm
     assert "head.norm.mean" in weights and "norm.mean" not in weights
 
 
-def test_segmentation_decoder_learns_planted_pattern(tmp_path):
-    """Label = 1 where the patch token carries the marker direction: Dice far above chance."""
+def _planted_segmentation_store(tmp_path):
+    """40 scans of 3³ patch tokens; label = 1 (on the 4-voxel patches) where a token carries the
+    marker direction. Returns ``(store, label table)``."""
     from voxelfm.inference.features import Features
     from voxelfm.inference.store import EmbeddingStore
 
@@ -102,7 +103,13 @@ def test_segmentation_decoder_learns_planted_pattern(tmp_path):
                      "split": "train" if i < 28 else "val" if i < 34 else "test"})
     import pandas as pd
 
-    run = train_probe(store, pd.DataFrame(rows), "mask", task="segmentation", label_space="input",
+    return store, pd.DataFrame(rows)
+
+
+def test_segmentation_decoder_learns_planted_pattern(tmp_path):
+    """Label = 1 where the patch token carries the marker direction: Dice far above chance."""
+    store, labels = _planted_segmentation_store(tmp_path)
+    run = train_probe(store, labels, "mask", task="segmentation", label_space="input",
                       epochs=12, progress=False, n_resamples=200)
     # chance Dice for a random 30 % foreground prediction is ~0.3
     assert run.metrics["macro_dice"].value > 0.6, run.metrics
@@ -110,6 +117,28 @@ def test_segmentation_decoder_learns_planted_pattern(tmp_path):
     assert run.metrics["macro_dice"].has_ci
     assert run.config["num_classes"] == 2
     assert run.config["seg_shape_example"] == [12, 12, 12]
+
+
+def test_segmentation_repeats_score_the_mean_dice_of_decoders_trained_with_consecutive_seeds(tmp_path):
+    """repeats=2 = the decoders of seeds 4 and 5: per-scan Dice and macro Dice are their means."""
+    store, labels = _planted_segmentation_store(tmp_path)
+    opts = dict(task="segmentation", label_space="input", epochs=3, progress=False, n_resamples=0)
+    one, two = (train_probe(store, labels, "mask", seed=s, **opts) for s in (4, 5))
+    both = train_probe(store, labels, "mask", seed=4, repeats=2, output_dir=tmp_path / "rep", **opts)
+    cols = [c for c in both.predictions.columns if c.startswith("dice:")]
+    d1, d2, d12 = (r.predictions[cols].to_numpy(dtype=float) for r in (one, two, both))
+    assert not np.allclose(d1, d2, equal_nan=True)  # the two seeds train different decoders
+    np.testing.assert_allclose(d12, np.nanmean(np.stack([d1, d2]), axis=0), rtol=1e-12)
+    test = both.predictions["split"] == "test"
+    np.testing.assert_allclose(both.metrics["macro_dice"].value,
+                               np.nanmean(np.nanmean(d12[test.to_numpy()], axis=0)), rtol=1e-12)
+    assert len(both.history) == 2 * 3 and {h["repeat"] for h in both.history} == {1, 2}
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "rep" / "weights.safetensors")
+    assert "0.classifier.weight" in weights and "1.classifier.weight" in weights
+    with pytest.raises(Exception, match="repeats must be >= 1"):
+        train_probe(store, labels, "mask", repeats=0, **opts)
 
 
 def test_decoder_schedule_matches_reference():

@@ -86,6 +86,10 @@ class DemoSettings:
         random_seeds: random-init backbones (seeds ``seed``, ``seed + 1``, ...) compared against the
             pre-trained one; the report averages them and calls a row significant only when the
             pre-trained backbone beats every one of them.
+        segmentation_repeats: organ-segmentation decoders trained per backbone (seeds ``s``,
+            ``s + 1``, ...), whose per-scan Dice are averaged before backbones are compared: one
+            decoder's Dice moves with its training seed by as much as the backbones differ
+            (docs/demo.md, "Organ segmentation").
         probe_workers: probe runs trained at once, one process each (``None``: ``workers``).
         baselines: other CT foundation model families (keys of :data:`DEMO_BASELINES`) compared,
             random-init, with the pre-trained and random-init ViT in one ``voxelfm compare`` table
@@ -109,6 +113,7 @@ class DemoSettings:
     protocol: str = "cv"
     folds: int = 5
     random_seeds: int = 2
+    segmentation_repeats: int = 2
     probe_workers: int | None = None
     baselines: tuple[str, ...] = ()
 
@@ -132,6 +137,8 @@ class DemoSettings:
             raise ValueError(f"folds must be >= 3, got {self.folds}")
         if int(self.random_seeds) < 1:
             raise ValueError(f"random_seeds must be >= 1, got {self.random_seeds}")
+        if int(self.segmentation_repeats) < 1:
+            raise ValueError(f"segmentation_repeats must be >= 1, got {self.segmentation_repeats}")
         if self.probe_workers is not None and int(self.probe_workers) < 1:
             raise ValueError(f"probe_workers must be >= 1, got {self.probe_workers}")
         unknown = [b for b in self.baselines if b not in DEMO_BASELINES]
@@ -150,7 +157,7 @@ class DemoSettings:
         base: dict[str, Any] = {}
         if quick:
             base = dict(cases=48, pretrain_minutes=0.75, n_resamples=200, fractions=(0.5, 1.0), folds=3,
-                        random_seeds=1,
+                        random_seeds=1, segmentation_repeats=1,
                         probe_epochs={"linear": 60, "attentive": 15, "localisation": 20, "segmentation": 12,
                                       "cox": 150})
         base.update(quick=bool(quick), seed=int(seed))
@@ -201,7 +208,7 @@ class DemoSettings:
             return {"n_resamples": int(self.n_resamples), "probe_epochs": dict(sorted(self.probe_epochs.items())),
                     "fractions": [float(f) for f in self.fractions], "pca_cases": int(self.pca_cases),
                     "seed": int(self.seed), "quick": bool(self.quick), "protocol": str(self.protocol),
-                    "folds": int(self.folds)}
+                    "folds": int(self.folds), "segmentation_repeats": int(self.segmentation_repeats)}
         if stage == "baselines":
             return {"baselines": {b: DEMO_BASELINES[b] for b in self.baselines}, "seed": int(self.seed),
                     "n_resamples": int(self.n_resamples), "protocol": str(self.protocol), "folds": int(self.folds)}

@@ -189,7 +189,9 @@ def build_suite(table: pd.DataFrame, settings: DemoSettings, *, findings: list[s
         # would double the demo's probe time
         tasks.append({"name": "organ segmentation", "task": "segmentation", "target": "seg_path",
                       "probes": ["segmentation"], "hparams": {"protocol": "split"}})
-    head_defaults = {head: {"epochs": int(ep)} for head, ep in sorted(settings.probe_epochs.items())}
+    head_defaults: dict[str, dict[str, Any]] = {head: {"epochs": int(ep)}
+                                                for head, ep in sorted(settings.probe_epochs.items())}
+    head_defaults.setdefault("segmentation", {})["repeats"] = int(settings.segmentation_repeats)
     pca_ids = _pca_ids(table, settings.pca_cases)
     suite = {
         "name": "voxelfm demo (phantoms)",

@@ -79,7 +79,7 @@ HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
                      "patience": 10},
     "segmentation": {"epochs": 20, "batch_size": 2, "lr": 5e-3, "weight_decay": 1e-2, "schedule": "cosine",
                      "warmup_epochs": 1, "noise_p": 0.2, "noise_sigma": 0.1, "hidden_dim": 32, "min_channels": 16,
-                     "num_steps": 3, "final_norm": "identity", "seg_size": 32, "patience": 5},
+                     "num_steps": 3, "final_norm": "identity", "seg_size": 32, "patience": 5, "repeats": 1},
     "knn": {"variant": "dino", "k": None, "temperature": 0.07, "metric": "euclidean", "k_grid": None},
     "logistic": {"grid": None, "max_iter": 2000},
     "ridge": {"grid": None},
@@ -89,7 +89,7 @@ _HEAD_KEYS: dict[str, set[str]] = {
     "linear": {"standardize"}, "cox": {"standardize"}, "mlp": {"hidden_dim", "dropout", "standardize"},
     "attentive": {"hidden_dim", "num_queries", "num_heads", "dropout", "attn_dropout"},
     "localisation": {"hidden_dim", "n_heads"},
-    "segmentation": {"hidden_dim", "min_channels", "num_steps", "final_norm", "seg_size"},
+    "segmentation": {"hidden_dim", "min_channels", "num_steps", "final_norm", "seg_size", "repeats"},
     "knn": {"variant", "k", "temperature", "metric", "k_grid"}, "logistic": {"grid", "max_iter"},
     "ridge": {"grid"}, "cosine": set(),
 }
@@ -722,7 +722,7 @@ def _label_map_on_grid(path: Path, record: dict[str, Any], space: str, cap: int 
 def _run_segmentation(store: Any, frame: pd.DataFrame, columns: list[str], hp: dict[str, Any],
                       config: dict[str, Any], seed: int, base_dir: Path | None, progress: bool) -> ProbeRun:
 
-    from voxelfm.stats import dice_scores
+    from voxelfm.stats import dice_from_scans, dice_scores
 
     col = columns[0]
     cap = hp["seg_size"]
@@ -751,27 +751,50 @@ def _run_segmentation(store: Any, frame: pd.DataFrame, columns: list[str], hp: d
     if max_label >= num_classes:
         raise ValueError(f"label maps hold label {max_label} but num_classes is {num_classes}")
     in_dim = source.embed_dim(ids[0])
-    model = _build_torch_head("segmentation", in_dim, num_classes, hp)
-    cfg = _train_config(hp, seed)
+    repeats = int(hp["repeats"])
+    if repeats < 1:
+        raise ConfigError(f"repeats must be >= 1 (decoders trained per backbone), got {hp['repeats']!r}")
     seg_task = get_task("segmentation")
-    trainer = Trainer(model, lambda out, y: seg_task.loss(out, y, hp), cfg)
     argmax = lambda out: out.argmax(1).to(torch.int16).numpy()
 
-    def val_score(maps: list[np.ndarray]) -> float:
-        tgt = [dss["val"].target(i).numpy() for i in range(len(dss["val"]))]
-        return float(dice_scores(maps, tgt, num_classes).macro.value)
+    def split_targets(s: str) -> list[np.ndarray]:  # read on demand: label maps of big cohorts are GBs
+        return [dss[s].target(i).numpy() for i in range(len(dss[s]))]
 
-    bar, update = _epoch_bar(progress, cfg.epochs, "segmentation")
-    try:
-        result = trainer.fit(dss["train"], dss["val"], val_score, reduce=argmax, on_epoch=update)
-    finally:
-        bar.close()
+    def val_score(maps: list[np.ndarray]) -> float:
+        return float(dice_scores(maps, split_targets("val"), num_classes).macro.value)
+
+    # one decoder per repeat (seeds seed, seed + 1, ...): a decoder's Dice varies with its
+    # initialisation and data order by as much as backbones differ, so the per-scan Dice that are
+    # scored and compared are means over the repeats
+    decoders, history, best_epochs = [], [], []
+    scan_dice: dict[str, list[Any]] = {s: [] for s in dss}  # DiceResult per repeat
+    for r in range(repeats):
+        if r:
+            _seed_everything(seed + r)  # repeat r is the decoder a run with seed + r trains
+        model = _build_torch_head("segmentation", in_dim, num_classes, hp)
+        cfg = _train_config(hp, seed + r)
+        trainer = Trainer(model, lambda out, y: seg_task.loss(out, y, hp), cfg)
+        desc = "segmentation" if repeats == 1 else f"segmentation {r + 1}/{repeats}"
+        bar, update = _epoch_bar(progress, cfg.epochs, desc)
+        try:
+            result = trainer.fit(dss["train"], dss["val"], val_score, reduce=argmax, on_epoch=update)
+        finally:
+            bar.close()
+        decoders.append(model)
+        best_epochs.append(result.best_epoch)
+        history.extend(h if repeats == 1 else {"repeat": r + 1, **h} for h in result.history)
+        for s in dss:
+            maps = trainer.predict(dss[s], reduce=argmax)
+            scan_dice[s].append(dice_scores(maps, split_targets(s), num_classes))
     metrics, val_metrics, rows = {}, {}, []
     for s in ("train", "val", "test"):
-        maps = trainer.predict(dss[s], reduce=argmax)
-        tgt = [dss[s].target(i).numpy() for i in range(len(dss[s]))]
         ci = "bootstrap" if s == "test" and int(hp["n_resamples"]) > 0 else None
-        res = dice_scores(maps, tgt, num_classes, ci=ci, n_resamples=int(hp["n_resamples"]), seed=4)
+        first = scan_dice[s][0]
+        with warnings.catch_warnings():  # NaN where no decoder had the class in pred or target
+            warnings.simplefilter("ignore", RuntimeWarning)
+            d = np.nanmean(np.stack([r.per_scan for r in scan_dice[s]]), axis=0)
+        res = dice_from_scans(d, first.target_voxels, first.class_ids, ci=ci,
+                              n_resamples=int(hp["n_resamples"]), seed=4)
         if s in ("val", "test"):
             out = metrics if s == "test" else val_metrics
             out["macro_dice"] = res.macro
@@ -786,10 +809,12 @@ def _run_segmentation(store: Any, frame: pd.DataFrame, columns: list[str], hp: d
         rows.append(df)
     config["num_classes"] = num_classes
     config["seg_shape_example"] = list(dss["train"].target(0).shape)
+    if repeats > 1:
+        config["best_epochs"] = best_epochs
     return ProbeRun(task="segmentation", head="segmentation", feature="patch", target=columns,
                     predictions=pd.concat(rows, ignore_index=True), metrics=metrics,
-                    best_epoch=result.best_epoch, history=result.history, val_metrics=val_metrics,
-                    config=config, model=model)
+                    best_epoch=best_epochs[0], history=history, val_metrics=val_metrics,
+                    config=config, model=decoders[0] if repeats == 1 else torch.nn.ModuleList(decoders))
 
 
 # ------------------------------------------------------------------------------------------ outputs
