@@ -156,6 +156,23 @@ def test_decoder_schedule_matches_reference():
     assert "layers.2.norm1.weight" not in names  # final block: identity norm
 
 
+def test_decoder_computes_the_reference_conv3d_pipeline():
+    """The channels-last forward (1×1×1 convolutions as matmuls) is the reference's function:
+    Conv3d proj → [block → trilinear] × steps → Conv3d classifier on channels-first tensors."""
+    torch.manual_seed(0)
+    dec = PatchToVoxelDecoder(24, 5, hidden_dim=16, min_channels=8).eval()
+    x = torch.randn(2, 3, 2, 4, 24)
+    target = (9, 7, 11)
+    with torch.no_grad():
+        ref = dec.proj(x.permute(0, 4, 1, 2, 3).contiguous())
+        for layer, size in zip(dec.layers, decoder_sizes(ref.shape[2:], target, dec.num_steps)):
+            ref = torch.nn.functional.interpolate(layer(ref), size=size, mode="trilinear", align_corners=False)
+        ref = dec.classifier(ref)
+        out = dec(x, target_shape=target)
+    assert out.shape == ref.shape == (2, 5, *target)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_padding_masks_make_heads_ignore_padding():
     torch.manual_seed(0)
     head = AttentivePoolingHead(8, 2, hidden_dim=8, num_queries=3, num_heads=2, dropout=0.0, attn_dropout=0.0).eval()

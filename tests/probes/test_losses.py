@@ -102,3 +102,23 @@ def test_masked_bce_ignores_missing_labels():
     ref = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([0.3, 2.0, 0.5]),
                                                                torch.tensor([1.0, 0.0, 1.0]))
     assert got.item() == pytest.approx(ref.item())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_segmentation_loss_is_the_same_for_channels_last_logits(weighted):
+    """The decoder's channels-last logits take a faster path with the same value and gradient."""
+    from voxelfm.probes.tasks import get_task
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5, 6)
+    y = torch.randint(0, 4, (2, 3, 5, 6), dtype=torch.int16)
+    hp = {"_class_weights": [0.5, 1.0, 2.0, 1.5]} if weighted else {}
+    task = get_task("segmentation")
+    first = logits.clone().requires_grad_()
+    last = logits.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3).requires_grad_()
+    assert not last.is_contiguous() and last.movedim(1, -1).is_contiguous()
+    a, b = task.loss(first, y, hp), task.loss(last, y, hp)
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(first.grad, last.grad)
