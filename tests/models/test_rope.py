@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from voxelfm.models.layers import Attention, RopePositionEmbedding3D, apply_rope_3d, rope_coords
+from voxelfm.models.layers.rope import rope_qk
 
 # REFERENCE.md §1.4: base 100, head_dim 72 → 12 periods 100^(i/12).
 REFERENCE_PERIODS = [1.0, 1.4678, 2.1544, 3.1623, 4.6416, 6.8129, 10.0, 14.678, 21.544, 31.623, 46.416, 68.129]
@@ -92,6 +93,30 @@ def test_rotation_matches_reference_and_leaves_special_tokens():
     assert torch.equal(k_rot[:, :, :special], k[:, :, :special])
     # A rotation keeps the norm of every pair.
     torch.testing.assert_close(q_rot.norm(dim=-1), q.norm(dim=-1))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_rope_on_the_token_major_projection_matches_the_reference(grad):
+    """rope_qk (the attention's path: qkv [B, N, 3, heads, hd]) rotates like the reference, with
+    and without autograd (which takes the concatenating branch) and without tables."""
+    torch.manual_seed(2)
+    D, H, W, special = 2, 3, 2, 4
+    rope = RopePositionEmbedding3D(96, num_heads=2, base=100.0)
+    sin, cos = rope(D=D, H=H, W=W)
+    qkv = torch.randn(2, special + D * H * W, 3, 2, 48, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        q, k = rope_qk(qkv, sin, cos, special)
+    assert q.shape == k.shape == (2, 2, special + D * H * W, 48)
+    heads = qkv.detach().permute(2, 0, 3, 1, 4)
+    angles = _reference_angles(D, H, W, 48, 100.0)
+    torch.testing.assert_close(q.detach().double(), _reference_rotate(heads[0], angles, special), rtol=0, atol=1e-5)
+    torch.testing.assert_close(k.detach().double(), _reference_rotate(heads[1], angles, special), rtol=0, atol=1e-5)
+    if grad:  # a rotation is orthogonal: d(Σ|Rq|²)/dq = 2q
+        (q.pow(2).sum() + k.pow(2).sum()).backward()
+        torch.testing.assert_close(qkv.grad[:, :, :2], 2 * qkv.detach()[:, :, :2], rtol=1e-5, atol=1e-5)
+        assert torch.count_nonzero(qkv.grad[:, :, 2]) == 0
+    q0, k0 = rope_qk(qkv.detach(), None, None, special)
+    assert torch.equal(q0, heads[0]) and torch.equal(k0, heads[1])
 
 
 def test_attention_rotates_q_k_only_and_scales_after_rope():

@@ -185,7 +185,8 @@ def test_patch_embedding_gemm_path_equals_conv():
 def test_blocked_bf16_attention_matches_sdpa(monkeypatch, b, n):
     import voxelfm.models.layers.attention as attention
 
-    monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", b * 3 * 16 * n)  # 16 query rows per block
+    monkeypatch.setattr(attention, "_BLOCK_SCORES", 16 * n)  # 16 query rows per block (a short last one)
+    monkeypatch.setattr(attention, "_MIN_BLOCK_ROWS", 16)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(b, 3, n, 12, generator=g) * 1.5 for _ in range(3))  # logits std ≈ 2.3
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)

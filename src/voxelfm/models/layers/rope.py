@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RopePositionEmbedding3D", "apply_rope_3d", "rope_coords"]
+__all__ = ["RopePositionEmbedding3D", "apply_rope_3d", "rope_coords", "rope_qk"]
 
 
 def rope_coords(D: int, H: int, W: int, *, device: torch.device | str | None = None) -> Tensor:
@@ -82,18 +82,6 @@ class RopePositionEmbedding3D(nn.Module):
                 f"rescale_coords={self.rescale_coords}")
 
 
-def _rotate(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
-    # x: B, h, Np, hd;  sin/cos: Np, 3, P with hd = 3 · 2P
-    B, nh, Np, hd = x.shape
-    pairs = sin.shape[-1]
-    xr = x.reshape(B, nh, Np, 3, pairs, 2)
-    x_even, x_odd = xr[..., 0], xr[..., 1]  # B, h, Np, 3, P
-    sin = sin.to(x.dtype)
-    cos = cos.to(x.dtype)
-    out = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
-    return out.reshape(B, nh, Np, hd)
-
-
 def apply_rope_3d(q: Tensor, k: Tensor, sin: Tensor, cos: Tensor,
                   num_special: int) -> tuple[Tensor, Tensor]:
     """Rotate the patch tokens of ``q`` and ``k``; the first ``num_special`` tokens pass unchanged.
@@ -108,9 +96,59 @@ def apply_rope_3d(q: Tensor, k: Tensor, sin: Tensor, cos: Tensor,
         ``(q, k)`` with the same shapes and dtypes.
     """
     n_patches = q.shape[-2] - num_special
-    if sin.shape[0] != n_patches or sin.shape[1] != 3 or 6 * sin.shape[2] != q.shape[-1]:
-        raise ValueError(f"RoPE tables {tuple(sin.shape)} do not match {n_patches} patch tokens of "
-                         f"head_dim {q.shape[-1]}")
-    q = torch.cat((q[:, :, :num_special], _rotate(q[:, :, num_special:], sin, cos)), dim=2)
-    k = torch.cat((k[:, :, :num_special], _rotate(k[:, :, num_special:], sin, cos)), dim=2)
+    _check_tables(sin, n_patches, q.shape[-1])
+    cos2, sin2 = _pair_tables(sin, cos, q.dtype)  # [Np, head_dim] broadcast over batch and heads
+    q = torch.cat((q[:, :, :num_special], _rotate(q[:, :, num_special:], cos2, sin2)), dim=2)
+    k = torch.cat((k[:, :, :num_special], _rotate(k[:, :, num_special:], cos2, sin2)), dim=2)
     return q, k
+
+
+def rope_qk(qkv: Tensor, sin: Tensor | None, cos: Tensor | None, num_special: int) -> tuple[Tensor, Tensor]:
+    """Rotated ``q, k [B, heads, N, head_dim]`` straight from the qkv projection's token-major
+    output ``qkv [B, N, 3, heads, head_dim]`` (what :func:`apply_rope_3d` computes).
+
+    Rotating in the projection's own layout reads and writes contiguous memory (≈ 3× faster in fp32
+    than on the head-major views), and q and k are rotated by one pair of operations. ``sin is None``:
+    no rotation. Returns views of one new ``[B, N, 2, heads, head_dim]`` tensor.
+    """
+    B, N = qkv.shape[:2]
+    if sin is None or cos is None:
+        qk = qkv[:, :, :2]
+    else:
+        n_patches = N - num_special
+        _check_tables(sin, n_patches, qkv.shape[-1])
+        cos2, sin2 = _pair_tables(sin, cos, qkv.dtype)
+        x = qkv[:, num_special:, :2]
+        cos2, sin2 = cos2[:, None, None], sin2[:, None, None]  # Np, 1, 1, head_dim
+        if torch.is_grad_enabled() and qkv.requires_grad:
+            qk = torch.cat((qkv[:, :num_special, :2], _rotate(x, cos2, sin2)), dim=1)
+        else:  # no copy for the concatenation: rotate into the output
+            qk = qkv.new_empty(B, N, 2, *qkv.shape[3:])
+            qk[:, :num_special] = qkv[:, :num_special, :2]
+            _rotate(x, cos2, sin2, out=qk[:, num_special:])
+    q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k
+
+
+def _check_tables(sin: Tensor, n_patches: int, head_dim: int) -> None:
+    if sin.shape[0] != n_patches or sin.shape[1] != 3 or 6 * sin.shape[2] != head_dim:
+        raise ValueError(f"RoPE tables {tuple(sin.shape)} do not match {n_patches} patch tokens of "
+                         f"head_dim {head_dim}")
+
+
+def _pair_tables(sin: Tensor, cos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``[Np, 3, P]`` sin/cos → ``cos2, sin2 [Np, 6P]`` over the interleaved pairs of a head:
+    ``cos2 = (c, c)`` and ``sin2 = (−s, s)`` per pair (float32 tables cast to ``dtype``, so bf16/fp16
+    autocast works)."""
+    n, axes, pairs = sin.shape
+    s, c = sin.to(dtype), cos.to(dtype)
+    cos2 = c[..., None].expand(n, axes, pairs, 2).reshape(n, axes * pairs * 2)
+    sin2 = torch.stack((-s, s), dim=-1).reshape(n, axes * pairs * 2)
+    return cos2, sin2
+
+
+def _rotate(x: Tensor, cos2: Tensor, sin2: Tensor, out: Tensor | None = None) -> Tensor:
+    """Rotate each channel pair ``(x₀, x₁)`` of ``x [..., head_dim]`` to
+    ``(x₀ cos − x₁ sin, x₀ sin + x₁ cos)``: ``x · cos2 + swap(x) · sin2`` (tables broadcast)."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(x * cos2, swapped, sin2, out=out)
