@@ -10,7 +10,7 @@ EPILOG = """stages: phantoms → prepare → pretrain → extract (pre-trained, 
         [→ report generation] → report.md / report.html
 
 examples:
-  voxelfm demo                      # ≈ 12 min on 2 CPU cores (≤ 15), writes ./voxelfm-demo/report.md
+  voxelfm demo                      # ≈ 13 min on 2 CPU cores (≤ 15), writes ./voxelfm-demo/report.md
   voxelfm demo --quick -o /tmp/d    # ≈ 2-3 min version
   voxelfm demo --pretrain-minutes 15 --cases 400 -o big-demo
   voxelfm demo --quick --baselines merlin,ct_clip   # + random-init Merlin and CT-CLIP in a compare table
