@@ -125,3 +125,23 @@ def test_resume_with_a_different_model_is_refused_and_keeps_the_run(store, strai
         pretrain(None, store, run, max_steps=6, overrides=MICRO + ["dino.head_nlayers=1"], show_progress=False)
     assert (run / "config.yaml").read_text() == before
     assert [s for s, _ in list_checkpoints(run)] == [2, 4]
+
+
+def test_resume_with_other_crops_continues_and_says_so(store, straight_run, tmp_path, caplog):
+    """Progressive resolution is allowed, but a resumed run whose crops changed is logged."""
+    import logging
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight_run[0], run)
+    with caplog.at_level(logging.WARNING, logger="voxelfm.ssl"):
+        pretrain(None, store, run, max_steps=6, overrides=MICRO + ["crops.global_crops_size=[20,20,20]"],
+                 show_progress=False)
+    said = [r.getMessage() for r in caplog.records if "with other crops" in r.getMessage()]
+    assert len(said) == 1 and "crops.global_crops_size 16 → [20, 20, 20]" in said[0], said
+    assert [s for s, _ in list_checkpoints(run)][-1] == 6
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="voxelfm.ssl"):  # the same crops as a scalar: silent
+        pretrain(None, store, run, max_steps=8, overrides=MICRO + ["crops.global_crops_size=20"],
+                 show_progress=False)
+    assert not [r for r in caplog.records if "with other crops" in r.getMessage()]

@@ -93,6 +93,17 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
             for k, v in batch.items()}
 
 
+def _crop_value(v: Any) -> Any:
+    """A crop setting comparable across configs: sizes as 3-tuples (a scalar ``n`` means ``n`` per
+    axis, as the crop transform reads it), counts as they are."""
+    if isinstance(v, (int, float)):
+        return (int(v),) * 3 if float(v).is_integer() else v
+    try:
+        return tuple(int(x) for x in v)
+    except (TypeError, ValueError):
+        return v
+
+
 class _StopFlag:
     """Set by SIGINT/SIGTERM: finish the current step, checkpoint, exit cleanly."""
 
@@ -289,6 +300,15 @@ class Trainer:
                 if k in old.get(section, {}) and k in self.cfg[section] and old[section][k] != self.cfg[section][k]:
                     raise ConfigError(f"{path}: {section}.{k} was {old[section][k]!r}, the config now says "
                                       f"{self.cfg[section][k]!r}; use a new --output folder for a different model")
+        # other crops are allowed (progressive resolution: the same model continues on larger crops),
+        # but never silently: a resumed run whose crops changed by accident trains another grid
+        old_crops, new_crops = old.get("crops", {}), self.cfg.get("crops", {})
+        changed = [f"crops.{k} {old_crops[k]} → {new_crops[k]}"
+                   for k in ("global_crops_size", "local_crops_size", "local_crops_number")
+                   if k in old_crops and k in new_crops and _crop_value(old_crops[k]) != _crop_value(new_crops[k])]
+        if changed and self.info.is_main:
+            logger.warning("resuming %s with other crops (%s): the model continues on another input grid "
+                           "(use a new --output folder to train from scratch instead)", path, "; ".join(changed))
 
     def _wrap_distributed(self) -> None:
         """DDP around each student module, or FSDP2 (``fully_shard``) on student *and* teacher
