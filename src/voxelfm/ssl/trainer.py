@@ -93,17 +93,6 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
             for k, v in batch.items()}
 
 
-def _crop_value(v: Any) -> Any:
-    """A crop setting comparable across configs: sizes as 3-tuples (a scalar ``n`` means ``n`` per
-    axis, as the crop transform reads it), counts as they are."""
-    if isinstance(v, (int, float)):
-        return (int(v),) * 3 if float(v).is_integer() else v
-    try:
-        return tuple(int(x) for x in v)
-    except (TypeError, ValueError):
-        return v
-
-
 class _StopFlag:
     """Set by SIGINT/SIGTERM: finish the current step, checkpoint, exit cleanly."""
 
@@ -302,10 +291,13 @@ class Trainer:
                                       f"{self.cfg[section][k]!r}; use a new --output folder for a different model")
         # other crops are allowed (progressive resolution: the same model continues on larger crops),
         # but never silently: a resumed run whose crops changed by accident trains another grid
+        from voxelfm.ssl.config import _size3
+
         old_crops, new_crops = old.get("crops", {}), self.cfg.get("crops", {})
-        changed = [f"crops.{k} {old_crops[k]} → {new_crops[k]}"
-                   for k in ("global_crops_size", "local_crops_size", "local_crops_number")
-                   if k in old_crops and k in new_crops and _crop_value(old_crops[k]) != _crop_value(new_crops[k])]
+        setting = {"global_crops_size": _size3, "local_crops_size": _size3,  # a scalar n = (n, n, n)
+                   "local_crops_number": lambda v, _: int(v)}
+        changed = [f"crops.{k} {old_crops[k]} → {new_crops[k]}" for k, value in setting.items()
+                   if k in old_crops and k in new_crops and value(old_crops[k], k) != value(new_crops[k], k)]
         if changed and self.info.is_main:
             logger.warning("resuming %s with other crops (%s): the model continues on another input grid "
                            "(use a new --output folder to train from scratch instead)", path, "; ".join(changed))

@@ -109,7 +109,7 @@ def rope_qk(qkv: Tensor, sin: Tensor | None, cos: Tensor | None, num_special: in
 
     Rotating in the projection's own layout reads and writes contiguous memory (≈ 3× faster in fp32
     than on the head-major views), and q and k are rotated by one pair of operations. ``sin is None``:
-    no rotation. Returns views of one new ``[B, N, 2, heads, head_dim]`` tensor.
+    no rotation (views of ``qkv``); otherwise views of one new ``[B, N, 2, heads, head_dim]`` tensor.
     """
     B, N = qkv.shape[:2]
     if sin is None or cos is None:
