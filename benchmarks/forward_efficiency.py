@@ -15,7 +15,9 @@ machine may be shared; the 1-minute load average is recorded with every figure):
 4. a per-operator profiler table for ``--profile`` (e.g. ``bf16:8k``);
 5. with ``--legacy``, the same cases once more with the kernels voxelfm used before issue 18
    (``Conv3d`` patch embedding and PyTorch's fused SDPA in bf16; largest-cube chunk windows),
-   interleaved with the current ones so that both see the same machine load.
+   interleaved with the current ones so that both see the same machine load; with
+   ``--torch-softmax`` the bf16 cases once more with PyTorch's softmax in the blocked attention
+   instead of voxelfm's compiled kernel (``voxelfm.models.kernels``), interleaved likewise.
 
 Analytic FLOPs of one forward over ``n = N + 1 + R`` tokens (multiply-add = 2 FLOPs): patch
 embedding ``2 N p³ C``; per block ``24 n C²`` (qkv, proj, two MLP linears at ratio 4) plus
@@ -130,11 +132,27 @@ def _volume(grid: tuple[int, int, int], patch_size: int):
 
 
 @contextlib.contextmanager
-def legacy_kernels(enabled: bool) -> Iterator[None]:
-    """Run with the pre-issue-18 kernels: bf16 ``Conv3d`` patch embedding, fused SDPA, cube windows."""
-    if not enabled:
+def kernel_variant(name: str) -> Iterator[None]:
+    """``current``; ``legacy`` (the pre-issue-18 kernels: bf16 ``Conv3d`` patch embedding, fused
+    SDPA, cube windows); ``torch-softmax`` (blocked bf16 attention with PyTorch's softmax)."""
+    if name == "legacy":
+        with _legacy_kernels():
+            yield
+    elif name == "torch-softmax":
+        import voxelfm.models.layers.attention as attention
+
+        saved = attention.bf16_exp_rows
+        attention.bf16_exp_rows = lambda: None
+        try:
+            yield
+        finally:
+            attention.bf16_exp_rows = saved
+    else:
         yield
-        return
+
+
+@contextlib.contextmanager
+def _legacy_kernels() -> Iterator[None]:
     import torch.nn.functional as F
 
     import voxelfm.inference.extract as extract
@@ -278,6 +296,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     ap.add_argument("--legacy", action="store_true",
                     help="also run every case with the pre-issue-18 kernels, interleaved (before/after ratio)")
+    ap.add_argument("--torch-softmax", action="store_true",
+                    help="also run every bf16 case with PyTorch's softmax instead of the compiled kernel, interleaved")
     args = ap.parse_args()
 
     import torch
@@ -303,19 +323,29 @@ def main() -> None:
     print(f"matmul rate: fp32 {rates['fp32']['gflops']} GFLOP/s, bf16 {rates['bf16']['gflops']} GFLOP/s "
           f"(load {_load()})", flush=True)
 
+    variants = (["legacy"] if args.legacy else []) + (["torch-softmax"] if args.torch_softmax else []) + ["current"]
+    try:
+        from voxelfm.models.kernels import kernel_status
+
+        softmax_kernel = kernel_status()
+    except ImportError:  # older tree (before-measurements)
+        softmax_kernel = "PyTorch softmax (no voxelfm.models.kernels)"
+    print(f"bf16 attention softmax: {softmax_kernel}", flush=True)
     forwards = []
     for size in args.sizes:
         pre = _volume(GRIDS[size], model.patch_size)
         for dtype in args.dtypes:
             for mode in args.modes:
-                for legacy in ((True, False) if args.legacy else (False,)):
-                    if legacy and dtype == "fp32" and mode == "full":
+                for variant in variants:
+                    if variant == "legacy" and dtype == "fp32" and mode == "full":
                         continue  # fp32 full forward: same kernels before and after
-                    with legacy_kernels(legacy):
+                    if variant == "torch-softmax" and dtype != "bf16":
+                        continue  # the compiled softmax serves bf16 only
+                    with kernel_variant(variant):
                         r = run_forward(model, pre, dtype=dtype, mode=mode, repeats=args.repeats,
                                         chunk_budget=args.chunk_budget, dims=dims, rate=rates[dtype]["gflops"])
                     r["size"] = size
-                    r["kernels"] = "legacy" if legacy else "current"
+                    r["kernels"] = variant
                     forwards.append(r)
                     print(f"{size:>4} {dtype} {mode:<7} {r['kernels']:<7} {r['seconds']:8.3f} s  "
                           f"{r['gflops']:7.1f} GFLOP/s  {r['pct_of_matmul_rate']:5.1f} % of matmul "
@@ -340,6 +370,9 @@ def main() -> None:
         old = _find(r["size"], r["dtype"], r["mode"], "legacy")
         if r["kernels"] == "current" and old and old is not r:
             r["speedup_vs_legacy"] = round(old["seconds"] / r["seconds"], 2)
+        plain = _find(r["size"], r["dtype"], r["mode"], "torch-softmax")
+        if r["kernels"] == "current" and plain:
+            r["speedup_vs_torch_softmax"] = round(plain["seconds"] / r["seconds"], 2)
 
     attention = []
     for size in args.attention_sizes:
@@ -365,7 +398,7 @@ def main() -> None:
         "torch_num_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "load_at_end": list(os.getloadavg()), "matmul_rate": rates, "forwards": forwards,
         "attention_layer": attention, "profile": {"case": args.profile, "table": table.splitlines()},
-        "chunk_budget_fraction": args.chunk_budget,
+        "chunk_budget_fraction": args.chunk_budget, "bf16_softmax": softmax_kernel,
     })
 
 

