@@ -16,8 +16,8 @@ machine may be shared; the 1-minute load average is recorded with every figure):
 5. with ``--legacy``, the same cases once more with the kernels voxelfm used before issue 18
    (``Conv3d`` patch embedding and PyTorch's fused SDPA in bf16; largest-cube chunk windows),
    interleaved with the current ones so that both see the same machine load; with
-   ``--torch-softmax`` the bf16 cases once more with PyTorch's softmax in the blocked attention
-   instead of voxelfm's compiled kernel (``voxelfm.models.kernels``), interleaved likewise.
+   ``--torch-ops`` the bf16 cases once more with PyTorch's operators instead of voxelfm's compiled
+   kernels (``voxelfm.models.kernels``: softmax, RoPE), interleaved likewise.
 
 Analytic FLOPs of one forward over ``n = N + 1 + R`` tokens (multiply-add = 2 FLOPs): patch
 embedding ``2 N p³ C``; per block ``24 n C²`` (qkv, proj, two MLP linears at ratio 4) plus
@@ -134,19 +134,20 @@ def _volume(grid: tuple[int, int, int], patch_size: int):
 @contextlib.contextmanager
 def kernel_variant(name: str) -> Iterator[None]:
     """``current``; ``legacy`` (the pre-issue-18 kernels: bf16 ``Conv3d`` patch embedding, fused
-    SDPA, cube windows); ``torch-softmax`` (blocked bf16 attention with PyTorch's softmax)."""
+    SDPA, cube windows); ``torch-ops`` (no compiled kernels: PyTorch's softmax and RoPE)."""
     if name == "legacy":
         with _legacy_kernels():
             yield
-    elif name == "torch-softmax":
+    elif name == "torch-ops":
         import voxelfm.models.layers.attention as attention
+        import voxelfm.models.layers.rope as rope
 
-        saved = attention.bf16_exp_rows
-        attention.bf16_exp_rows = lambda: None
+        saved = attention.bf16_exp_rows, rope.bf16_rope_qk
+        attention.bf16_exp_rows = rope.bf16_rope_qk = lambda: None
         try:
             yield
         finally:
-            attention.bf16_exp_rows = saved
+            attention.bf16_exp_rows, rope.bf16_rope_qk = saved
     else:
         yield
 
@@ -296,8 +297,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     ap.add_argument("--legacy", action="store_true",
                     help="also run every case with the pre-issue-18 kernels, interleaved (before/after ratio)")
-    ap.add_argument("--torch-softmax", action="store_true",
-                    help="also run every bf16 case with PyTorch's softmax instead of the compiled kernel, interleaved")
+    ap.add_argument("--torch-ops", action="store_true",
+                    help="also run every bf16 case with PyTorch's operators instead of the compiled kernels, interleaved")
     args = ap.parse_args()
 
     import torch
@@ -323,14 +324,14 @@ def main() -> None:
     print(f"matmul rate: fp32 {rates['fp32']['gflops']} GFLOP/s, bf16 {rates['bf16']['gflops']} GFLOP/s "
           f"(load {_load()})", flush=True)
 
-    variants = (["legacy"] if args.legacy else []) + (["torch-softmax"] if args.torch_softmax else []) + ["current"]
+    variants = (["legacy"] if args.legacy else []) + (["torch-ops"] if args.torch_ops else []) + ["current"]
     try:
-        from voxelfm.models.kernels import kernel_status
+        from voxelfm.models.kernels import kernels_summary
 
-        softmax_kernel = kernel_status()
+        cpu_kernels = kernels_summary()
     except ImportError:  # older tree (before-measurements)
-        softmax_kernel = "PyTorch softmax (no voxelfm.models.kernels)"
-    print(f"bf16 attention softmax: {softmax_kernel}", flush=True)
+        cpu_kernels = {"all": "none (no voxelfm.models.kernels)"}
+    print(f"compiled CPU kernels: {cpu_kernels}", flush=True)
     forwards = []
     for size in args.sizes:
         pre = _volume(GRIDS[size], model.patch_size)
@@ -339,8 +340,8 @@ def main() -> None:
                 for variant in variants:
                     if variant == "legacy" and dtype == "fp32" and mode == "full":
                         continue  # fp32 full forward: same kernels before and after
-                    if variant == "torch-softmax" and dtype != "bf16":
-                        continue  # the compiled softmax serves bf16 only
+                    if variant == "torch-ops" and dtype != "bf16":
+                        continue  # the compiled kernels serve bf16 only
                     with kernel_variant(variant):
                         r = run_forward(model, pre, dtype=dtype, mode=mode, repeats=args.repeats,
                                         chunk_budget=args.chunk_budget, dims=dims, rate=rates[dtype]["gflops"])
@@ -370,9 +371,9 @@ def main() -> None:
         old = _find(r["size"], r["dtype"], r["mode"], "legacy")
         if r["kernels"] == "current" and old and old is not r:
             r["speedup_vs_legacy"] = round(old["seconds"] / r["seconds"], 2)
-        plain = _find(r["size"], r["dtype"], r["mode"], "torch-softmax")
+        plain = _find(r["size"], r["dtype"], r["mode"], "torch-ops")
         if r["kernels"] == "current" and plain:
-            r["speedup_vs_torch_softmax"] = round(plain["seconds"] / r["seconds"], 2)
+            r["speedup_vs_torch_ops"] = round(plain["seconds"] / r["seconds"], 2)
 
     attention = []
     for size in args.attention_sizes:
@@ -398,7 +399,7 @@ def main() -> None:
         "torch_num_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "load_at_end": list(os.getloadavg()), "matmul_rate": rates, "forwards": forwards,
         "attention_layer": attention, "profile": {"case": args.profile, "table": table.splitlines()},
-        "chunk_budget_fraction": args.chunk_budget, "bf16_softmax": softmax_kernel,
+        "chunk_budget_fraction": args.chunk_budget, "cpu_kernels": cpu_kernels,
     })
 
 

@@ -1,4 +1,4 @@
-"""voxelfm's compiled CPU kernels: the bf16 row softmax against float64, its build cache and fallbacks."""
+"""voxelfm's compiled CPU kernels against float64 (bf16 row softmax, bf16 RoPE), their build cache and fallbacks."""
 
 from __future__ import annotations
 
@@ -8,20 +8,25 @@ from pathlib import Path
 import pytest
 import torch
 
-import voxelfm.models.kernels.bf16_softmax as bf16_softmax
-from voxelfm.models.kernels import KernelBuildError, bf16_exp_rows, build_torch_library, kernel_status
+import voxelfm.models.kernels.loader as loader
+from voxelfm.models.kernels import (KERNELS, KernelBuildError, bf16_exp_rows, bf16_rope_qk, build_torch_library,
+                                    kernel_status, kernels_summary)
 from voxelfm.models.kernels.build import find_compiler
 
-CAPABLE = bf16_softmax._unsupported_reason() is None and find_compiler() is not None
+CAPABLE = loader._unsupported_reason() is None and find_compiler() is not None
+
+
+def _kernel(getter, name):
+    op = getter()
+    if CAPABLE:  # a CPU with AVX512-BF16 and a compiler must get the kernel (a broken build fails here)
+        assert op is not None, kernel_status(name)
+    if op is None:
+        pytest.skip(kernel_status(name))
+    return op
 
 
 def _exp_rows():
-    op = bf16_exp_rows()
-    if CAPABLE:  # a CPU with AVX512-BF16 and a compiler must get the kernel (a broken build fails here)
-        assert op is not None, kernel_status()
-    if op is None:
-        pytest.skip(kernel_status())
-    return op
+    return _kernel(bf16_exp_rows, "bf16_softmax")
 
 
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 31, 32, 33, 1000, 4099])
@@ -87,36 +92,85 @@ def test_blocked_attention_with_and_without_the_kernel_agree(monkeypatch):
     assert ((fast.double() - plain.double()).norm() / exact.norm()) < 5e-3
 
 
+# ----------------------------------------------------------------------------- RoPE
+@pytest.mark.parametrize("head_dim, num_special", [(72, 5), (24, 0), (12, 1)])
+def test_rope_kernel_matches_the_rotation_in_float64(head_dim, num_special):
+    op = _kernel(bf16_rope_qk, "bf16_rope")
+    from voxelfm.models.layers.rope import _pair_tables, _rotate
+
+    g = torch.Generator().manual_seed(head_dim)
+    B, N, H = 2, 70, 3
+    qkv = torch.randn(B, N, 3, H, head_dim, generator=g).bfloat16()
+    angles = torch.rand(N - num_special, 3, head_dim // 6, generator=g) * 6.3
+    cos2, sin2 = _pair_tables(torch.sin(angles), torch.cos(angles), torch.float32)
+    out = op(qkv, cos2, sin2, num_special)
+    assert out.shape == (B, N, 2, H, head_dim) and out.dtype == torch.bfloat16
+    assert torch.equal(out[:, :num_special], qkv[:, :num_special, :2])  # CLS and registers copied
+    c64, s64 = _pair_tables(torch.sin(angles.double()), torch.cos(angles.double()), torch.float64)
+    exact = _rotate(qkv[:, num_special:, :2].double(), c64[:, None, None], s64[:, None, None])
+    # one rounding to bf16 of an fp32 result: ≤ 2⁻⁹ of the pair's norm
+    pair_norm = exact.unflatten(-1, (-1, 2)).norm(dim=-1).repeat_interleave(2, dim=-1)
+    assert ((out[:, num_special:].double() - exact).abs() <= pair_norm * 2.0 ** -8 + 1e-30).all()
+    with pytest.raises(RuntimeError, match="tables must be contiguous fp32"):
+        op(qkv, cos2.bfloat16(), sin2, num_special)
+    with pytest.raises(RuntimeError, match="contiguous bf16"):
+        op(qkv[:, ::2], cos2, sin2, num_special)
+
+
+def test_rope_qk_uses_the_kernel_for_bf16_inference_only(monkeypatch):
+    """Model-level: ``rope_qk`` in bf16 inference goes through the kernel (and agrees with the
+    PyTorch path); with gradients, or in fp32, PyTorch's path runs."""
+    _kernel(bf16_rope_qk, "bf16_rope")
+    import voxelfm.models.layers.rope as rope
+
+    calls = []
+    real = rope.bf16_rope_qk()
+    monkeypatch.setattr(rope, "bf16_rope_qk", lambda: lambda *a: calls.append(1) or real(*a))
+    qkv = torch.randn(1, 30, 3, 2, 12)
+    angles = torch.rand(27, 3, 2) * 6.3
+    sin, cos = torch.sin(angles), torch.cos(angles)
+    with torch.inference_mode():
+        fast = rope.rope_qk(qkv.bfloat16(), sin, cos, 3)
+        assert len(calls) == 1
+        ref = rope.rope_qk(qkv, sin, cos, 3)  # fp32: PyTorch
+    assert len(calls) == 1
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a.float(), b, rtol=2.0 ** -7, atol=2.0 ** -7)
+    grad_input = qkv.bfloat16().requires_grad_()
+    rope.rope_qk(grad_input, sin, cos, 3)[0].float().sum().backward()
+    assert len(calls) == 1 and grad_input.grad is not None
+
+
 # ----------------------------------------------------------------------------- availability, build
 def test_switch_off_and_unsupported_cpu_fall_back_with_a_reason(monkeypatch):
-    monkeypatch.setattr(bf16_softmax, "_state", {})
+    monkeypatch.setattr(loader, "_state", {})
     monkeypatch.setenv("VOXELFM_CPU_KERNELS", "0")
-    assert bf16_exp_rows() is None
-    assert kernel_status() == "PyTorch softmax (disabled by VOXELFM_CPU_KERNELS)"
-    monkeypatch.setattr(bf16_softmax, "_state", {})
+    assert bf16_exp_rows() is None and bf16_rope_qk() is None
+    assert kernels_summary() == {name: "disabled by VOXELFM_CPU_KERNELS" for name in KERNELS}
+    monkeypatch.setattr(loader, "_state", {})
     monkeypatch.delenv("VOXELFM_CPU_KERNELS")
-    monkeypatch.setattr(bf16_softmax, "_cpu_has_avx512_bf16", lambda: False)
-    monkeypatch.setattr(bf16_softmax.platform, "machine", lambda: "x86_64")
-    assert bf16_exp_rows() is None and "lacks AVX512-BF16" in kernel_status()
-    monkeypatch.setattr(bf16_softmax, "_state", {})
-    monkeypatch.setattr(bf16_softmax.platform, "machine", lambda: "arm64")
-    assert bf16_exp_rows() is None and "arm64" in kernel_status()
+    monkeypatch.setattr(loader, "_cpu_has_avx512_bf16", lambda: False)
+    monkeypatch.setattr(loader.platform, "machine", lambda: "x86_64")
+    assert bf16_exp_rows() is None and "lacks AVX512-BF16" in kernel_status("bf16_softmax")
+    monkeypatch.setattr(loader, "_state", {})
+    monkeypatch.setattr(loader.platform, "machine", lambda: "arm64")
+    assert bf16_exp_rows() is None and "arm64" in kernel_status("bf16_softmax")
 
 
 def test_a_failed_build_warns_once_and_falls_back(monkeypatch, caplog):
-    monkeypatch.setattr(bf16_softmax, "_state", {})
-    monkeypatch.setattr(bf16_softmax, "_unsupported_reason", lambda: None)
+    monkeypatch.setattr(loader, "_state", {})
+    monkeypatch.setattr(loader, "_unsupported_reason", lambda: None)
 
     def fail(source, *, name, folder=None):
         raise KernelBuildError("no C++ compiler found (set CXX, or install g++ / clang++)")
 
-    monkeypatch.setattr(bf16_softmax, "build_torch_library", fail)
+    monkeypatch.setattr(loader, "build_torch_library", fail)
     with caplog.at_level(logging.WARNING, logger="voxelfm.models.kernels"):
         assert bf16_exp_rows() is None
         assert bf16_exp_rows() is None
-    warnings = [r for r in caplog.records if "falls back" in r.getMessage()]
+    warnings = [r for r in caplog.records if "falling back" in r.getMessage()]
     assert len(warnings) == 1 and "no C++ compiler" in warnings[0].getMessage()
-    assert "no C++ compiler" in kernel_status()
+    assert "no C++ compiler" in kernel_status("bf16_softmax")
 
 
 def test_build_caches_by_content_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
@@ -134,15 +188,17 @@ def test_build_caches_by_content_and_leaves_nothing_on_failure(tmp_path, monkeyp
     monkeypatch.setattr(subprocess, "run", no_compiler)
     assert build_torch_library(src, name="ok", folder=tmp_path / "cache") == built
     monkeypatch.undo()
+    src.write_text(src.read_text() + "// changed\n")  # another source: another library
+    assert build_torch_library(src, name="ok", folder=tmp_path / "cache") != built
 
     broken = tmp_path / "broken.cpp"
     broken.write_text("#error deliberately broken\n")
     with pytest.raises(KernelBuildError, match="deliberately broken"):
         build_torch_library(broken, name="broken", folder=tmp_path / "cache")
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [built.name]  # no half-written file
+    assert all(p.name.startswith("ok-") for p in (tmp_path / "cache").iterdir())  # no half-written file
 
 
 def test_build_without_a_compiler_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(KernelBuildError, match="no C\\+\\+ compiler"):
-        build_torch_library(Path(bf16_softmax._SOURCE), name="x", folder=tmp_path)
+        build_torch_library(Path(loader.__file__).with_name("bf16_softmax.cpp"), name="x", folder=tmp_path)

@@ -89,7 +89,7 @@ at::Tensor exp_rows_(at::Tensor scores) {
 
 }  // namespace
 
-TORCH_LIBRARY(voxelfm_kernels, m) {
+TORCH_LIBRARY_FRAGMENT(voxelfm_kernels, m) {
   m.def("exp_rows_(Tensor(a!) scores) -> Tensor");
   m.impl("exp_rows_", c10::DispatchKey::CPU, TORCH_FN(exp_rows_));
 }

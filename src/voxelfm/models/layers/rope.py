@@ -11,9 +11,12 @@ and k are rotated; CLS/register tokens and v are untouched.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from voxelfm.models.kernels import bf16_rope_qk
 
 __all__ = ["RopePositionEmbedding3D", "apply_rope_3d", "rope_coords", "rope_qk"]
 
@@ -120,7 +123,11 @@ def rope_qk(qkv: Tensor, sin: Tensor | None, cos: Tensor | None, num_special: in
         cos2, sin2 = _pair_tables(sin, cos, qkv.dtype)
         x = qkv[:, num_special:, :2]
         cos2, sin2 = cos2[:, None, None], sin2[:, None, None]  # Np, 1, 1, head_dim
-        if torch.is_grad_enabled() and qkv.requires_grad:
+        fused = _bf16_kernel(qkv)
+        if fused is not None:  # one fp32 pass, fp32 tables (PyTorch's path rounds them to bf16)
+            cos32, sin32 = _pair_tables(sin, cos, torch.float32)
+            qk = fused(qkv, cos32, sin32, num_special)
+        elif torch.is_grad_enabled() and qkv.requires_grad:
             qk = torch.cat((qkv[:, :num_special, :2], _rotate(x, cos2, sin2)), dim=1)
         else:  # no copy for the concatenation: rotate into the output
             qk = qkv.new_empty(B, N, 2, *qkv.shape[3:])
@@ -128,6 +135,14 @@ def rope_qk(qkv: Tensor, sin: Tensor | None, cos: Tensor | None, num_special: in
             _rotate(x, cos2, sin2, out=qk[:, num_special:])
     q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
     return q, k
+
+
+def _bf16_kernel(qkv: Tensor) -> Callable[[Tensor, Tensor, Tensor, int], Tensor] | None:
+    """voxelfm's compiled bf16 RoPE for inference on contiguous bf16 CPU tensors, else ``None``."""
+    if (qkv.dtype != torch.bfloat16 or qkv.device.type != "cpu" or not qkv.is_contiguous()
+            or (torch.is_grad_enabled() and qkv.requires_grad)):
+        return None
+    return bf16_rope_qk()
 
 
 def _check_tables(sin: Tensor, n_patches: int, head_dim: int) -> None:

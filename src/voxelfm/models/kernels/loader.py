@@ -1,0 +1,82 @@
+"""Which compiled CPU kernels this machine can use, building and loading them once per process.
+
+Every kernel is a C++ file next to this module that registers operators under
+``torch.ops.voxelfm_kernels``. A kernel is unavailable — and its caller uses PyTorch's operators —
+without a C++ compiler, on CPUs without AVX512-BF16, or with ``VOXELFM_CPU_KERNELS=0``; the
+reason is logged once per kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+
+import torch
+
+from voxelfm.models.kernels.build import KernelBuildError, build_torch_library
+
+__all__ = ["ENV_SWITCH", "KERNELS", "kernel_status", "kernels_summary", "load_kernel"]
+
+log = logging.getLogger(__name__)
+
+#: environment variable: ``0`` / ``off`` / ``false`` disables voxelfm's compiled CPU kernels
+ENV_SWITCH = "VOXELFM_CPU_KERNELS"
+#: the kernels (C++ files next to this module)
+KERNELS: tuple[str, ...] = ("bf16_softmax", "bf16_rope")
+_lock = threading.Lock()
+_state: dict[str, str | None] = {}  # kernel name → None (loaded) or why it is unavailable
+
+
+def load_kernel(name: str) -> bool:
+    """Build (if not cached) and load ``<name>.cpp``; ``False`` if unavailable (reason logged once)."""
+    if name not in _state:
+        with _lock:
+            if name not in _state:
+                _state[name] = _load(name)
+    return _state[name] is None
+
+
+def kernel_status(name: str) -> str:
+    """``"compiled"``, or why the kernel ``name`` is not used."""
+    return "compiled" if load_kernel(name) else str(_state[name])
+
+
+def kernels_summary() -> dict[str, str]:
+    """``{kernel: "compiled" or why not}`` for every kernel (loads them): for logs and benchmarks."""
+    return {name: kernel_status(name) for name in KERNELS}
+
+
+def _load(name: str) -> str | None:
+    reason = _unsupported_reason()
+    if reason is not None:
+        return reason
+    try:
+        torch.ops.load_library(str(build_torch_library(Path(__file__).with_name(f"{name}.cpp"), name=name)))
+        return None
+    except KernelBuildError as exc:
+        reason = str(exc)
+    except (OSError, RuntimeError) as exc:  # a library that does not load (e.g. a stale ABI)
+        reason = f"the compiled kernel did not load: {exc}"
+    log.warning("%s: falling back to PyTorch's slower operators: %s (set %s=0 to silence)", name, reason, ENV_SWITCH)
+    return reason
+
+
+def _unsupported_reason() -> str | None:
+    if os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no"):
+        return f"disabled by {ENV_SWITCH}"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"no kernel for {platform.machine()} CPUs"
+    if not _cpu_has_avx512_bf16():
+        return "the CPU lacks AVX512-BF16"
+    return None
+
+
+def _cpu_has_avx512_bf16() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # not Linux: no reliable flag source without a compiled probe
+    return any(line.startswith("flags") and "avx512_bf16" in line.split() for line in text.splitlines())
