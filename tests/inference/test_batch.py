@@ -271,6 +271,27 @@ def test_cli_earlier_failures_keep_exit_status_1(tmp_path):
     assert EmbeddingStore(tmp_path / "emb").load("v0").record["input_spacing"] == [2.0, 1.0, 1.0]
 
 
+def test_cli_bf16_on_the_cpu_names_its_kernels(tmp_path, monkeypatch):
+    """``--dtype bf16`` on the CPU says whether voxelfm's compiled kernels run, or why not."""
+    import voxelfm.models.kernels.loader as loader
+    from voxelfm.cli.main import main
+    from voxelfm.models import save_backbone
+
+    monkeypatch.setattr(loader, "_state", {})
+    monkeypatch.setenv("VOXELFM_CPU_KERNELS", "0")
+    np.save(tmp_path / "v.npy", body_volume((16, 16, 16)))
+    save_backbone(randomised_tiny(8), tmp_path / "model")
+    cmd = ["extract", "-i", str(tmp_path / "v.npy"), "-o", str(tmp_path / "emb"), "--weights", str(tmp_path / "model"),
+           "--workers", "0", "--device", "cpu", "--dtype", "bf16"]
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+        assert main(cmd) == 0
+    assert ("bf16 CPU kernels (built once per machine, ~5 s each): bf16_softmax disabled by VOXELFM_CPU_KERNELS, "
+            "bf16_rope disabled by VOXELFM_CPU_KERNELS") in err.getvalue()
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+        assert main([*cmd[:-1], "fp32", "-o", str(tmp_path / "emb32")]) == 0
+    assert "kernels" not in err.getvalue()
+
+
 def test_cli_item_failures_exit_0_under_torchrun(tmp_path, monkeypatch):
     # torchrun turns a non-zero exit into a crash report with a traceback; item failures are in
     # the summary and index.csv instead

@@ -202,3 +202,13 @@ def test_build_without_a_compiler_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(KernelBuildError, match="no C\\+\\+ compiler"):
         build_torch_library(Path(loader.__file__).with_name("bf16_softmax.cpp"), name="x", folder=tmp_path)
+
+
+def test_build_into_an_unwritable_cache_says_which_folder(tmp_path):
+    if find_compiler() is None:
+        pytest.skip("no C++ compiler")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(KernelBuildError, match="cannot create the kernel cache folder .*VOXELFM_CACHE"):
+        build_torch_library(Path(loader.__file__).with_name("bf16_softmax.cpp"), name="x", folder=blocker / "kernels")
+

@@ -83,6 +83,11 @@ def build_torch_library(source: Path, *, name: str, folder: Path | None = None) 
     target = (folder or cache_dir("kernels")) / f"{name}-{key}.so"
     if target.exists():
         return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KernelBuildError(f"cannot create the kernel cache folder {target.parent} ({exc.strerror}); "
+                               "set VOXELFM_CACHE to a writable folder") from exc
     log.info("compiling %s with %s (once per torch version; a few seconds)", source.name, Path(compiler).name)
     start = time.perf_counter()
     failures: list[str] = []
