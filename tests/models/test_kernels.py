@@ -153,6 +153,9 @@ def test_switch_off_and_unsupported_cpu_fall_back_with_a_reason(monkeypatch):
     monkeypatch.setattr(loader.platform, "machine", lambda: "x86_64")
     assert bf16_exp_rows() is None and "lacks AVX512-BF16" in kernel_status("bf16_softmax")
     monkeypatch.setattr(loader, "_state", {})
+    monkeypatch.setattr(loader, "_cpu_has_avx512_bf16", lambda: None)
+    assert bf16_rope_qk() is None and "flags are unknown" in kernel_status("bf16_rope")
+    monkeypatch.setattr(loader, "_state", {})
     monkeypatch.setattr(loader.platform, "machine", lambda: "arm64")
     assert bf16_exp_rows() is None and "arm64" in kernel_status("bf16_softmax")
 

@@ -69,14 +69,18 @@ def _unsupported_reason() -> str | None:
         return f"disabled by {ENV_SWITCH}"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"no kernel for {platform.machine()} CPUs"
-    if not _cpu_has_avx512_bf16():
+    has_bf16 = _cpu_has_avx512_bf16()
+    if has_bf16 is None:
+        return "the CPU's flags are unknown (no /proc/cpuinfo)"
+    if not has_bf16:
         return "the CPU lacks AVX512-BF16"
     return None
 
 
-def _cpu_has_avx512_bf16() -> bool:
+def _cpu_has_avx512_bf16() -> bool | None:
+    """From ``/proc/cpuinfo``; ``None`` where there is none (not Linux)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False  # not Linux: no reliable flag source without a compiled probe
+        return None
     return any(line.startswith("flags") and "avx512_bf16" in line.split() for line in text.splitlines())
