@@ -1,15 +1,17 @@
-"""Each compiled bf16 CPU kernel on and off, interleaved in one process: what does each one buy?
+"""Each of voxelfm's CPU inference paths on and off, interleaved in one process: what does each buy?
 
-The ViT-B bf16 forward (``extract_preprocessed``, as ``voxelfm extract`` runs it) at one token
-count, ``--repeats`` rounds of four variants in turn — all kernels, none (PyTorch's operators),
-softmax kernel only, RoPE kernel only — so that every variant sees the same machine load. Reports
-the best and all seconds per variant and the speed-up of each over "none".
+The ViT-B forward (``extract_preprocessed``, as ``voxelfm extract`` runs it) at one token count
+and dtype, ``--repeats`` rounds of the variants in turn — all paths, none (PyTorch's operators and
+``nn.Linear``), and each path alone (bf16: the compiled softmax, the compiled RoPE, the oneDNN
+packed linears; fp32: the packed linears are the only one) — so that every variant sees the same
+machine load. Reports the best and all seconds per variant and the speed-up of each over "none".
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/cpu_kernels_ab.py --size 2k --repeats 4
+    PYTHONPATH=src python benchmarks/cpu_kernels_ab.py --size 2k --repeats 4            # bf16
+    PYTHONPATH=src python benchmarks/cpu_kernels_ab.py --size 2k --repeats 3 --dtype fp32
 
-Writes benchmarks/results/cpu_kernels_ab_<size>.json and prints it.
+Writes benchmarks/results/cpu_kernels_ab_<size>[_fp32].json and prints it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--model", default="vit_base")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     args = ap.parse_args()
+
+    import importlib
 
     import voxelfm.models.layers.attention as attention
     import voxelfm.models.layers.rope as rope
@@ -42,32 +47,39 @@ def main() -> None:
     from voxelfm.models.kernels import kernels_summary
     from voxelfm.utils.threads import configure_threads
 
+    onednn = importlib.import_module("voxelfm.models.layers.onednn_linear")
     threads = configure_threads(args.threads).to_dict()
-    kernels = kernels_summary()
+    kernels = kernels_summary() if args.dtype == "bf16" else {}
     model = build_backbone(args.model).eval()
     pre = _volume(GRIDS[args.size], model.patch_size)
-    softmax, rotate = attention.bf16_exp_rows, rope.bf16_rope_qk
-    off = lambda: None  # noqa: E731 - "kernel unavailable"
-    variants = {"all kernels": (softmax, rotate), "none": (off, off), "softmax only": (softmax, off),
-                "rope only": (off, rotate)}
-    extract_preprocessed(model, pre, dtype="bf16", mode="full")  # warm-up
+    on = (attention.bf16_exp_rows, rope.bf16_rope_qk, onednn._fast_dtype)
+    off = (lambda: None, lambda: None, lambda x, layer: None)  # "unavailable"
+    variants = {"all": on, "none": off}
+    if args.dtype == "bf16":
+        variants.update({"softmax only": (on[0], off[1], off[2]), "rope only": (off[0], on[1], off[2]),
+                         "linears only": (off[0], off[1], on[2])})
+
+    def use(paths: tuple) -> None:
+        attention.bf16_exp_rows, rope.bf16_rope_qk, onednn._fast_dtype = paths
+
+    extract_preprocessed(model, pre, dtype=args.dtype, mode="full")  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     loads = [round(os.getloadavg()[0], 2)]
     try:
         for _ in range(args.repeats):
-            for name, (exp_rows, rope_qk) in variants.items():
-                attention.bf16_exp_rows, rope.bf16_rope_qk = exp_rows, rope_qk
+            for name, paths in variants.items():
+                use(paths)
                 t = time.perf_counter()
-                extract_preprocessed(model, pre, dtype="bf16", mode="full")
+                extract_preprocessed(model, pre, dtype=args.dtype, mode="full")
                 seconds[name].append(round(time.perf_counter() - t, 3))
             loads.append(round(os.getloadavg()[0], 2))
     finally:
-        attention.bf16_exp_rows, rope.bf16_rope_qk = softmax, rotate
+        use(on)
     best = {name: min(v) for name, v in seconds.items()}
     for name, v in seconds.items():
-        print(f"{name:13s} best {best[name]:.3f} s  ({best['none'] / best[name]:.2f}x of none)  all {v}", flush=True)
-    write_result(f"cpu_kernels_ab_{args.size}", {
-        "model": args.model, "size": args.size, "grid": list(GRIDS[args.size]),
+        print(f"{args.dtype} {name:13s} best {best[name]:.3f} s  ({best['none'] / best[name]:.2f}x of none)  all {v}", flush=True)
+    write_result(f"cpu_kernels_ab_{args.size}" + ("_fp32" if args.dtype == "fp32" else ""), {
+        "model": args.model, "size": args.size, "dtype": args.dtype, "grid": list(GRIDS[args.size]),
         "threads": threads, "kernels": kernels, "load_1min": loads, "seconds": seconds, "best": best,
         "speedup_vs_none": {name: round(best["none"] / b, 3) for name, b in best.items()}})
 

@@ -3,7 +3,8 @@
 Measured in the same run, so every figure is a ratio to the hardware as it is right now (the
 machine may be shared; the 1-minute load average is recorded with every figure):
 
-1. the fp32 and bf16 matmul rate (GFLOP/s, best of ``--gemm-repeats`` square GEMMs of ``--gemm-n``);
+1. the fp32 and bf16 matmul rate (GFLOP/s, best of ``--gemm-repeats`` square GEMMs of ``--gemm-n``,
+   the faster of ``torch.mm`` and oneDNN's pre-packed matmul — both are recorded);
 2. the backbone forward (``extract_preprocessed``, i.e. exactly what ``voxelfm extract`` runs) at
    each token count of ``--sizes`` for each ``--dtypes`` and ``--modes``: seconds (best of
    ``--repeats``, after a warm-up forward on a 4³-token cut), analytic FLOPs, achieved GFLOP/s, **% of the matmul rate of the same dtype**,
@@ -16,8 +17,8 @@ machine may be shared; the 1-minute load average is recorded with every figure):
 5. with ``--legacy``, the same cases once more with the kernels voxelfm used before issue 18
    (``Conv3d`` patch embedding and PyTorch's fused SDPA in bf16; largest-cube chunk windows),
    interleaved with the current ones so that both see the same machine load; with
-   ``--torch-ops`` the bf16 cases once more with PyTorch's operators instead of voxelfm's compiled
-   kernels (``voxelfm.models.kernels``: softmax, RoPE), interleaved likewise.
+   ``--torch-ops`` every case once more with PyTorch's operators instead of voxelfm's own CPU
+   paths (compiled bf16 softmax and RoPE kernels, oneDNN packed linears), interleaved likewise.
 
 Analytic FLOPs of one forward over ``n = N + 1 + R`` tokens (multiply-add = 2 FLOPs): patch
 embedding ``2 N p³ C``; per block ``24 n C²`` (qkv, proj, two MLP linears at ratio 4) plus
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import math
 import os
 import sys
@@ -86,18 +88,33 @@ def _peak_rss_mb() -> float:
 
 
 def matmul_rate(dtype: Any, n: int, repeats: int) -> dict[str, float]:
-    """GFLOP/s of ``[n, n] @ [n, n]`` in ``dtype`` (best of ``repeats``)."""
+    """GFLOP/s of ``[n, n] @ [n, n]`` in ``dtype`` (best of ``repeats``): the faster of ``torch.mm``
+    and oneDNN's matmul with a pre-packed operand (what voxelfm's inference linears use; on AMD
+    CPUs PyTorch's fp32 ``mm`` goes to MKL at about half of oneDNN's rate), both recorded."""
     import torch
 
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
-    a @ b  # warm-up (thread pool, packing buffers)
+    rates = {"torch_mm": _best_rate(lambda: a @ b, n, repeats)}
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), None)  # x @ b as a linear
+        rates["onednn_packed"] = _best_rate(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""),
+                                            n, repeats)
+    except (AttributeError, RuntimeError):  # a torch build without these operators
+        pass
+    best = max(rates.values())
+    return {"gflops": best, "seconds": round(2 * n ** 3 / best / 1e9, 4), "n": n, "by_kernel": rates,
+            "load_1min": _load()}
+
+
+def _best_rate(fn: Any, n: int, repeats: int) -> float:
+    fn()  # warm-up (thread pool, packing buffers)
     best = math.inf
     for _ in range(repeats):
         t = time.perf_counter()
-        a @ b
+        fn()
         best = min(best, time.perf_counter() - t)
-    return {"gflops": round(2 * n ** 3 / best / 1e9, 1), "seconds": round(best, 4), "n": n, "load_1min": _load()}
+    return round(2 * n ** 3 / best / 1e9, 1)
 
 
 def forward_flops(num_patches: int, model: Any) -> float:
@@ -134,22 +151,37 @@ def _volume(grid: tuple[int, int, int], patch_size: int):
 @contextlib.contextmanager
 def kernel_variant(name: str) -> Iterator[None]:
     """``current``; ``legacy`` (the pre-issue-18 kernels: bf16 ``Conv3d`` patch embedding, fused
-    SDPA, cube windows); ``torch-ops`` (no compiled kernels: PyTorch's softmax and RoPE)."""
+    SDPA, cube windows, nn.Linear); ``torch-ops`` (PyTorch's softmax, RoPE and nn.Linear)."""
     if name == "legacy":
         with _legacy_kernels():
             yield
     elif name == "torch-ops":
-        import voxelfm.models.layers.attention as attention
-        import voxelfm.models.layers.rope as rope
-
-        saved = attention.bf16_exp_rows, rope.bf16_rope_qk
-        attention.bf16_exp_rows = rope.bf16_rope_qk = lambda: None
-        try:
+        with _without_voxelfm_cpu_paths():
             yield
-        finally:
-            attention.bf16_exp_rows, rope.bf16_rope_qk = saved
     else:
         yield
+
+
+@contextlib.contextmanager
+def _without_voxelfm_cpu_paths() -> Iterator[None]:
+    """PyTorch's operators instead of voxelfm's compiled kernels (softmax, RoPE) and oneDNN packed linears."""
+    import voxelfm.models.layers.attention as attention
+    import voxelfm.models.layers.rope as rope
+
+    try:
+        onednn = importlib.import_module("voxelfm.models.layers.onednn_linear")
+    except ImportError:  # older tree
+        onednn = None
+    saved = attention.bf16_exp_rows, rope.bf16_rope_qk, getattr(onednn, "_fast_dtype", None)
+    attention.bf16_exp_rows = rope.bf16_rope_qk = lambda: None
+    if onednn is not None:
+        onednn._fast_dtype = lambda x, layer: None
+    try:
+        yield
+    finally:
+        attention.bf16_exp_rows, rope.bf16_rope_qk = saved[:2]
+        if onednn is not None:
+            onednn._fast_dtype = saved[2]
 
 
 @contextlib.contextmanager
@@ -166,7 +198,8 @@ def _legacy_kernels() -> Iterator[None]:
         q, k, v, dropout_p=dropout_p, scale=scale)
     extract.choose_window = _largest_cube
     try:
-        yield
+        with _without_voxelfm_cpu_paths():
+            yield
     finally:
         patch_embed._reduced_precision, attention.attention_core, extract.choose_window = saved
 
@@ -298,7 +331,7 @@ def main() -> None:
     ap.add_argument("--legacy", action="store_true",
                     help="also run every case with the pre-issue-18 kernels, interleaved (before/after ratio)")
     ap.add_argument("--torch-ops", action="store_true",
-                    help="also run every bf16 case with PyTorch's operators instead of the compiled kernels, interleaved")
+                    help="also run every case with PyTorch's operators instead of voxelfm's CPU kernels and packed linears, interleaved")
     args = ap.parse_args()
 
     import torch
@@ -321,8 +354,8 @@ def main() -> None:
     dims = _model_dims(model)
     rates = {"fp32": matmul_rate(torch.float32, args.gemm_n, args.gemm_repeats),
              "bf16": matmul_rate(torch.bfloat16, args.gemm_n, args.gemm_repeats)}
-    print(f"matmul rate: fp32 {rates['fp32']['gflops']} GFLOP/s, bf16 {rates['bf16']['gflops']} GFLOP/s "
-          f"(load {_load()})", flush=True)
+    print(f"matmul rate: fp32 {rates['fp32']['gflops']} GFLOP/s {rates['fp32']['by_kernel']}, "
+          f"bf16 {rates['bf16']['gflops']} GFLOP/s {rates['bf16']['by_kernel']} (load {_load()})", flush=True)
 
     variants = (["legacy"] if args.legacy else []) + (["torch-ops"] if args.torch_ops else []) + ["current"]
     try:
@@ -338,10 +371,6 @@ def main() -> None:
         for dtype in args.dtypes:
             for mode in args.modes:
                 for variant in variants:
-                    if variant == "legacy" and dtype == "fp32" and mode == "full":
-                        continue  # fp32 full forward: same kernels before and after
-                    if variant == "torch-ops" and dtype != "bf16":
-                        continue  # the compiled kernels serve bf16 only
                     with kernel_variant(variant):
                         r = run_forward(model, pre, dtype=dtype, mode=mode, repeats=args.repeats,
                                         chunk_budget=args.chunk_budget, dims=dims, rate=rates[dtype]["gflops"])

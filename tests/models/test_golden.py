@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from tests.models.conftest import min_cosine
 from voxelfm.models import load_backbone
 from voxelfm.models.checkpoint import extract_backbone_state_dict, read_checkpoint
+from voxelfm.models.layers import packed_linears
 
 COS = 0.99999
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["nn-linear", "packed-linears"])
 @pytest.mark.parametrize("ckpt", ["teacher_checkpoint.pth", "training_checkpoint.pth"])
 @pytest.mark.parametrize("mode", ["sdpa", "naive"])
-def test_matches_reference_outputs(data_dir, expected, ckpt, mode):
+def test_matches_reference_outputs(data_dir, expected, ckpt, mode, packed):
+    """Also through oneDNN's packed linears, the path ``voxelfm.inference`` takes on the CPU."""
     model = load_backbone(data_dir / ckpt, config=data_dir / "config.yaml")
     model.set_attention_mode(mode)
     assert not model.training
     assert model.preset.mean == pytest.approx(-573.8) and model.preset.std == pytest.approx(461.3)
     for i in range(2):
         x = torch.from_numpy(expected[f"input_{i}"])[None]
-        with torch.no_grad():
+        with torch.inference_mode(), packed_linears() if packed else contextlib.nullcontext():
             out = model(x)
         n_patches = expected[f"patch_{i}"].shape[0]
         assert out["x_norm_clstoken"].shape == (1, 96)

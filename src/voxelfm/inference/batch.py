@@ -34,6 +34,7 @@ from voxelfm.inference.extract import (
     resolve_preset,
 )
 from voxelfm.inference.store import EmbeddingStore
+from voxelfm.models.layers.onednn_linear import packed_linears
 from voxelfm.preprocess import Preset, preprocess_volume
 from voxelfm.utils import atomic_write_text, progress, safe_id
 
@@ -403,6 +404,8 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
     # The bar is updated by hand: tqdm.auto's asyncio variant calls iter() on what it wraps, and
     # every iter() of a DataLoader starts its own workers, which then read the first volumes twice.
     bar = progress(total=len(todo), desc="extract", unit="vol", disable=disable)
+    packing = packed_linears()  # one set of packed linear weights for the whole batch (frozen model)
+    packing.__enter__()
     try:
         for i, pre, err, read_s in loader:
             bar.update(1)
@@ -435,6 +438,7 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
             store.write_index()
         raise
     finally:
+        packing.__exit__(None, None, None)
         bar.close()
         del loader
     counts = [ok, failed, skipped, len(mine), failed_before]

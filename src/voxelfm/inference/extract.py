@@ -28,6 +28,7 @@ from voxelfm.inference.chunked import (
     run_windows,
 )
 from voxelfm.inference.features import Features
+from voxelfm.models.layers.onednn_linear import packed_linears
 from voxelfm.preprocess import PRESETS, Preprocessed, Preset, preprocess_volume
 
 __all__ = ["extract_features", "extract_preprocessed", "resolve_preset", "resolve_device", "resolve_dtype",
@@ -211,7 +212,7 @@ def extract_preprocessed(model: torch.nn.Module, pre: Preprocessed, *, mode: str
     memory: dict[str, Any] = {"budget_gb": round(budget / GiB, 3),
                               "full_estimate_gb": round(fplan.full_bytes / GiB, 3)}
     windows: dict[str, Any] | None = None
-    with torch.inference_mode(), _eval_mode(model):
+    with torch.inference_mode(), _eval_mode(model), packed_linears():
         if mode_used == "full":
             with autocast() if autocast is not None else contextlib.nullcontext():
                 out = model(x[None])
@@ -275,7 +276,7 @@ def _extract_baseline(model: Any, pre: Preprocessed, *, mode: str, window: Any,
     autocast = _autocast_factory(dev, ac_dtype)
     grid = tuple(pre.record["token_grid"])
     t0 = time.perf_counter()
-    with torch.inference_mode(), _eval_mode(model):
+    with torch.inference_mode(), _eval_mode(model), packed_linears():
         with autocast() if autocast is not None else contextlib.nullcontext():
             out = model(x[None])
         cls = out["x_norm_clstoken"][0].float()

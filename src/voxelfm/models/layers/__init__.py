@@ -4,6 +4,7 @@ from voxelfm.models.layers.attention import ATTENTION_MODES, Attention
 from voxelfm.models.layers.block import Block
 from voxelfm.models.layers.dino_head import DINOHead
 from voxelfm.models.layers.drop_path import DropPath, drop_add_residual_stochastic_depth, drop_path
+from voxelfm.models.layers.onednn_linear import inference_linear, packed_linears
 from voxelfm.models.layers.layer_scale import LayerScale
 from voxelfm.models.layers.mlp import Mlp
 from voxelfm.models.layers.patch_embed import PatchEmbed3D
@@ -13,5 +14,5 @@ from voxelfm.models.layers.swiglu_ffn import SwiGLUFFN
 __all__ = [
     "ATTENTION_MODES", "Attention", "Block", "DINOHead", "DropPath", "LayerScale", "Mlp",
     "PatchEmbed3D", "RopePositionEmbedding3D", "SwiGLUFFN", "apply_rope_3d",
-    "drop_add_residual_stochastic_depth", "drop_path", "rope_coords",
+    "drop_add_residual_stochastic_depth", "drop_path", "inference_linear", "packed_linears", "rope_coords",
 ]

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voxelfm.models.kernels import bf16_exp_rows
+from voxelfm.models.layers.onednn_linear import inference_linear
 from voxelfm.models.layers.rope import rope_qk
 
 __all__ = ["Attention", "ATTENTION_MODES", "attention_core"]
@@ -133,7 +134,7 @@ class Attention(nn.Module):
             num_special: leading tokens (CLS + registers) left unrotated.
         """
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
+        qkv = inference_linear(self.qkv, x).reshape(B, N, 3, self.num_heads, self.head_dim)
         sin, cos = rope if rope is not None else (None, None)
         q, k = rope_qk(qkv, sin, cos, num_special)  # B, heads, N, head_dim (rotated patch tokens)
         v = qkv[:, :, 2].transpose(1, 2)
@@ -144,7 +145,7 @@ class Attention(nn.Module):
         else:
             out = attention_core(q, k, v, self.scale, dropout_p=self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(inference_linear(self.proj, out))
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, head_dim={self.head_dim}, mode={self.mode!r}"
