@@ -3,7 +3,7 @@
 The ViT-B forward (``extract_preprocessed``, as ``voxelfm extract`` runs it) at one token count
 and dtype, ``--repeats`` rounds of the variants in turn — all paths, none (PyTorch's operators and
 ``nn.Linear``), and each path alone (bf16: the compiled softmax, the compiled RoPE, the oneDNN
-packed linears; fp32: the packed linears are the only one) — so that every variant sees the same
+packed linears; fp32: the packed linears, the oneDNN blocked attention) — so that every variant sees the same
 machine load. Reports the best and all seconds per variant and the speed-up of each over "none".
 
 Usage::
@@ -52,15 +52,18 @@ def main() -> None:
     kernels = kernels_summary() if args.dtype == "bf16" else {}
     model = build_backbone(args.model).eval()
     pre = _volume(GRIDS[args.size], model.patch_size)
-    on = (attention.bf16_exp_rows, rope.bf16_rope_qk, onednn._fast_dtype)
-    off = (lambda: None, lambda: None, lambda x, layer: None)  # "unavailable"
+    on = (attention.bf16_exp_rows, rope.bf16_rope_qk, onednn._fast_dtype, attention.onednn_matmul_nt)
+    off = (lambda: None, lambda: None, lambda x, layer: None, lambda: None)  # "unavailable"
     variants = {"all": on, "none": off}
     if args.dtype == "bf16":
-        variants.update({"softmax only": (on[0], off[1], off[2]), "rope only": (off[0], on[1], off[2]),
-                         "linears only": (off[0], off[1], on[2])})
+        variants.update({"softmax only": (on[0], off[1], off[2], off[3]), "rope only": (off[0], on[1], off[2], off[3]),
+                         "linears only": (off[0], off[1], on[2], off[3])})
+    else:
+        variants.update({"linears only": (off[0], off[1], on[2], off[3]),
+                         "attention only": (off[0], off[1], off[2], on[3])})
 
     def use(paths: tuple) -> None:
-        attention.bf16_exp_rows, rope.bf16_rope_qk, onednn._fast_dtype = paths
+        attention.bf16_exp_rows, rope.bf16_rope_qk, onednn._fast_dtype, attention.onednn_matmul_nt = paths
 
     extract_preprocessed(model, pre, dtype=args.dtype, mode="full")  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in variants}

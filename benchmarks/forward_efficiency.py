@@ -164,7 +164,8 @@ def kernel_variant(name: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _without_voxelfm_cpu_paths() -> Iterator[None]:
-    """PyTorch's operators instead of voxelfm's compiled kernels (softmax, RoPE) and oneDNN packed linears."""
+    """PyTorch's operators instead of voxelfm's compiled kernels (softmax, RoPE), oneDNN packed linears
+    and the oneDNN fp32 attention."""
     import voxelfm.models.layers.attention as attention
     import voxelfm.models.layers.rope as rope
 
@@ -172,16 +173,18 @@ def _without_voxelfm_cpu_paths() -> Iterator[None]:
         onednn = importlib.import_module("voxelfm.models.layers.onednn_linear")
     except ImportError:  # older tree
         onednn = None
-    saved = attention.bf16_exp_rows, rope.bf16_rope_qk, getattr(onednn, "_fast_dtype", None)
+    saved = (attention.bf16_exp_rows, rope.bf16_rope_qk, getattr(onednn, "_fast_dtype", None),
+             getattr(attention, "onednn_matmul_nt", None))
     attention.bf16_exp_rows = rope.bf16_rope_qk = lambda: None
     if onednn is not None:
         onednn._fast_dtype = lambda x, layer: None
+        attention.onednn_matmul_nt = lambda: None
     try:
         yield
     finally:
         attention.bf16_exp_rows, rope.bf16_rope_qk = saved[:2]
         if onednn is not None:
-            onednn._fast_dtype = saved[2]
+            onednn._fast_dtype, attention.onednn_matmul_nt = saved[2:]
 
 
 @contextlib.contextmanager

@@ -208,6 +208,29 @@ def test_blocked_bf16_attention_matches_sdpa(monkeypatch, b, n, softmax):
     assert qg.grad is not None and min_cosine(out_g.detach(), ref) >= 0.9995
 
 
+@pytest.mark.parametrize("b, n", [(1, 37), (2, 300)])
+def test_fp32_blocked_attention_in_packed_linears_blocks_matches_sdpa(monkeypatch, b, n):
+    """fp32 CPU inference inside ``packed_linears`` (what voxelfm.inference enters) runs the blocked
+    form with oneDNN products: equal to SDPA to fp32 rounding; outside, SDPA itself."""
+    import voxelfm.models.layers.attention as attention
+    from voxelfm.models.layers import packed_linears
+    from voxelfm.models.layers.onednn_linear import onednn_matmul_nt
+
+    monkeypatch.setattr(attention, "_BLOCK_SCORES_FP32", 16 * n)  # 16 query rows per block (a short last one)
+    monkeypatch.setattr(attention, "_MIN_BLOCK_ROWS_FP32", 16)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(b, 3, n, 12, generator=g) * 1.5 for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
+    with torch.inference_mode():
+        assert torch.equal(attention.attention_core(q, k, v, 0.3), ref)  # no block: SDPA
+        with packed_linears():
+            if onednn_matmul_nt() is None:
+                pytest.skip("this PyTorch build has no usable oneDNN linear operator")
+            out = attention.attention_core(q, k, v, 0.3)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- outputs and inputs
 def test_output_dict_and_token_order():
     m = _randomised(build_backbone(dict(TINY)), seed=3)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voxelfm.models.kernels import bf16_exp_rows
-from voxelfm.models.layers.onednn_linear import inference_linear
+from voxelfm.models.layers.onednn_linear import inference_linear, onednn_matmul_nt
 from voxelfm.models.layers.rope import rope_qk
 
 __all__ = ["Attention", "ATTENTION_MODES", "attention_core"]
@@ -19,6 +21,10 @@ _BLOCK_SCORES = 4 << 20
 #: ... but at least this many query rows: the two GEMMs of a block lose speed below it (one ViT-B
 #: layer at 25k tokens: 6.7 s with 167-row blocks, 5.3 s with 512)
 _MIN_BLOCK_ROWS = 512
+#: fp32 scores per block of the fp32 CPU path (24 MiB: below glibc's 32 MiB mmap ceiling, so the
+#: block's memory is reused rather than mapped afresh) and its least rows
+_BLOCK_SCORES_FP32 = 6 << 20
+_MIN_BLOCK_ROWS_FP32 = 128
 
 
 def attention_core(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float = 0.0) -> Tensor:
@@ -33,10 +39,34 @@ def attention_core(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: flo
     scores of a block are rounded to bf16 before the softmax (the fused kernel keeps them in
     fp32); features stay at cosine ≥ 0.999 to fp32 (``tests/models/test_vit.py``).
     """
-    if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout_p == 0.0
+    if (q.device.type == "cpu" and dropout_p == 0.0
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
-        return _blocked_attention(q, k, v, scale)
+        if q.dtype == torch.bfloat16:
+            return _blocked_attention(q, k, v, scale)
+        if q.dtype == torch.float32 and (matmul_nt := onednn_matmul_nt()) is not None:
+            return _blocked_attention_fp32(q, k, v, scale, matmul_nt)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+
+
+def _blocked_attention_fp32(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                            matmul_nt: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """fp32 CPU inference inside ``packed_linears`` blocks: head by head, blocks of query rows,
+    ``softmax((scale · q_blk) kᵀ) v`` with both products through oneDNN (``matmul_nt``; PyTorch's
+    fused fp32 kernel ran at ≈ 160 GFLOP/s here, oneDNN's products at ≈ 370) and PyTorch's exact
+    softmax in place. fp32 throughout. Memory: one ``rows × N`` fp32 block (≤ 24 MiB, so that the
+    allocator reuses it instead of mapping fresh pages per block) and one head's q, k, vᵀ."""
+    B, H, N, hd = q.shape
+    rows = min(N, max(_MIN_BLOCK_ROWS_FP32, _BLOCK_SCORES_FP32 // N))
+    out = q.new_empty(B, N, H, hd).transpose(1, 2)  # [B, H, N, hd] view of [B, N, H, hd]
+    qh, kh, vt = q.new_empty(N, hd), q.new_empty(N, hd), q.new_empty(hd, N)
+    for b in range(B):
+        for h in range(H):
+            torch.mul(q[b, h], scale, out=qh), kh.copy_(k[b, h]), vt.copy_(v[b, h].transpose(0, 1))
+            for start in range(0, N, rows):
+                s = matmul_nt(qh[start:start + rows], kh)  # scale · q kᵀ, [rows, N]
+                torch.ops.aten._softmax.out(s, -1, False, out=s)
+                out[b, h, start:start + rows].copy_(matmul_nt(s, vt))  # P v = P (vᵀ)ᵀ
+    return out
 
 
 def _blocked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
