@@ -94,9 +94,13 @@ def test_extraction_takes_the_packed_path_and_matches_the_plain_one():
     vol = torch.randn(16, 16, 20) * 300
     with torch.profiler.profile() as prof:
         fast = extract_features(model, vol)
-    assert sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise") == 2 * 4
+    # 2 blocks × (4 linears + 2 heads × 2 attention products of one row block each)
+    assert sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise") == 2 * (4 + 2 * 2)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(il, "_fast_dtype", lambda x, layer: None)
+        import voxelfm.models.layers.attention as attention
+
+        mp.setattr(attention, "onednn_matmul_nt", lambda: None)  # SDPA
         plain = extract_features(model, vol)
     torch.testing.assert_close(fast.patch, plain.patch, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast.cls, plain.cls, rtol=1e-4, atol=1e-5)
