@@ -83,8 +83,8 @@ def inference_linear(layer: nn.Linear, x: Tensor, *, gelu: bool = False) -> Tens
 
 def onednn_matmul_nt() -> Callable[[Tensor, Tensor], Tensor] | None:
     """Inside :func:`packed_linears` (and where oneDNN's linear operator works): a function
-    ``(a [M, K], b [N, K]) → a bᵀ [M, N]`` in fp32 through oneDNN (b taken as an unpacked linear
-    weight; ≈ 2.5× PyTorch's fp32 ``mm`` for attention-shaped products here); else ``None``."""
+    ``(a [M, K], b [N, K]) → a bᵀ [M, N]`` in fp32 through oneDNN (``b`` as an unpacked linear
+    weight; ≈ 2.5× PyTorch's fp32 ``mm`` for attention-shaped products alone); else ``None``."""
     if _packed.get() is None or torch.is_grad_enabled() or not _op_usable(torch.float32):
         return None
     return _matmul_nt
