@@ -272,7 +272,7 @@ def test_cli_earlier_failures_keep_exit_status_1(tmp_path):
 
 
 def test_cli_bf16_on_the_cpu_names_its_kernels(tmp_path, monkeypatch):
-    """``--dtype bf16`` on the CPU says whether voxelfm's compiled kernels run, or why not."""
+    """``--dtype bf16`` / ``fp32`` on the CPU says whether voxelfm's compiled kernels run, or why not."""
     import voxelfm.models.kernels.loader as loader
     from voxelfm.cli.main import main
     from voxelfm.models import save_backbone
@@ -289,7 +289,9 @@ def test_cli_bf16_on_the_cpu_names_its_kernels(tmp_path, monkeypatch):
             "bf16_rope disabled by VOXELFM_CPU_KERNELS") in err.getvalue()
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
         assert main([*cmd[:-1], "fp32", "-o", str(tmp_path / "emb32")]) == 0
-    assert "kernels" not in err.getvalue()
+    assert "fp32 CPU kernels (built once per machine, ~5 s each): fp32_softmax disabled by VOXELFM_CPU_KERNELS" in (
+        err.getvalue())
+    assert "bf16_softmax" not in err.getvalue()
 
 
 def test_cli_item_failures_exit_0_under_torchrun(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 import voxelfm.models.kernels.loader as loader
 from voxelfm.models.kernels import (KERNELS, KernelBuildError, bf16_exp_rows, bf16_rope_qk, build_torch_library,
-                                    kernel_status, kernels_summary)
+                                    fp32_exp_rows, kernel_status, kernels_summary)
 from voxelfm.models.kernels.build import find_compiler
 
 CAPABLE = loader._unsupported_reason() is None and find_compiler() is not None
@@ -92,6 +93,24 @@ def test_blocked_attention_with_and_without_the_kernel_agree(monkeypatch):
     assert ((fast.double() - plain.double()).norm() / exact.norm()) < 5e-3
 
 
+@pytest.mark.parametrize("n", [1, 15, 17, 33, 1000, 4099])
+def test_fp32_exp_rows_is_a_softmax_to_fp32_precision(n):
+    op = _kernel(fp32_exp_rows, "fp32_softmax")
+    g = torch.Generator().manual_seed(n)
+    scores = torch.randn(5, n, generator=g) * torch.tensor([0.1, 1, 5, 20, 100])[:, None]
+    work = scores.clone()
+    sums = op(work)
+    exact = torch.exp(scores.double() - scores.double().amax(-1, keepdim=True))
+    near = exact > math.exp(-5)  # the terms that carry the softmax: ~3e-7; the far tail: ≤ 5e-6
+    rel = (work.double() - exact).abs() / exact.clamp_min(1e-300)
+    assert rel[near].max() < 5e-7 and rel[exact > 1e-30].max() < 1e-5
+    torch.testing.assert_close(sums.double(), exact.sum(-1), rtol=1e-6, atol=0.0)
+    softmax = torch.softmax(scores.double(), -1)
+    torch.testing.assert_close(work.double() / sums.double()[:, None], softmax, rtol=1e-5, atol=1e-12)
+    with pytest.raises(RuntimeError, match="2-D fp32"):
+        op(torch.randn(3, 8).bfloat16())
+
+
 # ----------------------------------------------------------------------------- RoPE
 @pytest.mark.parametrize("head_dim, num_special", [(72, 5), (24, 0), (12, 1)])
 def test_rope_kernel_matches_the_rotation_in_float64(head_dim, num_special):
@@ -149,11 +168,12 @@ def test_switch_off_and_unsupported_cpu_fall_back_with_a_reason(monkeypatch):
     assert kernels_summary() == {name: "disabled by VOXELFM_CPU_KERNELS" for name in KERNELS}
     monkeypatch.setattr(loader, "_state", {})
     monkeypatch.delenv("VOXELFM_CPU_KERNELS")
-    monkeypatch.setattr(loader, "_cpu_has_avx512_bf16", lambda: False)
+    monkeypatch.setattr(loader, "_cpu_has", lambda flag: flag != "avx512_bf16")
     monkeypatch.setattr(loader.platform, "machine", lambda: "x86_64")
     assert bf16_exp_rows() is None and "lacks AVX512-BF16" in kernel_status("bf16_softmax")
+    assert (fp32_exp_rows() is not None) == (find_compiler() is not None)  # fp32 needs AVX-512 only
     monkeypatch.setattr(loader, "_state", {})
-    monkeypatch.setattr(loader, "_cpu_has_avx512_bf16", lambda: None)
+    monkeypatch.setattr(loader, "_cpu_has", lambda flag: None)
     assert bf16_rope_qk() is None and "flags are unknown" in kernel_status("bf16_rope")
     monkeypatch.setattr(loader, "_state", {})
     monkeypatch.setattr(loader.platform, "machine", lambda: "arm64")
@@ -162,7 +182,7 @@ def test_switch_off_and_unsupported_cpu_fall_back_with_a_reason(monkeypatch):
 
 def test_a_failed_build_warns_once_and_falls_back(monkeypatch, caplog):
     monkeypatch.setattr(loader, "_state", {})
-    monkeypatch.setattr(loader, "_unsupported_reason", lambda: None)
+    monkeypatch.setattr(loader, "_unsupported_reason", lambda flag="avx512_bf16": None)
 
     def fail(source, *, name, folder=None):
         raise KernelBuildError("no C++ compiler found (set CXX, or install g++ / clang++)")

@@ -129,12 +129,13 @@ def run(args: argparse.Namespace) -> int:
         per_rank = f" ({threads} per rank of {world})" if threads != choice.threads else ""
         print(f"voxelfm extract: {choice.describe()}{per_rank}", file=sys.stderr, flush=True)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if args.dtype == "bf16" and device.startswith("cpu"):
+        if args.dtype in ("bf16", "fp32") and device.startswith("cpu"):
             from voxelfm.models.kernels import kernels_summary
 
-            print("voxelfm extract: bf16 CPU kernels (built once per machine, ~5 s each): ", end="", file=sys.stderr,
-                  flush=True)
-            print(", ".join(f"{name} {status}" for name, status in kernels_summary().items()), file=sys.stderr,
+            names = ("bf16_softmax", "bf16_rope") if args.dtype == "bf16" else ("fp32_softmax",)
+            print(f"voxelfm extract: {args.dtype} CPU kernels (built once per machine, ~5 s each): ", end="",
+                  file=sys.stderr, flush=True)
+            print(", ".join(f"{name} {status}" for name, status in kernels_summary(names).items()), file=sys.stderr,
                   flush=True)
     backbone = args.backbone.strip().lower()
     if backbone == "voxelfm":

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 #: environment variable: ``0`` / ``off`` / ``false`` disables voxelfm's compiled CPU kernels
 ENV_SWITCH = "VOXELFM_CPU_KERNELS"
-#: the kernels (C++ files next to this module)
-KERNELS: tuple[str, ...] = ("bf16_softmax", "bf16_rope")
+#: the kernels (C++ files next to this module) and the CPU flag each needs (``/proc/cpuinfo`` name)
+KERNELS: dict[str, str] = {"bf16_softmax": "avx512_bf16", "bf16_rope": "avx512_bf16", "fp32_softmax": "avx512f"}
 _lock = threading.Lock()
 _state: dict[str, str | None] = {}  # kernel name → None (loaded) or why it is unavailable
 
@@ -44,13 +44,14 @@ def kernel_status(name: str) -> str:
     return "compiled" if load_kernel(name) else str(_state[name])
 
 
-def kernels_summary() -> dict[str, str]:
-    """``{kernel: "compiled" or why not}`` for every kernel (loads them): for logs and benchmarks."""
-    return {name: kernel_status(name) for name in KERNELS}
+def kernels_summary(names: tuple[str, ...] | None = None) -> dict[str, str]:
+    """``{kernel: "compiled" or why not}`` for ``names`` (default: every kernel; loads them), for
+    logs and benchmarks."""
+    return {name: kernel_status(name) for name in (names or tuple(KERNELS))}
 
 
 def _load(name: str) -> str | None:
-    reason = _unsupported_reason()
+    reason = _unsupported_reason(KERNELS.get(name, "avx512_bf16"))
     if reason is not None:
         return reason
     try:
@@ -64,23 +65,26 @@ def _load(name: str) -> str | None:
     return reason
 
 
-def _unsupported_reason() -> str | None:
+def _unsupported_reason(flag: str = "avx512_bf16") -> str | None:
     if os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no"):
         return f"disabled by {ENV_SWITCH}"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"no kernel for {platform.machine()} CPUs"
-    has_bf16 = _cpu_has_avx512_bf16()
-    if has_bf16 is None:
+    has = _cpu_has(flag)
+    if has is None:
         return "the CPU's flags are unknown (no /proc/cpuinfo)"
-    if not has_bf16:
-        return "the CPU lacks AVX512-BF16"
+    if not has:
+        return f"the CPU lacks {_FLAG_NAMES.get(flag, flag)}"
     return None
 
 
-def _cpu_has_avx512_bf16() -> bool | None:
-    """From ``/proc/cpuinfo``; ``None`` where there is none (not Linux)."""
+_FLAG_NAMES = {"avx512_bf16": "AVX512-BF16", "avx512f": "AVX-512"}
+
+
+def _cpu_has(flag: str) -> bool | None:
+    """Whether ``/proc/cpuinfo`` lists ``flag``; ``None`` where there is none (not Linux)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
-    return any(line.startswith("flags") and "avx512_bf16" in line.split() for line in text.splitlines())
+    return any(line.startswith("flags") and flag in line.split() for line in text.splitlines())

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voxelfm.models.kernels import bf16_exp_rows
+from voxelfm.models.kernels import bf16_exp_rows, fp32_exp_rows
 from voxelfm.models.layers.onednn_linear import inference_linear, onednn_matmul_nt
 from voxelfm.models.layers.rope import rope_qk
 
@@ -60,13 +60,18 @@ def _blocked_attention_fp32(q: Tensor, k: Tensor, v: Tensor, scale: float,
     rows = min(N, max(_MIN_BLOCK_ROWS_FP32, _BLOCK_SCORES_FP32 // N))
     out = q.new_empty(B, N, H, hd).transpose(1, 2)  # [B, H, N, hd] view of [B, N, H, hd]
     qh, kh, vt = q.new_empty(N, hd), q.new_empty(N, hd), q.new_empty(hd, N)
+    exp_rows = fp32_exp_rows()
     for b in range(B):
         for h in range(H):
             torch.mul(q[b, h], scale, out=qh), kh.copy_(k[b, h]), vt.copy_(v[b, h].transpose(0, 1))
             for start in range(0, N, rows):
                 s = matmul_nt(qh[start:start + rows], kh)  # scale · q kᵀ, [rows, N]
-                torch.ops.aten._softmax.out(s, -1, False, out=s)
-                out[b, h, start:start + rows].copy_(matmul_nt(s, vt))  # P v = P (vᵀ)ᵀ
+                if exp_rows is None:
+                    torch.ops.aten._softmax.out(s, -1, False, out=s)
+                    out[b, h, start:start + rows].copy_(matmul_nt(s, vt))  # P v = P (vᵀ)ᵀ
+                else:  # exp(s − max) in place, normalised on the [rows, hd] output
+                    sums = exp_rows(s)
+                    out[b, h, start:start + rows].copy_(matmul_nt(s, vt).div_(sums.unsqueeze(1)))
     return out
 
 
