@@ -9,10 +9,9 @@
 // rounding) and the normalisation is left to the caller, who divides the [R, head_dim] output of
 // P v instead of the [R, N] matrix P. Two passes over each row: the maximum, then exp and sum.
 // Rows run in parallel on ATen's intra-op thread pool.
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
+
+#include "row_softmax.h"
 
 #include <immintrin.h>
 
@@ -73,18 +72,8 @@ VOXELFM_AVX512BF16 float exp_row(uint16_t* row, int64_t n) {
 }
 
 at::Tensor exp_rows_(at::Tensor scores) {
-  TORCH_CHECK(__builtin_cpu_supports("avx512bf16"), "exp_rows_ needs a CPU with AVX512-BF16");
-  TORCH_CHECK(scores.device().is_cpu() && scores.scalar_type() == at::kBFloat16 && scores.dim() == 2,
-              "exp_rows_ takes a 2-D bf16 CPU tensor, got ", scores.scalar_type(), " ", scores.sizes());
-  TORCH_CHECK(scores.size(1) <= 1 || scores.stride(1) == 1, "exp_rows_ needs contiguous rows");
-  const int64_t rows = scores.size(0), n = scores.size(1), ld = scores.stride(0);
-  at::Tensor sums = at::empty({rows}, scores.options().dtype(at::kFloat));
-  uint16_t* base = reinterpret_cast<uint16_t*>(scores.data_ptr());
-  float* out = sums.data_ptr<float>();
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) out[r] = n ? exp_row(base + r * ld, n) : 0.0f;
-  });
-  return sums;
+  return voxelfm_cpu::map_rows<uint16_t>(scores, at::kBFloat16, "exp_rows_", __builtin_cpu_supports("avx512bf16"),
+                                        "AVX512-BF16", exp_row);
 }
 
 }  // namespace

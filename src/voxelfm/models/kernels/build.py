@@ -76,7 +76,7 @@ def build_torch_library(source: Path, *, name: str, folder: Path | None = None) 
     compiler = find_compiler()
     if compiler is None:
         raise KernelBuildError("no C++ compiler found (set CXX, or install g++ / clang++)")
-    text = source.read_bytes()
+    text = b"".join(p.read_bytes() for p in [source, *sorted(source.parent.glob("*.h"))])  # + local headers
     flags = _torch_flags()
     key = hashlib.sha256(b"\0".join([text, torch.__version__.encode(), str(torch.__file__).encode(),
                                      compiler.encode(), " ".join(flags).encode()])).hexdigest()[:16]

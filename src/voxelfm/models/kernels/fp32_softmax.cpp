@@ -8,10 +8,9 @@
 // scalef. Relative error about 3e-7 for the terms that matter (s - max > -5) and at most 5e-6 down to
 // where exp underflows; PyTorch's softmax (Sleef) is closer to 1 ulp but 3-4x slower here. The
 // caller divides the [R, head_dim] output of P v by the sums instead of normalising P.
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
+
+#include "row_softmax.h"
 
 #include <immintrin.h>
 
@@ -68,18 +67,8 @@ VOXELFM_AVX512F float exp_row(float* row, int64_t n) {
 }
 
 at::Tensor exp_rows_f32_(at::Tensor scores) {
-  TORCH_CHECK(__builtin_cpu_supports("avx512f"), "exp_rows_f32_ needs a CPU with AVX-512");
-  TORCH_CHECK(scores.device().is_cpu() && scores.scalar_type() == at::kFloat && scores.dim() == 2,
-              "exp_rows_f32_ takes a 2-D fp32 CPU tensor, got ", scores.scalar_type(), " ", scores.sizes());
-  TORCH_CHECK(scores.size(1) <= 1 || scores.stride(1) == 1, "exp_rows_f32_ needs contiguous rows");
-  const int64_t rows = scores.size(0), n = scores.size(1), ld = scores.stride(0);
-  at::Tensor sums = at::empty({rows}, scores.options());
-  float* base = scores.data_ptr<float>();
-  float* out = sums.data_ptr<float>();
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) out[r] = n ? exp_row(base + r * ld, n) : 0.0f;
-  });
-  return sums;
+  return voxelfm_cpu::map_rows<float>(scores, at::kFloat, "exp_rows_f32_", __builtin_cpu_supports("avx512f"), "AVX-512",
+                                     exp_row);
 }
 
 }  // namespace
