@@ -18,7 +18,7 @@ import torch
 
 from voxelfm.models.kernels.build import KernelBuildError, build_torch_library
 
-__all__ = ["ENV_SWITCH", "KERNELS", "kernel_status", "kernels_summary", "load_kernel"]
+__all__ = ["ENV_SWITCH", "KERNELS", "kernel_status", "kernels_summary", "load_kernel", "switched_off"]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,13 @@ def _load(name: str) -> str | None:
     return reason
 
 
+def switched_off() -> bool:
+    """``VOXELFM_CPU_KERNELS`` is ``0`` / ``off`` / ``false`` / ``no``: voxelfm's own CPU paths are off."""
+    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no")
+
+
 def _unsupported_reason(flag: str = "avx512_bf16") -> str | None:
-    if os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no"):
+    if switched_off():
         return f"disabled by {ENV_SWITCH}"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"no kernel for {platform.machine()} CPUs"

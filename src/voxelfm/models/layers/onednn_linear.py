@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voxelfm.models.kernels import ENV_SWITCH
+from voxelfm.models.kernels.loader import switched_off
 
 __all__ = ["inference_linear", "onednn_matmul_nt", "packed_linears"]
 
@@ -142,7 +141,7 @@ def _op_usable(dtype: torch.dtype) -> bool:
 
 
 def _check(dtype: torch.dtype) -> bool:
-    if os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no"):
+    if switched_off():
         return False
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
