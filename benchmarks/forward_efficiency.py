@@ -18,7 +18,7 @@ machine may be shared; the 1-minute load average is recorded with every figure):
    (``Conv3d`` patch embedding and PyTorch's fused SDPA in bf16; largest-cube chunk windows),
    interleaved with the current ones so that both see the same machine load; with
    ``--torch-ops`` every case once more with PyTorch's operators instead of voxelfm's own CPU
-   paths (compiled bf16 softmax and RoPE kernels, oneDNN packed linears), interleaved likewise.
+   paths (compiled attention and RoPE kernels, oneDNN packed linears), interleaved likewise.
 
 Analytic FLOPs of one forward over ``n = N + 1 + R`` tokens (multiply-add = 2 FLOPs): patch
 embedding ``2 N p³ C``; per block ``24 n C²`` (qkv, proj, two MLP linears at ratio 4) plus
@@ -151,7 +151,7 @@ def _volume(grid: tuple[int, int, int], patch_size: int):
 @contextlib.contextmanager
 def kernel_variant(name: str) -> Iterator[None]:
     """``current``; ``legacy`` (the pre-issue-18 kernels: bf16 ``Conv3d`` patch embedding, fused
-    SDPA, cube windows, nn.Linear); ``torch-ops`` (PyTorch's softmax, RoPE and nn.Linear)."""
+    SDPA, cube windows, nn.Linear); ``torch-ops`` (PyTorch's attention, RoPE and nn.Linear)."""
     if name == "legacy":
         with _legacy_kernels():
             yield
@@ -164,7 +164,7 @@ def kernel_variant(name: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _without_voxelfm_cpu_paths() -> Iterator[None]:
-    """PyTorch's operators instead of voxelfm's compiled kernels (softmax, RoPE), oneDNN packed linears
+    """PyTorch's operators instead of voxelfm's compiled kernels (attention, RoPE), oneDNN packed linears
     and the oneDNN fp32 attention."""
     import voxelfm.models.layers.attention as attention
     import voxelfm.models.layers.rope as rope
@@ -173,16 +173,19 @@ def _without_voxelfm_cpu_paths() -> Iterator[None]:
         onednn = importlib.import_module("voxelfm.models.layers.onednn_linear")
     except ImportError:  # older tree
         onednn = None
-    saved = (attention.bf16_exp_rows, rope.bf16_rope_qk, getattr(onednn, "_fast_dtype", None),
+    kernel = "cpu_attention" if hasattr(attention, "cpu_attention") else "bf16_exp_rows"  # older tree: softmax
+    saved = (getattr(attention, kernel), rope.bf16_rope_qk, getattr(onednn, "_fast_dtype", None),
              getattr(attention, "onednn_matmul_nt", None))
-    attention.bf16_exp_rows = rope.bf16_rope_qk = lambda: None
+    setattr(attention, kernel, lambda *dtype: None)
+    rope.bf16_rope_qk = lambda: None
     if onednn is not None:
         onednn._fast_dtype = lambda x, layer: None
         attention.onednn_matmul_nt = lambda: None
     try:
         yield
     finally:
-        attention.bf16_exp_rows, rope.bf16_rope_qk = saved[:2]
+        setattr(attention, kernel, saved[0])
+        rope.bf16_rope_qk = saved[1]
         if onednn is not None:
             onednn._fast_dtype, attention.onednn_matmul_nt = saved[2:]
 

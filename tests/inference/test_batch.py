@@ -285,13 +285,13 @@ def test_cli_bf16_on_the_cpu_names_its_kernels(tmp_path, monkeypatch):
            "--workers", "0", "--device", "cpu", "--dtype", "bf16"]
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
         assert main(cmd) == 0
-    assert ("bf16 CPU kernels (built once per machine, ~5 s each): bf16_softmax disabled by VOXELFM_CPU_KERNELS, "
+    assert ("bf16 CPU kernels (built once per machine, ~5–8 s each): bf16_attention disabled by VOXELFM_CPU_KERNELS, "
             "bf16_rope disabled by VOXELFM_CPU_KERNELS") in err.getvalue()
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
         assert main([*cmd[:-1], "fp32", "-o", str(tmp_path / "emb32")]) == 0
-    assert "fp32 CPU kernels (built once per machine, ~5 s each): fp32_softmax disabled by VOXELFM_CPU_KERNELS" in (
+    assert "fp32 CPU kernels (built once per machine, ~5–8 s each): fp32_attention disabled by VOXELFM_CPU_KERNELS" in (
         err.getvalue())
-    assert "bf16_softmax" not in err.getvalue()
+    assert "bf16_attention" not in err.getvalue()
 
 
 def test_cli_item_failures_exit_0_under_torchrun(tmp_path, monkeypatch):

@@ -1,17 +1,16 @@
-"""voxelfm's compiled CPU kernels against float64 (bf16 row softmax, bf16 RoPE), their build cache and fallbacks."""
+"""voxelfm's compiled CPU kernels against float64 (fp32 and bf16 attention, bf16 RoPE), their build cache and fallbacks."""
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import pytest
 import torch
 
 import voxelfm.models.kernels.loader as loader
-from voxelfm.models.kernels import (KERNELS, KernelBuildError, bf16_exp_rows, bf16_rope_qk, build_torch_library,
-                                    fp32_exp_rows, kernel_status, kernels_summary)
+from voxelfm.models.kernels import (KERNELS, KernelBuildError, bf16_rope_qk, build_torch_library, cpu_attention,
+                                    kernel_status, kernels_summary)
 from voxelfm.models.kernels.build import find_compiler
 
 CAPABLE = loader._unsupported_reason() is None and find_compiler() is not None
@@ -26,89 +25,120 @@ def _kernel(getter, name):
     return op
 
 
-def _exp_rows():
-    return _kernel(bf16_exp_rows, "bf16_softmax")
+def _attention(dtype):
+    return _kernel(lambda: cpu_attention(dtype), "bf16_attention" if dtype == torch.bfloat16 else "fp32_attention")
 
 
-@pytest.mark.parametrize("n", [1, 15, 16, 17, 31, 32, 33, 1000, 4099])
-def test_exp_rows_is_a_softmax_to_bf16_precision(n):
-    op = _exp_rows()
-    g = torch.Generator().manual_seed(n)
-    scores = (torch.randn(6, n, generator=g) * torch.tensor([0.1, 1, 3, 10, 30, 100])[:, None]).bfloat16()
-    scores[1, 0] = 80.0  # exp(80) would overflow an unshifted float16; here it is the row maximum
-    work = scores.clone()
-    sums = op(work)
-    assert sums.dtype == torch.float32 and sums.shape == (6,)
-    exact = torch.exp(scores.double() - scores.double().amax(-1, keepdim=True))
-    # every stored value is exp(s − max) rounded to bf16 (≤ 2⁻⁹ relative, plus the 7.5e-5 polynomial)
-    torch.testing.assert_close(work.double(), exact, rtol=2.0 ** -8, atol=3e-38)  # exp(x < −86.6) → ~2e-38, not 0
-    torch.testing.assert_close(sums.double(), exact.sum(-1), rtol=2e-4, atol=0.0)
-    softmax = torch.softmax(scores.double(), -1)
-    torch.testing.assert_close(work.double() / sums.double()[:, None], softmax, rtol=5e-3, atol=1e-12)
-    assert torch.all(work.double().amax(-1) == 1.0)  # the row maximum maps to exactly 1
+def _qkv_views(b, h, n, hd, dtype, seed, spread=1.5):
+    """q, k, v ``[b, h, n, hd]`` as the model passes them: strided views of one qkv projection."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = (torch.randn(b, n, 3, h, hd, generator=g) * spread).to(dtype)
+    return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
 
 
-def test_exp_rows_respects_the_row_stride_and_leaves_other_columns():
-    op = _exp_rows()
-    buffer = torch.randn(5, 40).bfloat16()
-    before = buffer.clone()
-    view = buffer[1:4, 3:30]  # rows of 27 scores, 40 apart
-    op(view)
-    torch.testing.assert_close(view.double(), torch.exp(before[1:4, 3:30].double()
-                                                       - before[1:4, 3:30].double().amax(-1, keepdim=True)),
-                               rtol=2.0 ** -8, atol=0.0)
-    outside = torch.ones_like(buffer, dtype=torch.bool)
-    outside[1:4, 3:30] = False
-    assert torch.equal(buffer[outside], before[outside])
-    assert op(torch.empty(0, 7, dtype=torch.bfloat16)).shape == (0,)
-    assert torch.equal(op(torch.empty(3, 0, dtype=torch.bfloat16)), torch.zeros(3))
+def _exact(q, k, v, scale):
+    return torch.softmax(q.double() @ k.double().transpose(-1, -2) * scale, -1) @ v.double()
 
 
-def test_exp_rows_rejects_other_dtypes_and_layouts():
-    op = _exp_rows()
-    with pytest.raises(RuntimeError, match="2-D bf16"):
-        op(torch.randn(3, 8))
-    with pytest.raises(RuntimeError, match="2-D bf16"):
-        op(torch.randn(8).bfloat16())
-    with pytest.raises(RuntimeError, match="contiguous rows"):
-        op(torch.randn(8, 3).bfloat16().t())
+# shapes around the kernel's tiles: 16-value vectors, 64-key blocks, 256-key tiles, 48-row query blocks,
+# 6-row score tiles; head_dim from 2 to the 128 maximum
+SHAPES = [(1, 1, 1, 72), (2, 3, 15, 16), (1, 2, 64, 72), (1, 2, 65, 64), (2, 2, 257, 72), (1, 1, 300, 128),
+          (1, 3, 50, 8), (1, 2, 97, 2), (1, 1, 600, 40)]
 
 
-def test_blocked_attention_with_and_without_the_kernel_agree(monkeypatch):
-    """The model-level check (features at cosine ≥ 0.999 to fp32) is in test_vit.py; here the two
-    softmax paths of one attention call agree with each other and with float64."""
-    _exp_rows()
+@pytest.mark.parametrize("b, h, n, hd", SHAPES)
+def test_fp32_attention_kernel_equals_softmax_attention_in_float64(b, h, n, hd):
+    op = _attention(torch.float32)
+    q, k, v = _qkv_views(b, h, n, hd, torch.float32, seed=n + hd)
+    scale = hd ** -0.5
+    out = op(q, k, v, scale)
+    assert out.shape == (b, h, n, hd) and out.dtype == torch.float32
+    assert out.transpose(1, 2).is_contiguous()  # the model's [B, N, C] reshape is a view
+    exact = _exact(q, k, v, scale)
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)  # fp32 rounding, for scale
+    assert (out.double() - exact).norm() <= 1.5 * (sdpa.double() - exact).norm() + 1e-9
+
+
+@pytest.mark.parametrize("b, h, n, hd", SHAPES)
+def test_bf16_attention_kernel_is_softmax_attention_to_bf16_precision(b, h, n, hd):
+    op = _attention(torch.bfloat16)
+    q, k, v = _qkv_views(b, h, n, hd, torch.bfloat16, seed=n + hd)
+    scale = hd ** -0.5
+    out = op(q, k, v, scale)
+    assert out.shape == (b, h, n, hd) and out.dtype == torch.bfloat16 and out.transpose(1, 2).is_contiguous()
+    exact = _exact(q, k, v, scale)  # on the same bf16 inputs: what remains is P and the output in bf16
+    assert ((out.double() - exact).norm() / exact.norm()) < 4e-3
+    assert (out.double() - exact).abs().max() < 0.02 * v.double().abs().max()
+    # as accurate as PyTorch's own bf16 attention, to within a few per cent
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    assert (out.double() - exact).norm() <= 1.1 * (sdpa.double() - exact).norm() + 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_kernel_rescales_when_a_later_key_tile_holds_the_maximum(dtype):
+    """Scores that grow along the keys move the running maximum in every 256-key tile (the online
+    softmax rescales the partial output and sum each time); then shrinking scores (never)."""
+    op = _attention(dtype)
+    n, hd = 900, 24
+    q, k, v = _qkv_views(1, 2, n, hd, torch.float32, seed=5, spread=1.0)
+    q = torch.ones_like(q)
+    ramp = torch.linspace(-3.0, 3.0, n)[:, None]
+    for sign in (1.0, -1.0):
+        kk = (ramp * sign).expand(n, hd).expand(1, 2, n, hd).contiguous()  # score of key j ∝ ±j, up to ±72 · scale
+        qd, kd, vd = (t.to(dtype) for t in (q, kk, v))
+        out = op(qd, kd, vd, 0.5)
+        exact = _exact(qd, kd, vd, 0.5)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(out.double(), exact, rtol=tol, atol=tol)
+
+
+def test_attention_kernel_takes_contiguous_and_batched_inputs_and_empty_ones():
+    op = _attention(torch.float32)
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(3, 2, 70, 24, generator=g) for _ in range(3))  # contiguous [B, H, N, hd]
+    torch.testing.assert_close(op(q, k, v, 0.3).double(), _exact(q, k, v, 0.3), rtol=1e-5, atol=1e-5)
+    empty = torch.empty(1, 2, 0, 8)
+    assert op(empty, empty, empty, 1.0).shape == (1, 2, 0, 8)
+
+
+def test_attention_kernel_rejects_what_it_cannot_take():
+    op = _attention(torch.float32)
+    x = torch.randn(1, 2, 10, 8)
+    with pytest.raises(RuntimeError, match="4-D .* CPU tensors of Float"):
+        op(x.bfloat16(), x, x, 1.0)
+    with pytest.raises(RuntimeError, match="same shape"):
+        op(x, x[:, :, :5], x, 1.0)
+    with pytest.raises(RuntimeError, match="unit stride along head_dim"):
+        op(x, x, torch.randn(1, 2, 8, 10).transpose(-1, -2), 1.0)
+    big = torch.randn(1, 1, 4, 130)
+    with pytest.raises(RuntimeError, match="head_dim must be in"):
+        op(big, big, big, 1.0)
+    odd = torch.randn(1, 1, 4, 7).bfloat16()
+    with pytest.raises(RuntimeError, match="multiple of 2"):
+        _attention(torch.bfloat16)(odd, odd, odd, 1.0)
+
+
+def test_attention_core_uses_the_kernel_in_inference_only(monkeypatch):
+    """``attention_core`` routes CPU inference (fp32 and bf16) through the kernel; with gradients
+    SDPA runs; head dims the kernel does not take fall back (odd in bf16: the blocked form)."""
+    _attention(torch.float32)
     import voxelfm.models.layers.attention as attention
 
-    g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(2, 3, 700, 24, generator=g).bfloat16() for _ in range(3))
-    exact = torch.softmax(q.double() @ k.double().transpose(-1, -2) * 0.4, -1) @ v.double()
+    calls = []
+    real = attention.cpu_attention
+    monkeypatch.setattr(attention, "cpu_attention", lambda dt: (lambda *a: calls.append(dt) or real(dt)(*a)))
+    q, k, v = _qkv_views(2, 3, 40, 12, torch.float32, seed=3)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
     with torch.inference_mode():
-        fast = attention._blocked_attention(q, k, v, 0.4)
-        monkeypatch.setattr(attention, "bf16_exp_rows", lambda: None)
-        plain = attention._blocked_attention(q, k, v, 0.4)
-    err_fast, err_plain = ((out.double() - exact).norm() / exact.norm() for out in (fast, plain))
-    assert err_plain < 0.012  # bf16 q, k, v, scores and outputs (logits std ≈ 2)
-    assert err_fast <= 1.05 * err_plain  # the kernel's exp and late normalisation cost nothing visible
-    assert ((fast.double() - plain.double()).norm() / exact.norm()) < 5e-3
-
-
-@pytest.mark.parametrize("n", [1, 15, 17, 33, 1000, 4099])
-def test_fp32_exp_rows_is_a_softmax_to_fp32_precision(n):
-    op = _kernel(fp32_exp_rows, "fp32_softmax")
-    g = torch.Generator().manual_seed(n)
-    scores = torch.randn(5, n, generator=g) * torch.tensor([0.1, 1, 5, 20, 100])[:, None]
-    work = scores.clone()
-    sums = op(work)
-    exact = torch.exp(scores.double() - scores.double().amax(-1, keepdim=True))
-    near = exact > math.exp(-5)  # the terms that carry the softmax: ~3e-7; the far tail: ≤ 5e-6
-    rel = (work.double() - exact).abs() / exact.clamp_min(1e-300)
-    assert rel[near].max() < 5e-7 and rel[exact > 1e-30].max() < 1e-5
-    torch.testing.assert_close(sums.double(), exact.sum(-1), rtol=1e-6, atol=0.0)
-    softmax = torch.softmax(scores.double(), -1)
-    torch.testing.assert_close(work.double() / sums.double()[:, None], softmax, rtol=1e-5, atol=1e-12)
-    with pytest.raises(RuntimeError, match="2-D fp32"):
-        op(torch.randn(3, 8).bfloat16())
+        torch.testing.assert_close(attention.attention_core(q, k, v, 0.3), ref, rtol=1e-5, atol=1e-5)
+        attention.attention_core(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3)
+        odd = torch.randn(1, 2, 9, 5).bfloat16()
+        attention.attention_core(odd, odd, odd, 0.3)
+    assert calls == [torch.float32, torch.bfloat16]
+    qg = q.clone().requires_grad_()
+    attention.attention_core(qg, k, v, 0.3).sum().backward()
+    assert calls == [torch.float32, torch.bfloat16] and qg.grad is not None
 
 
 # ----------------------------------------------------------------------------- RoPE
@@ -164,20 +194,21 @@ def test_rope_qk_uses_the_kernel_for_bf16_inference_only(monkeypatch):
 def test_switch_off_and_unsupported_cpu_fall_back_with_a_reason(monkeypatch):
     monkeypatch.setattr(loader, "_state", {})
     monkeypatch.setenv("VOXELFM_CPU_KERNELS", "0")
-    assert bf16_exp_rows() is None and bf16_rope_qk() is None
+    assert cpu_attention(torch.bfloat16) is None and cpu_attention(torch.float32) is None and bf16_rope_qk() is None
     assert kernels_summary() == {name: "disabled by VOXELFM_CPU_KERNELS" for name in KERNELS}
     monkeypatch.setattr(loader, "_state", {})
     monkeypatch.delenv("VOXELFM_CPU_KERNELS")
     monkeypatch.setattr(loader, "_cpu_has", lambda flag: flag != "avx512_bf16")
     monkeypatch.setattr(loader.platform, "machine", lambda: "x86_64")
-    assert bf16_exp_rows() is None and "lacks AVX512-BF16" in kernel_status("bf16_softmax")
-    assert (fp32_exp_rows() is not None) == (find_compiler() is not None)  # fp32 needs AVX-512 only
+    assert cpu_attention(torch.bfloat16) is None and "lacks AVX512-BF16" in kernel_status("bf16_attention")
+    assert (cpu_attention(torch.float32) is not None) == (find_compiler() is not None)  # fp32 needs AVX-512 only
+    assert cpu_attention(torch.float16) is None
     monkeypatch.setattr(loader, "_state", {})
     monkeypatch.setattr(loader, "_cpu_has", lambda flag: None)
     assert bf16_rope_qk() is None and "flags are unknown" in kernel_status("bf16_rope")
     monkeypatch.setattr(loader, "_state", {})
     monkeypatch.setattr(loader.platform, "machine", lambda: "arm64")
-    assert bf16_exp_rows() is None and "arm64" in kernel_status("bf16_softmax")
+    assert cpu_attention(torch.bfloat16) is None and "arm64" in kernel_status("bf16_attention")
 
 
 def test_a_failed_build_warns_once_and_falls_back(monkeypatch, caplog):
@@ -189,11 +220,11 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, caplog):
 
     monkeypatch.setattr(loader, "build_torch_library", fail)
     with caplog.at_level(logging.WARNING, logger="voxelfm.models.kernels"):
-        assert bf16_exp_rows() is None
-        assert bf16_exp_rows() is None
+        assert cpu_attention(torch.bfloat16) is None
+        assert cpu_attention(torch.bfloat16) is None
     warnings = [r for r in caplog.records if "falling back" in r.getMessage()]
     assert len(warnings) == 1 and "no C++ compiler" in warnings[0].getMessage()
-    assert "no C++ compiler" in kernel_status("bf16_softmax")
+    assert "no C++ compiler" in kernel_status("bf16_attention")
 
 
 def test_build_caches_by_content_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
@@ -224,7 +255,7 @@ def test_build_caches_by_content_and_leaves_nothing_on_failure(tmp_path, monkeyp
 def test_build_without_a_compiler_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(KernelBuildError, match="no C\\+\\+ compiler"):
-        build_torch_library(Path(loader.__file__).with_name("bf16_softmax.cpp"), name="x", folder=tmp_path)
+        build_torch_library(Path(loader.__file__).with_name("bf16_rope.cpp"), name="x", folder=tmp_path)
 
 
 def test_build_into_an_unwritable_cache_says_which_folder(tmp_path):
@@ -233,5 +264,5 @@ def test_build_into_an_unwritable_cache_says_which_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(KernelBuildError, match="cannot create the kernel cache folder .*VOXELFM_CACHE"):
-        build_torch_library(Path(loader.__file__).with_name("bf16_softmax.cpp"), name="x", folder=blocker / "kernels")
+        build_torch_library(Path(loader.__file__).with_name("bf16_rope.cpp"), name="x", folder=blocker / "kernels")
 

@@ -181,15 +181,16 @@ def test_patch_embedding_gemm_path_equals_conv():
     torch.testing.assert_close(exact, conv, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("softmax", ["compiled", "torch"])
+@pytest.mark.parametrize("path", ["kernel", "blocked"])
 @pytest.mark.parametrize("b, n", [(1, 37), (1, 300), (2, 45)])
-def test_blocked_bf16_attention_matches_sdpa(monkeypatch, b, n, softmax):
-    """Both softmax paths of the blocked form: voxelfm's compiled kernel (where the CPU has
-    AVX512-BF16 and a compiler exists; else this case runs PyTorch's too) and PyTorch's."""
+def test_bf16_cpu_attention_matches_sdpa(monkeypatch, b, n, path):
+    """Both bf16 inference paths: voxelfm's compiled attention kernel (where the CPU has
+    AVX512-BF16 and a compiler exists; else this case runs the fallback too) and the blocked
+    fallback with PyTorch's softmax."""
     import voxelfm.models.layers.attention as attention
 
-    if softmax == "torch":
-        monkeypatch.setattr(attention, "bf16_exp_rows", lambda: None)
+    if path == "blocked":
+        monkeypatch.setattr(attention, "cpu_attention", lambda dtype: None)
 
     monkeypatch.setattr(attention, "_BLOCK_SCORES", 16 * n)  # 16 query rows per block (a short last one)
     monkeypatch.setattr(attention, "_MIN_BLOCK_ROWS", 16)
@@ -201,7 +202,7 @@ def test_blocked_bf16_attention_matches_sdpa(monkeypatch, b, n, softmax):
     assert out.dtype == torch.bfloat16 and out.shape == ref.shape
     # one layer alone, sharp attention; bf16 scores cost some precision (the fused kernel: 0.9998)
     assert min_cosine(out, ref) >= 0.9985
-    # with gradients required the fused kernel runs (the blocked form is inference-only)
+    # with gradients required PyTorch's fused kernel runs (voxelfm's paths are inference-only)
     qg = q.bfloat16().requires_grad_()
     out_g = attention.attention_core(qg, k.bfloat16(), v.bfloat16(), 0.3)
     out_g.float().sum().backward()
@@ -210,11 +211,14 @@ def test_blocked_bf16_attention_matches_sdpa(monkeypatch, b, n, softmax):
 
 @pytest.mark.parametrize("b, n", [(1, 37), (2, 300)])
 def test_fp32_blocked_attention_in_packed_linears_blocks_matches_sdpa(monkeypatch, b, n):
-    """fp32 CPU inference inside ``packed_linears`` (what voxelfm.inference enters) runs the blocked
-    form with oneDNN products: equal to SDPA to fp32 rounding; outside, SDPA itself."""
+    """Without the compiled kernel, fp32 CPU inference inside ``packed_linears`` (what
+    voxelfm.inference enters) runs the blocked form with oneDNN products: equal to SDPA to fp32
+    rounding; outside, SDPA itself."""
     import voxelfm.models.layers.attention as attention
     from voxelfm.models.layers import packed_linears
     from voxelfm.models.layers.onednn_linear import onednn_matmul_nt
+
+    monkeypatch.setattr(attention, "cpu_attention", lambda dtype: None)
 
     monkeypatch.setattr(attention, "_BLOCK_SCORES_FP32", 16 * n)  # 16 query rows per block (a short last one)
     monkeypatch.setattr(attention, "_MIN_BLOCK_ROWS_FP32", 16)

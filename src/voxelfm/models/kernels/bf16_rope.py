@@ -20,6 +20,6 @@ def bf16_rope_qk() -> Callable[[Tensor, Tensor, Tensor, int], Tensor] | None:
     (pair tables of :func:`voxelfm.models.layers.rope._pair_tables` in fp32), and copies the
     first ``num_special`` tokens: what :func:`voxelfm.models.layers.rope.rope_qk` computes, in one
     fp32 pass with one rounding to bf16. ``qkv`` must be contiguous. ``None`` under the same
-    conditions as :func:`voxelfm.models.kernels.bf16_exp_rows`.
+    conditions as :func:`voxelfm.models.kernels.cpu_attention`.
     """
     return torch.ops.voxelfm_kernels.rope_qk if load_kernel("bf16_rope") else None
