@@ -2,9 +2,8 @@
 
 The ViT-B forward (``extract_preprocessed``, as ``voxelfm extract`` runs it) at one token count
 and dtype, ``--repeats`` rounds of the variants in turn — all paths, none (PyTorch's operators and
-``nn.Linear``), and each path alone (the compiled attention kernel, the oneDNN packed linears;
-bf16 also the compiled RoPE; fp32 also the oneDNN blocked attention, the fallback without the
-kernel) — so that every variant sees the same machine load. Reports the best and all seconds per variant and the speed-up of each over "none".
+``nn.Linear``), and each path alone (the compiled attention kernel, the compiled RoPE, the oneDNN
+packed linears; fp32 also the oneDNN blocked attention, the fallback without the kernel) — so that every variant sees the same machine load. Reports the best and all seconds per variant and the speed-up of each over "none".
 
 Usage::
 
@@ -52,18 +51,17 @@ def main() -> None:
     kernels = kernels_summary()
     model = build_backbone(args.model).eval()
     pre = _volume(GRIDS[args.size], model.patch_size)
-    on = (attention.cpu_attention, rope.bf16_rope_qk, onednn._fast_dtype, attention.onednn_matmul_nt)
-    off = (lambda dtype: None, lambda: None, lambda x, layer: None, lambda: None)  # "unavailable"
+    on = (attention.cpu_attention, rope.cpu_rope_qk, onednn._fast_dtype, attention.onednn_matmul_nt)
+    off = (lambda dtype: None, lambda dtype: None, lambda x, layer: None, lambda: None)  # "unavailable"
     variants = {"all": on, "none": off,
                 "attention kernel only": (on[0], off[1], off[2], off[3]),
                 "linears only": (off[0], off[1], on[2], off[3])}
-    if args.dtype == "bf16":
-        variants["rope only"] = (off[0], on[1], off[2], off[3])
-    else:
+    variants["rope only"] = (off[0], on[1], off[2], off[3])
+    if args.dtype == "fp32":
         variants["oneDNN attention only"] = (off[0], off[1], off[2], on[3])
 
     def use(paths: tuple) -> None:
-        attention.cpu_attention, rope.bf16_rope_qk, onednn._fast_dtype, attention.onednn_matmul_nt = paths
+        attention.cpu_attention, rope.cpu_rope_qk, onednn._fast_dtype, attention.onednn_matmul_nt = paths
 
     extract_preprocessed(model, pre, dtype=args.dtype, mode="full")  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in variants}

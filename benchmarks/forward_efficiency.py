@@ -11,8 +11,8 @@ machine may be shared; the 1-minute load average is recorded with every figure):
    the same against the mean of two short GEMMs timed right before and after the case (the load
    moves), and the peak RSS of the case (VmHWM reset before each case; whole-process peak if the kernel
    does not allow the reset);
-3. one attention layer alone (the fused-attention call of the model's dtype path vs the matmul
-   rate) at each size of ``--attention-sizes``;
+3. one attention layer alone (the attention call of the model's inference path vs the matmul
+   rate, and PyTorch's fused SDPA on the same inputs, interleaved) at each size of ``--attention-sizes``;
 4. a per-operator profiler table for ``--profile`` (e.g. ``bf16:8k``);
 5. with ``--legacy``, the same cases once more with the kernels voxelfm used before issue 18
    (``Conv3d`` patch embedding and PyTorch's fused SDPA in bf16; largest-cube chunk windows),
@@ -173,11 +173,13 @@ def _without_voxelfm_cpu_paths() -> Iterator[None]:
         onednn = importlib.import_module("voxelfm.models.layers.onednn_linear")
     except ImportError:  # older tree
         onednn = None
-    kernel = "cpu_attention" if hasattr(attention, "cpu_attention") else "bf16_exp_rows"  # older tree: softmax
-    saved = (getattr(attention, kernel), rope.bf16_rope_qk, getattr(onednn, "_fast_dtype", None),
+    # names in this tree (older trees: the bf16 softmax kernel and the bf16-only RoPE kernel)
+    kernel = "cpu_attention" if hasattr(attention, "cpu_attention") else "bf16_exp_rows"
+    rope_kernel = "cpu_rope_qk" if hasattr(rope, "cpu_rope_qk") else "bf16_rope_qk"
+    saved = (getattr(attention, kernel), getattr(rope, rope_kernel), getattr(onednn, "_fast_dtype", None),
              getattr(attention, "onednn_matmul_nt", None))
     setattr(attention, kernel, lambda *dtype: None)
-    rope.bf16_rope_qk = lambda: None
+    setattr(rope, rope_kernel, lambda *dtype: None)
     if onednn is not None:
         onednn._fast_dtype = lambda x, layer: None
         attention.onednn_matmul_nt = lambda: None
@@ -185,7 +187,7 @@ def _without_voxelfm_cpu_paths() -> Iterator[None]:
         yield
     finally:
         setattr(attention, kernel, saved[0])
-        rope.bf16_rope_qk = saved[1]
+        setattr(rope, rope_kernel, saved[1])
         if onednn is not None:
             onednn._fast_dtype, attention.onednn_matmul_nt = saved[2:]
 
@@ -284,25 +286,35 @@ def run_forward(model: Any, pre: Any, *, dtype: str, mode: str, repeats: int, ch
 
 def run_attention(n: int, dtype: str, *, embed_dim: int, num_heads: int, repeats: int,
                   rate: float) -> dict[str, Any]:
-    """One attention core (softmax(q kᵀ/√d) v over ``n`` tokens) as the model runs it."""
+    """One attention core (softmax(q kᵀ/√d) v over ``n`` tokens) as the model runs it in inference,
+    interleaved with PyTorch's fused SDPA on the same inputs (strided views of one qkv tensor, as
+    in the model)."""
     import torch
+    import torch.nn.functional as F
 
     from voxelfm.models.layers.attention import attention_core
 
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
     hd = embed_dim // num_heads
-    q, k, v = (torch.randn(1, num_heads, n, hd).to(dt) for _ in range(3))
+    qkv = torch.randn(1, n, 3, num_heads, hd).to(dt)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    calls = {"voxelfm": lambda: attention_core(q, k, v, hd ** -0.5),
+             "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5)}
+    best = dict.fromkeys(calls, math.inf)
     with torch.inference_mode():
-        attention_core(q, k, v, hd ** -0.5)
-        best = math.inf
+        calls["voxelfm"]()
         load = _load()
         for _ in range(repeats):
-            t = time.perf_counter()
-            attention_core(q, k, v, hd ** -0.5)
-            best = min(best, time.perf_counter() - t)
+            for name, call in calls.items():
+                t = time.perf_counter()
+                call()
+                best[name] = min(best[name], time.perf_counter() - t)
     fl = attention_flops(n, embed_dim)
-    return {"tokens": n, "dtype": dtype, "seconds": round(best, 4), "gflops": round(fl / best / 1e9, 1),
-            "pct_of_matmul_rate": round(100 * fl / best / 1e9 / rate, 1), "load_1min": load}
+    return {"tokens": n, "dtype": dtype, "seconds": round(best["voxelfm"], 4),
+            "gflops": round(fl / best["voxelfm"] / 1e9, 1),
+            "pct_of_matmul_rate": round(100 * fl / best["voxelfm"] / 1e9 / rate, 1),
+            "sdpa_seconds": round(best["sdpa"], 4), "speedup_vs_sdpa": round(best["sdpa"] / best["voxelfm"], 2),
+            "load_1min": load}
 
 
 def profile_table(model: Any, pre: Any, dtype: str, rows: int) -> str:
@@ -421,7 +433,7 @@ def main() -> None:
                 break
             attention.append(r)
             print(f"attention {size:>4} {dtype}: {r['seconds']:.3f} s {r['gflops']} GFLOP/s "
-                  f"{r['pct_of_matmul_rate']} % of matmul (load {r['load_1min']})", flush=True)
+                  f"{r['pct_of_matmul_rate']} % of matmul, SDPA {r['sdpa_seconds']:.3f} s (load {r['load_1min']})", flush=True)
 
     table = ""
     if args.profile:

@@ -286,11 +286,11 @@ def test_cli_bf16_on_the_cpu_names_its_kernels(tmp_path, monkeypatch):
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
         assert main(cmd) == 0
     assert ("bf16 CPU kernels (built once per machine, ~5–8 s each): bf16_attention disabled by VOXELFM_CPU_KERNELS, "
-            "bf16_rope disabled by VOXELFM_CPU_KERNELS") in err.getvalue()
+            "rope disabled by VOXELFM_CPU_KERNELS") in err.getvalue()
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
         assert main([*cmd[:-1], "fp32", "-o", str(tmp_path / "emb32")]) == 0
-    assert "fp32 CPU kernels (built once per machine, ~5–8 s each): fp32_attention disabled by VOXELFM_CPU_KERNELS" in (
-        err.getvalue())
+    assert ("fp32 CPU kernels (built once per machine, ~5–8 s each): fp32_attention disabled by VOXELFM_CPU_KERNELS, "
+            "rope disabled by VOXELFM_CPU_KERNELS") in err.getvalue()
     assert "bf16_attention" not in err.getvalue()
 
 

@@ -1,4 +1,4 @@
-"""voxelfm's compiled CPU kernels against float64 (fp32 and bf16 attention, bf16 RoPE), their build cache and fallbacks."""
+"""voxelfm's compiled CPU kernels against float64 (fp32 and bf16 attention and RoPE), their build cache and fallbacks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import voxelfm.models.kernels.loader as loader
-from voxelfm.models.kernels import (KERNELS, KernelBuildError, bf16_rope_qk, build_torch_library, cpu_attention,
+from voxelfm.models.kernels import (KERNELS, KernelBuildError, build_torch_library, cpu_attention, cpu_rope_qk,
                                     kernel_status, kernels_summary)
 from voxelfm.models.kernels.build import find_compiler
 
@@ -142,59 +142,70 @@ def test_attention_core_uses_the_kernel_in_inference_only(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- RoPE
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("head_dim, num_special", [(72, 5), (24, 0), (12, 1)])
-def test_rope_kernel_matches_the_rotation_in_float64(head_dim, num_special):
-    op = _kernel(bf16_rope_qk, "bf16_rope")
+def test_rope_kernel_matches_the_rotation_in_float64(head_dim, num_special, dtype):
+    op = _kernel(lambda: cpu_rope_qk(dtype), "rope")
     from voxelfm.models.layers.rope import _pair_tables, _rotate
 
     g = torch.Generator().manual_seed(head_dim)
     B, N, H = 2, 70, 3
-    qkv = torch.randn(B, N, 3, H, head_dim, generator=g).bfloat16()
+    qkv = torch.randn(B, N, 3, H, head_dim, generator=g).to(dtype)
     angles = torch.rand(N - num_special, 3, head_dim // 6, generator=g) * 6.3
     cos2, sin2 = _pair_tables(torch.sin(angles), torch.cos(angles), torch.float32)
     out = op(qkv, cos2, sin2, num_special)
-    assert out.shape == (B, N, 2, H, head_dim) and out.dtype == torch.bfloat16
+    assert out.shape == (B, N, 2, H, head_dim) and out.dtype == dtype
     assert torch.equal(out[:, :num_special], qkv[:, :num_special, :2])  # CLS and registers copied
     c64, s64 = _pair_tables(torch.sin(angles.double()), torch.cos(angles.double()), torch.float64)
     exact = _rotate(qkv[:, num_special:, :2].double(), c64[:, None, None], s64[:, None, None])
-    # one rounding to bf16 of an fp32 result: ≤ 2⁻⁹ of the pair's norm
+    # one rounding of an fp32 result (bf16: ≤ 2⁻⁹ of the pair's norm; fp32: the tables' rounding, ~2⁻²³)
     pair_norm = exact.unflatten(-1, (-1, 2)).norm(dim=-1).repeat_interleave(2, dim=-1)
-    assert ((out[:, num_special:].double() - exact).abs() <= pair_norm * 2.0 ** -8 + 1e-30).all()
+    bound = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -21
+    assert ((out[:, num_special:].double() - exact).abs() <= pair_norm * bound + 1e-30).all()
     with pytest.raises(RuntimeError, match="tables must be contiguous fp32"):
         op(qkv, cos2.bfloat16(), sin2, num_special)
-    with pytest.raises(RuntimeError, match="contiguous bf16"):
+    with pytest.raises(RuntimeError, match="contiguous bf16 or fp32"):
         op(qkv[:, ::2], cos2, sin2, num_special)
+    with pytest.raises(RuntimeError, match="contiguous bf16 or fp32"):
+        op(qkv.half(), cos2, sin2, num_special)
 
 
-def test_rope_qk_uses_the_kernel_for_bf16_inference_only(monkeypatch):
-    """Model-level: ``rope_qk`` in bf16 inference goes through the kernel (and agrees with the
-    PyTorch path); with gradients, or in fp32, PyTorch's path runs."""
-    _kernel(bf16_rope_qk, "bf16_rope")
+def test_rope_qk_uses_the_kernel_for_inference_only(monkeypatch):
+    """Model-level: ``rope_qk`` in bf16 and fp32 inference goes through the kernel (and agrees with
+    PyTorch's path); with gradients, or in fp16, PyTorch's path runs."""
+    _kernel(lambda: cpu_rope_qk(torch.float32), "rope")
     import voxelfm.models.layers.rope as rope
 
     calls = []
-    real = rope.bf16_rope_qk()
-    monkeypatch.setattr(rope, "bf16_rope_qk", lambda: lambda *a: calls.append(1) or real(*a))
+    real = rope.cpu_rope_qk
+    monkeypatch.setattr(rope, "cpu_rope_qk", lambda dt: (k := real(dt)) and (lambda *a: calls.append(dt) or k(*a)))
     qkv = torch.randn(1, 30, 3, 2, 12)
     angles = torch.rand(27, 3, 2) * 6.3
     sin, cos = torch.sin(angles), torch.cos(angles)
     with torch.inference_mode():
         fast = rope.rope_qk(qkv.bfloat16(), sin, cos, 3)
-        assert len(calls) == 1
-        ref = rope.rope_qk(qkv, sin, cos, 3)  # fp32: PyTorch
-    assert len(calls) == 1
-    for a, b in zip(fast, ref):
-        torch.testing.assert_close(a.float(), b, rtol=2.0 ** -7, atol=2.0 ** -7)
+        fast32 = rope.rope_qk(qkv, sin, cos, 3)
+        assert calls == [torch.bfloat16, torch.float32]
+        rope.rope_qk(qkv.half(), sin, cos, 3)  # fp16: PyTorch
+    assert calls == [torch.bfloat16, torch.float32]
+    monkeypatch.setattr(rope, "cpu_rope_qk", lambda dt: None)
+    with torch.inference_mode():
+        ref = rope.rope_qk(qkv, sin, cos, 3)  # PyTorch's fp32 path
+    for a, b, c in zip(fast, fast32, ref):
+        torch.testing.assert_close(a.float(), c, rtol=2.0 ** -7, atol=2.0 ** -7)
+        torch.testing.assert_close(b, c, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(rope, "cpu_rope_qk", lambda dt: (lambda *a: calls.append(dt) or real(dt)(*a)))
     grad_input = qkv.bfloat16().requires_grad_()
     rope.rope_qk(grad_input, sin, cos, 3)[0].float().sum().backward()
-    assert len(calls) == 1 and grad_input.grad is not None
+    assert calls == [torch.bfloat16, torch.float32] and grad_input.grad is not None
 
 
 # ----------------------------------------------------------------------------- availability, build
 def test_switch_off_and_unsupported_cpu_fall_back_with_a_reason(monkeypatch):
     monkeypatch.setattr(loader, "_state", {})
     monkeypatch.setenv("VOXELFM_CPU_KERNELS", "0")
-    assert cpu_attention(torch.bfloat16) is None and cpu_attention(torch.float32) is None and bf16_rope_qk() is None
+    assert cpu_attention(torch.bfloat16) is None and cpu_attention(torch.float32) is None
+    assert cpu_rope_qk(torch.float32) is None
     assert kernels_summary() == {name: "disabled by VOXELFM_CPU_KERNELS" for name in KERNELS}
     monkeypatch.setattr(loader, "_state", {})
     monkeypatch.delenv("VOXELFM_CPU_KERNELS")
@@ -205,7 +216,7 @@ def test_switch_off_and_unsupported_cpu_fall_back_with_a_reason(monkeypatch):
     assert cpu_attention(torch.float16) is None
     monkeypatch.setattr(loader, "_state", {})
     monkeypatch.setattr(loader, "_cpu_has", lambda flag: None)
-    assert bf16_rope_qk() is None and "flags are unknown" in kernel_status("bf16_rope")
+    assert cpu_rope_qk(torch.bfloat16) is None and "flags are unknown" in kernel_status("rope")
     monkeypatch.setattr(loader, "_state", {})
     monkeypatch.setattr(loader.platform, "machine", lambda: "arm64")
     assert cpu_attention(torch.bfloat16) is None and "arm64" in kernel_status("bf16_attention")
@@ -255,7 +266,7 @@ def test_build_caches_by_content_and_leaves_nothing_on_failure(tmp_path, monkeyp
 def test_build_without_a_compiler_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(KernelBuildError, match="no C\\+\\+ compiler"):
-        build_torch_library(Path(loader.__file__).with_name("bf16_rope.cpp"), name="x", folder=tmp_path)
+        build_torch_library(Path(loader.__file__).with_name("rope.cpp"), name="x", folder=tmp_path)
 
 
 def test_build_into_an_unwritable_cache_says_which_folder(tmp_path):
@@ -264,5 +275,5 @@ def test_build_into_an_unwritable_cache_says_which_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(KernelBuildError, match="cannot create the kernel cache folder .*VOXELFM_CACHE"):
-        build_torch_library(Path(loader.__file__).with_name("bf16_rope.cpp"), name="x", folder=blocker / "kernels")
+        build_torch_library(Path(loader.__file__).with_name("rope.cpp"), name="x", folder=blocker / "kernels")
 

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         if args.dtype in ("bf16", "fp32") and device.startswith("cpu"):
             from voxelfm.models.kernels import kernels_summary
 
-            names = ("bf16_attention", "bf16_rope") if args.dtype == "bf16" else ("fp32_attention",)
+            names = (f"{args.dtype}_attention", "rope")
             print(f"voxelfm extract: {args.dtype} CPU kernels (built once per machine, ~5–8 s each): ", end="",
                   file=sys.stderr, flush=True)
             print(", ".join(f"{name} {status}" for name, status in kernels_summary(names).items()), file=sys.stderr,

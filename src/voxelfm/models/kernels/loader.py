@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 #: environment variable: ``0`` / ``off`` / ``false`` disables voxelfm's compiled CPU kernels
 ENV_SWITCH = "VOXELFM_CPU_KERNELS"
 #: the kernels (C++ files next to this module) and the CPU flag each needs (``/proc/cpuinfo`` name)
-KERNELS: dict[str, str] = {"bf16_attention": "avx512_bf16", "bf16_rope": "avx512_bf16", "fp32_attention": "avx512f"}
+KERNELS: dict[str, str] = {"bf16_attention": "avx512_bf16", "rope": "avx512_bf16", "fp32_attention": "avx512f"}
 _lock = threading.Lock()
 _state: dict[str, str | None] = {}  # kernel name → None (loaded) or why it is unavailable
 

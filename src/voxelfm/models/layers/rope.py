@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from voxelfm.models.kernels import bf16_rope_qk
+from voxelfm.models.kernels import cpu_rope_qk
 
 __all__ = ["RopePositionEmbedding3D", "apply_rope_3d", "rope_coords", "rope_qk"]
 
@@ -123,8 +123,8 @@ def rope_qk(qkv: Tensor, sin: Tensor | None, cos: Tensor | None, num_special: in
         cos2, sin2 = _pair_tables(sin, cos, qkv.dtype)
         x = qkv[:, num_special:, :2]
         cos2, sin2 = cos2[:, None, None], sin2[:, None, None]  # Np, 1, 1, head_dim
-        fused = _bf16_kernel(qkv)
-        if fused is not None:  # one fp32 pass, fp32 tables (PyTorch's path rounds them to bf16)
+        fused = _kernel(qkv)
+        if fused is not None:  # one fp32 pass, fp32 tables (PyTorch's bf16 path rounds them to bf16)
             cos32, sin32 = _pair_tables(sin, cos, torch.float32)
             qk = fused(qkv, cos32, sin32, num_special)
         elif torch.is_grad_enabled() and qkv.requires_grad:
@@ -137,12 +137,11 @@ def rope_qk(qkv: Tensor, sin: Tensor | None, cos: Tensor | None, num_special: in
     return q, k
 
 
-def _bf16_kernel(qkv: Tensor) -> Callable[[Tensor, Tensor, Tensor, int], Tensor] | None:
-    """voxelfm's compiled bf16 RoPE for inference on contiguous bf16 CPU tensors, else ``None``."""
-    if (qkv.dtype != torch.bfloat16 or qkv.device.type != "cpu" or not qkv.is_contiguous()
-            or (torch.is_grad_enabled() and qkv.requires_grad)):
+def _kernel(qkv: Tensor) -> Callable[[Tensor, Tensor, Tensor, int], Tensor] | None:
+    """voxelfm's compiled RoPE for inference on contiguous bf16 or fp32 CPU tensors, else ``None``."""
+    if (qkv.device.type != "cpu" or not qkv.is_contiguous() or (torch.is_grad_enabled() and qkv.requires_grad)):
         return None
-    return bf16_rope_qk()
+    return cpu_rope_qk(qkv.dtype)
 
 
 def _check_tables(sin: Tensor, n_patches: int, head_dim: int) -> None:
