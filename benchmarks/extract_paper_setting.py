@@ -55,7 +55,7 @@ def _child(path: str, dtype: str, model_name: str, threads: int | None) -> None:
            "forward_seconds": f.record["forward_seconds"], "grid": grid, "tokens": grid[0] * grid[1] * grid[2],
            "mode": f.record["mode"], "memory_record": f.record["memory"], "peak_rss_mb": round(peak_rss_mb(), 1),
            "threads": choice.to_dict(), "load_1min": [load, round(os.getloadavg()[0], 2)],
-           "cpu_kernels": kernels_summary() if dtype == "bf16" else None}
+           "cpu_kernels": kernels_summary()}
     print("RESULT " + json.dumps(out), flush=True)
 
 

@@ -5,7 +5,9 @@ machine may be shared; the 1-minute load average is recorded with every figure):
 
 1. the fp32 and bf16 matmul rate (GFLOP/s, best of ``--gemm-repeats`` square GEMMs of ``--gemm-n``,
    the faster of ``torch.mm`` and oneDNN's pre-packed matmul — both are recorded);
-2. the backbone forward (``extract_preprocessed``, i.e. exactly what ``voxelfm extract`` runs) at
+2. the backbone forward (``extract_preprocessed`` inside one ``packed_linears`` block, i.e. what
+   ``voxelfm extract`` runs for every volume after packing the linear weights once per run; the
+   packing itself, which one ``extract_features`` call pays, is recorded as ``packing_seconds``) at
    each token count of ``--sizes`` for each ``--dtypes`` and ``--modes``: seconds (best of
    ``--repeats``, after a warm-up forward on a 4³-token cut), analytic FLOPs, achieved GFLOP/s, **% of the matmul rate of the same dtype**,
    the same against the mean of two short GEMMs timed right before and after the case (the load
@@ -256,19 +258,21 @@ def run_forward(model: Any, pre: Any, *, dtype: str, mode: str, repeats: int, ch
     else:
         kw["memory_budget_gb"] = 64.0
     flops = forward_flops(N, model)
-    extract_preprocessed(model, _small_cut(pre, model.patch_size), **kw)  # warm-up: thread pool, allocator
-    times, loads = [], []
-    exact = _reset_peak_rss()
     import torch
 
-    gemm = torch.bfloat16 if dtype == "bf16" else torch.float32
-    adjacent = [matmul_rate(gemm, ADJACENT_GEMM_N, 2)["gflops"]]
-    for _ in range(repeats):
-        loads.append(_load())
-        t = time.perf_counter()
-        feats = extract_preprocessed(model, pre, **kw)
-        times.append(time.perf_counter() - t)
-    adjacent.append(matmul_rate(gemm, ADJACENT_GEMM_N, 2)["gflops"])
+    packing = packing_seconds(model, dtype)
+    with _packed_linears():  # packed once per run, as extract_batch / `voxelfm extract` do
+        extract_preprocessed(model, _small_cut(pre, model.patch_size), **kw)  # warm-up: threads, allocator, packing
+        times, loads = [], []
+        exact = _reset_peak_rss()
+        gemm = torch.bfloat16 if dtype == "bf16" else torch.float32
+        adjacent = [matmul_rate(gemm, ADJACENT_GEMM_N, 2)["gflops"]]
+        for _ in range(repeats):
+            loads.append(_load())
+            t = time.perf_counter()
+            feats = extract_preprocessed(model, pre, **kw)
+            times.append(time.perf_counter() - t)
+        adjacent.append(matmul_rate(gemm, ADJACENT_GEMM_N, 2)["gflops"])
     s = min(times)
     local = sum(adjacent) / len(adjacent)
     out = {"tokens": N, "grid": list(grid), "dtype": dtype, "mode": mode, "seconds": round(s, 3),
@@ -276,12 +280,44 @@ def run_forward(model: Any, pre: Any, *, dtype: str, mode: str, repeats: int, ch
            "gflops": round(flops / s / 1e9, 1), "pct_of_matmul_rate": round(100 * flops / s / 1e9 / rate, 1),
            "matmul_rate_adjacent": adjacent, "pct_of_adjacent_matmul_rate": round(100 * flops / s / 1e9 / local, 1),
            "peak_rss_mb": round(_peak_rss_mb(), 1), "peak_rss_is_per_case": exact,
-           "load_1min": loads}
+           "packing_seconds": packing, "load_1min": loads}
     if feats.record.get("windows"):
         w = feats.record["windows"]
         out["windows"] = {"size": w["size"], "count": w["count"], "per_batch": w["windows_per_batch"],
                           "budget_gb": feats.record["memory"]["budget_gb"]}
     return out
+
+
+def _packed_linears() -> Any:
+    """voxelfm's ``packed_linears`` block (a no-op context in trees without it)."""
+    try:
+        return importlib.import_module("voxelfm.models.layers.onednn_linear").packed_linears()
+    except ImportError:
+        return contextlib.nullcontext()
+
+
+def packing_seconds(model: Any, dtype: str) -> float | None:
+    """Seconds to pack every linear weight of ``model`` for oneDNN in ``dtype`` — what one
+    ``extract_features`` call pays on top of the forward (``extract_batch`` pays it once per run);
+    ``None`` where the packed path does not run (older tree, ``--torch-ops``, no oneDNN)."""
+    import torch
+
+    try:
+        onednn = importlib.import_module("voxelfm.models.layers.onednn_linear")
+    except ImportError:
+        return None
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        return None
+    probe = torch.zeros(1, linears[0].in_features)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    with torch.inference_mode(), autocast, onednn.packed_linears():
+        if onednn._fast_dtype(probe, linears[0]) is None:
+            return None
+        t = time.perf_counter()
+        for layer in linears:
+            onednn.inference_linear(layer, torch.zeros(1, layer.in_features))
+        return round(time.perf_counter() - t, 4)
 
 
 def run_attention(n: int, dtype: str, *, embed_dim: int, num_heads: int, repeats: int,
@@ -399,6 +435,7 @@ def main() -> None:
                           f"{r['gflops']:7.1f} GFLOP/s  {r['pct_of_matmul_rate']:5.1f} % of matmul "
                           f"({r['pct_of_adjacent_matmul_rate']:5.1f} % of adjacent)  "
                           f"peak RSS {r['peak_rss_mb']:.0f} MiB  load {r['load_1min']}"
+                          + (f"  (+{r['packing_seconds']:.3f} s packing per call)" if r.get("packing_seconds") else "")
                           + (f"  windows {r['windows']['count']}x{r['windows']['size']}" if "windows" in r else ""),
                           flush=True)
         del pre

@@ -109,3 +109,31 @@ def test_extraction_takes_the_packed_path_and_matches_the_plain_one():
         plain = extract_features(model, vol)
     torch.testing.assert_close(fast.patch, plain.patch, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast.cls, plain.cls, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not FAST, reason="this PyTorch build has no usable oneDNN packed linears")
+def test_extract_features_calls_inside_one_block_pack_the_weights_once():
+    from voxelfm import extract_features
+    from voxelfm.models import build_backbone
+
+    torch.manual_seed(0)
+    model = build_backbone(dict(embed_dim=48, depth=2, num_heads=2, patch_size=4, num_register_tokens=2))
+    vols = [torch.randn(16, 16, 20) * 300 for _ in range(3)]
+
+    def reorders(fn) -> int:
+        with torch.profiler.profile() as prof:
+            fn()
+        return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_reorder_linear_weight")
+
+    alone = reorders(lambda: [extract_features(model, v) for v in vols])
+    assert alone == 3 * 2 * 4  # each call packs its own copies (2 blocks × 4 linears)
+
+    def in_one_block():
+        with packed_linears():
+            return [extract_features(model, v) for v in vols]
+
+    assert reorders(in_one_block) == 2 * 4
+    with packed_linears():
+        shared = [extract_features(model, v) for v in vols]
+    for v, f in zip(vols, shared):
+        torch.testing.assert_close(f.patch, extract_features(model, v).patch, rtol=0, atol=0)
