@@ -211,6 +211,38 @@ def test_every_volume_is_read_once_with_workers(tiny_model, tmp_path, monkeypatc
     assert s.ok == 3 and len(log.read_text().split()) == 3
 
 
+def test_progress_counts_finished_volumes(tiny_model, tmp_path, monkeypatch):
+    # regression: the bar counted a volume when it arrived from the reader, before its forward, so
+    # a log showed "2/2" while the last volume was still being embedded and the rate was too high
+    import voxelfm.inference.batch as batch
+
+    events: list[str] = []
+
+    class Bar:
+        def update(self, n: int) -> None:
+            events.append("done")
+
+        def close(self) -> None:
+            events.append("close")
+
+    real = batch.extract_preprocessed
+
+    def forward(*a, **k):
+        out = real(*a, **k)
+        events.append("embedded")
+        return out
+
+    monkeypatch.setattr(batch, "progress", lambda **k: Bar())
+    monkeypatch.setattr(batch, "extract_preprocessed", forward)
+    s = extract_batch(tiny_model, [_folder(tmp_path, n=2, bad=True)], tmp_path / "emb", workers=0)
+    assert s.ok == 2 and s.failed == 1
+    # each good volume is counted after its forward; an unreadable one is counted when it fails
+    assert events[-1] == "close" and events.count("done") == s.ok + s.failed
+    for i, e in enumerate(events):
+        if e == "embedded":
+            assert events[i + 1] == "done"
+
+
 def test_store_refuses_other_weights_or_dtype(tiny_model, tmp_path):
     # regression: only the architecture was compared, so two checkpoints of one architecture (or
     # two random inits) were mixed silently in one store

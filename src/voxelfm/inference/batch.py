@@ -408,31 +408,33 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
     packing.__enter__()
     try:
         for i, pre, err, read_s in loader:
-            bar.update(1)
-            item = todo[i]
-            if err is None:
-                t0 = time.perf_counter()
-                try:
-                    feats = extract_preprocessed(model, pre, mode=mode, window=window, overlap=overlap,
-                                                 device=dev, dtype=dtype, memory_budget_gb=memory_budget_gb)
-                    model_seconds += float(feats.record["forward_seconds"])
-                    feats.record["read_preprocess_seconds"] = round(read_s, 4)
-                    seconds = read_s + time.perf_counter() - t0
-                    if "pth" in formats:
-                        store.write_reference_pth(item.id, feats, log="safetensors" not in formats,
-                                                  source=item.source_text, seconds=seconds)
-                    if "safetensors" in formats:
-                        store.write(item.id, feats, source=item.source_text, seconds=seconds)
-                    ok += 1
-                    continue
-                except torch.cuda.OutOfMemoryError as exc:
-                    torch.cuda.empty_cache()
-                    err = _error_text(exc) + " (try --mode chunked or a smaller --max-patches)"
-                except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
-                    err = _error_text(exc)
-            store.record_failure(item.id, source=item.source_text, error=err)
-            failed += 1
-            failed_ids.append(item.id)
+            try:
+                item = todo[i]
+                if err is None:
+                    t0 = time.perf_counter()
+                    try:
+                        feats = extract_preprocessed(model, pre, mode=mode, window=window, overlap=overlap,
+                                                     device=dev, dtype=dtype, memory_budget_gb=memory_budget_gb)
+                        model_seconds += float(feats.record["forward_seconds"])
+                        feats.record["read_preprocess_seconds"] = round(read_s, 4)
+                        seconds = read_s + time.perf_counter() - t0
+                        if "pth" in formats:
+                            store.write_reference_pth(item.id, feats, log="safetensors" not in formats,
+                                                      source=item.source_text, seconds=seconds)
+                        if "safetensors" in formats:
+                            store.write(item.id, feats, source=item.source_text, seconds=seconds)
+                        ok += 1
+                        continue
+                    except torch.cuda.OutOfMemoryError as exc:
+                        torch.cuda.empty_cache()
+                        err = _error_text(exc) + " (try --mode chunked or a smaller --max-patches)"
+                    except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                        err = _error_text(exc)
+                store.record_failure(item.id, source=item.source_text, error=err)
+                failed += 1
+                failed_ids.append(item.id)
+            finally:
+                bar.update(1)  # counted when done, so the rate and ETA are of finished volumes
     except BaseException:
         if world == 1:  # interrupted (Ctrl-C, an error): the table still shows what is done
             store.write_index()
