@@ -44,6 +44,23 @@ def test_estimate_scales_with_items_and_reads_only_a_sample(tiny_model, monkeypa
     assert "10 volume(s)" in text and "expected wall time" in text and "Nothing was written" in text
 
 
+def test_calibration_packs_the_linear_weights_once_as_the_batch_does(tiny_model):
+    # regression: each calibration forward packed the weights anew (extract_batch packs once per run),
+    # so on ViT-B the estimate of a cohort of small scans came out 1.6× the measured wall time
+    import torch
+
+    import voxelfm.models.layers.onednn_linear as il
+
+    if not il._op_usable(torch.float32):
+        pytest.skip("this PyTorch build has no usable oneDNN packed linears")
+    items = [(f"v{i}", body_volume((16, 20, 24), seed=i)) for i in range(2)]
+    with torch.profiler.profile() as prof:
+        estimate_wall_time(tiny_model, items, sample=1)
+    reorders = sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_reorder_linear_weight")
+    linears = sum(isinstance(m, torch.nn.Linear) for m in tiny_model.blocks.modules())
+    assert reorders == linears
+
+
 def test_unreadable_sample_is_a_clear_error(tiny_model, tmp_path):
     bad = tmp_path / "bad.npy"
     bad.write_bytes(b"not numpy")
