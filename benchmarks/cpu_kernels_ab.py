@@ -2,8 +2,9 @@
 
 The ViT-B forward (``extract_preprocessed``, as ``voxelfm extract`` runs it) at one token count
 and dtype, ``--repeats`` rounds of the variants in turn — all paths, none (PyTorch's operators and
-``nn.Linear``), and each path alone (the compiled attention kernel, the compiled RoPE, the oneDNN
-packed linears; fp32 also the oneDNN blocked attention, the fallback without the kernel) — so that every variant sees the same machine load. Reports the best and all seconds per variant and the speed-up of each over "none".
+``nn.Linear``), all but the heap reuse, and each path alone (the compiled attention kernel, the
+compiled RoPE, the oneDNN packed linears, freed activations kept in the C heap; fp32 also the oneDNN
+blocked attention, the fallback without the kernel) — so that every variant sees the same machine load. Reports the best and all seconds per variant and the speed-up of each over "none".
 
 Usage::
 
@@ -51,17 +52,21 @@ def main() -> None:
     kernels = kernels_summary()
     model = build_backbone(args.model).eval()
     pre = _volume(GRIDS[args.size], model.patch_size)
-    on = (attention.cpu_attention, rope.cpu_rope_qk, onednn._fast_dtype, attention.onednn_matmul_nt)
-    off = (lambda dtype: None, lambda dtype: None, lambda x, layer: None, lambda: None)  # "unavailable"
-    variants = {"all": on, "none": off,
-                "attention kernel only": (on[0], off[1], off[2], off[3]),
-                "linears only": (off[0], off[1], on[2], off[3])}
-    variants["rope only"] = (off[0], on[1], off[2], off[3])
+    heap = importlib.import_module("voxelfm.inference.heap")
+    on = (attention.cpu_attention, rope.cpu_rope_qk, onednn._fast_dtype, attention.onednn_matmul_nt, heap._glibc)
+    off = (lambda dtype: None, lambda dtype: None, lambda x, layer: None, lambda: None, lambda: None)  # "unavailable"
+
+    def only(*which: int) -> tuple:
+        return tuple(on[i] if i in which else off[i] for i in range(len(on)))
+
+    variants = {"all": on, "none": off, "all but heap reuse": only(0, 1, 2, 3),
+                "attention kernel only": only(0), "linears only": only(2), "rope only": only(1),
+                "heap reuse only": only(4)}
     if args.dtype == "fp32":
-        variants["oneDNN attention only"] = (off[0], off[1], off[2], on[3])
+        variants["oneDNN attention only"] = only(3)
 
     def use(paths: tuple) -> None:
-        attention.cpu_attention, rope.cpu_rope_qk, onednn._fast_dtype, attention.onednn_matmul_nt = paths
+        attention.cpu_attention, rope.cpu_rope_qk, onednn._fast_dtype, attention.onednn_matmul_nt, heap._glibc = paths
 
     extract_preprocessed(model, pre, dtype=args.dtype, mode="full")  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in variants}
@@ -78,7 +83,7 @@ def main() -> None:
         use(on)
     best = {name: min(v) for name, v in seconds.items()}
     for name, v in seconds.items():
-        print(f"{args.dtype} {name:13s} best {best[name]:.3f} s  ({best['none'] / best[name]:.2f}x of none)  all {v}", flush=True)
+        print(f"{args.dtype} {name:22s} best {best[name]:.3f} s  ({best['none'] / best[name]:.2f}x of none)  all {v}", flush=True)
     write_result(f"cpu_kernels_ab_{args.size}" + ("_fp32" if args.dtype == "fp32" else ""), {
         "model": args.model, "size": args.size, "dtype": args.dtype, "grid": list(GRIDS[args.size]),
         "threads": threads, "kernels": kernels, "load_1min": loads, "seconds": seconds, "best": best,

@@ -61,8 +61,7 @@ def main() -> None:
     from _extraction_common import write_result
     from voxelfm.inference import extract_batch
     from voxelfm.inference.calibrate import estimate_wall_time
-    from voxelfm.inference.extract import extract_preprocessed, resolve_preset
-    from voxelfm.models.layers import packed_linears
+    from voxelfm.inference.extract import extract_preprocessed, inference_scope, resolve_preset
     from voxelfm.io import collect_inputs, read_volume
     from voxelfm.models import build_backbone
     from voxelfm.preprocess import preprocess_volume
@@ -116,7 +115,7 @@ def main() -> None:
         preset = resolve_preset(model, args.preset)
         pres = [preprocess_volume(read_volume(it.path), preset, max_patches=args.max_patches,
                                   patch_size=model.patch_size) for it in sub]
-        with packed_linears():  # as extract_batch runs: the linear weights packed once, in the warm-up
+        with inference_scope("cpu"):  # as extract_batch runs: weights packed once (in the warm-up), memory reused
             extract_preprocessed(model, pres[0], dtype=args.dtype)  # warm-up
             load = _load()
             t = time.perf_counter()

@@ -5,8 +5,9 @@ machine may be shared; the 1-minute load average is recorded with every figure):
 
 1. the fp32 and bf16 matmul rate (GFLOP/s, best of ``--gemm-repeats`` square GEMMs of ``--gemm-n``,
    the faster of ``torch.mm`` and oneDNN's pre-packed matmul — both are recorded);
-2. the backbone forward (``extract_preprocessed`` inside one ``packed_linears`` block, i.e. what
-   ``voxelfm extract`` runs for every volume after packing the linear weights once per run; the
+2. the backbone forward (``extract_preprocessed`` inside one ``inference_scope`` block, i.e. what
+   ``voxelfm extract`` runs for every volume: linear weights packed once per run, freed activations
+   kept in the C heap for reuse; the
    packing itself, which one ``extract_features`` call pays, is recorded as ``packing_seconds``) at
    each token count of ``--sizes`` for each ``--dtypes`` and ``--modes``: seconds (best of
    ``--repeats``, after a warm-up forward on a 4³-token cut), analytic FLOPs, achieved GFLOP/s, **% of the matmul rate of the same dtype**,
@@ -167,7 +168,7 @@ def kernel_variant(name: str) -> Iterator[None]:
 @contextlib.contextmanager
 def _without_voxelfm_cpu_paths() -> Iterator[None]:
     """PyTorch's operators instead of voxelfm's compiled kernels (attention, RoPE), oneDNN packed linears
-    and the oneDNN fp32 attention."""
+    and the oneDNN fp32 attention, and glibc's default allocation (no heap reuse)."""
     import voxelfm.models.layers.attention as attention
     import voxelfm.models.layers.rope as rope
 
@@ -182,6 +183,12 @@ def _without_voxelfm_cpu_paths() -> Iterator[None]:
              getattr(attention, "onednn_matmul_nt", None))
     setattr(attention, kernel, lambda *dtype: None)
     setattr(rope, rope_kernel, lambda *dtype: None)
+    try:
+        heap = importlib.import_module("voxelfm.inference.heap")
+        saved_glibc = heap._glibc
+        heap._glibc = lambda: None  # glibc's own allocation behaviour
+    except ImportError:  # older tree
+        heap = None
     if onednn is not None:
         onednn._fast_dtype = lambda x, layer: None
         attention.onednn_matmul_nt = lambda: None
@@ -192,6 +199,8 @@ def _without_voxelfm_cpu_paths() -> Iterator[None]:
         setattr(rope, rope_kernel, saved[1])
         if onednn is not None:
             onednn._fast_dtype, attention.onednn_matmul_nt = saved[2:]
+        if heap is not None:
+            heap._glibc = saved_glibc
 
 
 @contextlib.contextmanager
@@ -261,7 +270,7 @@ def run_forward(model: Any, pre: Any, *, dtype: str, mode: str, repeats: int, ch
     import torch
 
     packing = packing_seconds(model, dtype)
-    with _packed_linears():  # packed once per run, as extract_batch / `voxelfm extract` do
+    with _inference_scope():  # packed once, memory reused, for the whole run, as extract_batch / `voxelfm extract` do
         extract_preprocessed(model, _small_cut(pre, model.patch_size), **kw)  # warm-up: threads, allocator, packing
         times, loads = [], []
         exact = _reset_peak_rss()
@@ -288,8 +297,11 @@ def run_forward(model: Any, pre: Any, *, dtype: str, mode: str, repeats: int, ch
     return out
 
 
-def _packed_linears() -> Any:
-    """voxelfm's ``packed_linears`` block (a no-op context in trees without it)."""
+def _inference_scope() -> Any:
+    """voxelfm's ``inference_scope`` (older trees: ``packed_linears``, else a no-op context)."""
+    extract = importlib.import_module("voxelfm.inference.extract")
+    if hasattr(extract, "inference_scope"):
+        return extract.inference_scope("cpu")
     try:
         return importlib.import_module("voxelfm.models.layers.onednn_linear").packed_linears()
     except ImportError:

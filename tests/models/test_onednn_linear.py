@@ -137,3 +137,26 @@ def test_extract_features_calls_inside_one_block_pack_the_weights_once():
         shared = [extract_features(model, v) for v in vols]
     for v, f in zip(vols, shared):
         torch.testing.assert_close(f.patch, extract_features(model, v).patch, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not FAST, reason="this PyTorch build has no usable oneDNN packed linears")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_mlp_in_blocks_of_rows_equals_the_whole_mlp(dtype):
+    from voxelfm.models.layers import Mlp
+    from voxelfm.models.layers.onednn_linear import inference_mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(48, 192).eval()
+    x = torch.randn(2, 37, 48)  # 74 tokens: blocks of 16 leave a tail of 10
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+    with torch.inference_mode(), autocast:
+        plain = mlp(x)  # outside packed_linears: nn.Linear and F.gelu
+        with packed_linears():
+            whole = inference_mlp(mlp.fc1, mlp.fc2, x, rows=1000)
+            blocks = inference_mlp(mlp.fc1, mlp.fc2, x, rows=16)
+            calls = _fast_calls(lambda: inference_mlp(mlp.fc1, mlp.fc2, x, rows=16))
+    assert blocks.shape == plain.shape == (2, 37, 48) and blocks.dtype == plain.dtype
+    assert calls == 2 * 5  # fc1 and fc2 for each of the 5 blocks
+    torch.testing.assert_close(blocks, whole, rtol=0, atol=0)  # row blocks: the same products
+    tol = 1e-5 if dtype == "fp32" else 2e-2
+    torch.testing.assert_close(blocks.float(), plain.float(), rtol=tol, atol=tol)

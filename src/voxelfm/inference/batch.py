@@ -28,13 +28,14 @@ from voxelfm.inference.extract import (
     MODES,
     check_baseline_options,
     extract_preprocessed,
+    inference_scope,
     is_baseline,
     resolve_device,
     resolve_dtype,
     resolve_preset,
 )
+from voxelfm.inference.heap import restore_malloc_defaults
 from voxelfm.inference.store import EmbeddingStore
-from voxelfm.models.layers.onednn_linear import packed_linears
 from voxelfm.preprocess import Preset, preprocess_volume
 from voxelfm.utils import atomic_write_text, progress, safe_id
 
@@ -213,6 +214,7 @@ def _identity(x: Any) -> Any:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    restore_malloc_defaults()  # a reader returns its freed volumes to the system (forked inside the scope)
 
 
 def _dist_context(device: str | torch.device | None) -> tuple[int, int, bool]:
@@ -404,8 +406,8 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
     # The bar is updated by hand: tqdm.auto's asyncio variant calls iter() on what it wraps, and
     # every iter() of a DataLoader starts its own workers, which then read the first volumes twice.
     bar = progress(total=len(todo), desc="extract", unit="vol", disable=disable)
-    packing = packed_linears()  # one set of packed linear weights for the whole batch (frozen model)
-    packing.__enter__()
+    scope = inference_scope(dev)  # linear weights packed once, freed activations reused, for the whole run
+    scope.__enter__()
     try:
         for i, pre, err, read_s in loader:
             try:
@@ -440,7 +442,7 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
             store.write_index()
         raise
     finally:
-        packing.__exit__(None, None, None)
+        scope.__exit__(None, None, None)
         bar.close()
         del loader
     counts = [ok, failed, skipped, len(mine), failed_before]

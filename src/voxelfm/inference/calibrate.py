@@ -120,9 +120,9 @@ def estimate_wall_time(model: torch.nn.Module, items: Sequence[Any], *, sample: 
     """
     from voxelfm.inference.batch import _as_items, _ReadPreprocess
     from voxelfm.inference.chunked import GiB, default_memory_budget
-    from voxelfm.models.layers import packed_linears
     from voxelfm.inference.extract import (
         extract_preprocessed,
+        inference_scope,
         plan_forward,
         resolve_device,
         resolve_dtype,
@@ -161,7 +161,7 @@ def estimate_wall_time(model: torch.nn.Module, items: Sequence[Any], *, sample: 
     p = int(model.patch_size)
     cut = _cut(pre0, grid0, p)
     cal_seconds = float("inf")
-    with packed_linears():  # as extract_batch runs: the linear weights are packed once, in the warm-up
+    with inference_scope(dev):  # as extract_batch runs: the linear weights are packed once, in the warm-up
         extract_preprocessed(model, _cut(pre0, [min(g, 2) for g in grid0], p), mode="full", dtype=dtype)
         for _ in range(2):  # best of two: the first call of a shape pays one-time set-up, and load spikes
             t = time.perf_counter()

@@ -12,7 +12,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from voxelfm.inference.chunked import (
     run_windows,
 )
 from voxelfm.inference.features import Features
+from voxelfm.inference.heap import reuse_freed_memory
 from voxelfm.models.layers.onednn_linear import packed_linears
 from voxelfm.preprocess import PRESETS, Preprocessed, Preset, preprocess_volume
 
@@ -90,6 +91,21 @@ def _autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callab
     if dtype is None:
         return None
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def inference_scope(device: torch.device | str = "cpu") -> Iterator[None]:
+    """What a run of forwards on ``device`` keeps for its whole length: on the CPU the linear weights
+    packed once for oneDNN (:func:`voxelfm.models.layers.packed_linears`) and freed activations kept
+    in the C heap for reuse (:func:`voxelfm.inference.heap.reuse_freed_memory`). Every extraction
+    enters it around its forward; enter it around a loop of :func:`extract_features` calls to pack
+    once and reuse memory across volumes (nested blocks share the outermost one). The model's
+    weights must not change inside the block."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(packed_linears())
+        if torch.device(device).type == "cpu":
+            stack.enter_context(reuse_freed_memory())
+        yield
 
 
 @contextlib.contextmanager
@@ -212,7 +228,7 @@ def extract_preprocessed(model: torch.nn.Module, pre: Preprocessed, *, mode: str
     memory: dict[str, Any] = {"budget_gb": round(budget / GiB, 3),
                               "full_estimate_gb": round(fplan.full_bytes / GiB, 3)}
     windows: dict[str, Any] | None = None
-    with torch.inference_mode(), _eval_mode(model), packed_linears():
+    with torch.inference_mode(), _eval_mode(model), inference_scope(dev):
         if mode_used == "full":
             with autocast() if autocast is not None else contextlib.nullcontext():
                 out = model(x[None])
@@ -276,7 +292,7 @@ def _extract_baseline(model: Any, pre: Preprocessed, *, mode: str, window: Any,
     autocast = _autocast_factory(dev, ac_dtype)
     grid = tuple(pre.record["token_grid"])
     t0 = time.perf_counter()
-    with torch.inference_mode(), _eval_mode(model), packed_linears():
+    with torch.inference_mode(), _eval_mode(model), inference_scope(dev):
         with autocast() if autocast is not None else contextlib.nullcontext():
             out = model(x[None])
         cls = out["x_norm_clstoken"][0].float()
@@ -339,7 +355,7 @@ def extract_features(model: torch.nn.Module, source: Any, *, preset: str | Prese
     not apply to it (an error if set).
 
     On the CPU each call packs the backbone's linear weights for oneDNN (ViT-B: 0.05–0.12 s); to
-    embed many volumes in a loop, run the loop inside ``with voxelfm.models.layers.packed_linears():``
+    embed many volumes in a loop, run the loop inside ``with voxelfm.inference.inference_scope():``
     (packed once) or use :func:`voxelfm.inference.extract_batch`, which does.
 
     Returns:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from voxelfm.models.layers.onednn_linear import inference_linear
+from voxelfm.models.layers.onednn_linear import inference_mlp
 
 __all__ = ["Mlp"]
 
@@ -37,6 +37,7 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[..., C_in]`` → ``[..., C_out]``."""
         if type(self.act) is nn.GELU and self.act.approximate == "none" and (self.drop.p == 0 or not self.training):
-            # the exact GELU inside fc1's call where the CPU inference path applies (inference_linear)
-            return self.drop(inference_linear(self.fc2, self.drop(inference_linear(self.fc1, x, gelu=True))))
+            # where the CPU inference path applies: the exact GELU inside fc1's call, blocks of rows
+            # (inference_mlp); the dropouts in between are identities here
+            return inference_mlp(self.fc1, self.fc2, x)
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
