@@ -35,6 +35,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--model", default="vit_base")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="only these variants (names as printed, e.g. all 'all but heap reuse'); speed-ups are against "
+                         "'none' when it runs, else the first one")
+    ap.add_argument("--tag", default="", help="suffix of the result file name")
     args = ap.parse_args()
 
     import importlib
@@ -65,6 +69,12 @@ def main() -> None:
     if args.dtype == "fp32":
         variants["oneDNN attention only"] = only(3)
 
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(variants))
+        if unknown:
+            ap.error(f"unknown variants {unknown}; choose from {list(variants)}")
+        variants = {name: variants[name] for name in args.variants}
+
     def use(paths: tuple) -> None:
         attention.cpu_attention, rope.cpu_rope_qk, onednn._fast_dtype, attention.onednn_matmul_nt, heap._glibc = paths
 
@@ -82,12 +92,14 @@ def main() -> None:
     finally:
         use(on)
     best = {name: min(v) for name, v in seconds.items()}
+    ref = "none" if "none" in best else next(iter(best))
     for name, v in seconds.items():
-        print(f"{args.dtype} {name:22s} best {best[name]:.3f} s  ({best['none'] / best[name]:.2f}x of none)  all {v}", flush=True)
-    write_result(f"cpu_kernels_ab_{args.size}" + ("_fp32" if args.dtype == "fp32" else ""), {
+        print(f"{args.dtype} {name:22s} best {best[name]:.3f} s  ({best[ref] / best[name]:.2f}x of {ref})  all {v}", flush=True)
+    write_result(f"cpu_kernels_ab_{args.size}" + ("_fp32" if args.dtype == "fp32" else "")
+                 + (f"_{args.tag}" if args.tag else ""), {
         "model": args.model, "size": args.size, "dtype": args.dtype, "grid": list(GRIDS[args.size]),
         "threads": threads, "kernels": kernels, "load_1min": loads, "seconds": seconds, "best": best,
-        "speedup_vs_none": {name: round(best["none"] / b, 3) for name, b in best.items()}})
+        "speedup_vs": ref, "speedup": {name: round(best[ref] / b, 3) for name, b in best.items()}})
 
 
 if __name__ == "__main__":
