@@ -63,6 +63,7 @@ _LAZY: dict[str, str] = {
     "EmbeddingStore": "voxelfm.inference",
     "extract_features": "voxelfm.inference",
     "extract_batch": "voxelfm.inference",
+    "inference_scope": "voxelfm.inference",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

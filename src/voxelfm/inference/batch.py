@@ -217,6 +217,29 @@ def _worker_init(_: int) -> None:
     restore_malloc_defaults()  # a reader returns its freed volumes to the system (forked inside the scope)
 
 
+def _embed_and_write(model: torch.nn.Module, pre: Any, item: BatchItem, read_s: float, store: EmbeddingStore,
+                     formats: Sequence[str], **forward: Any) -> tuple[str | None, float]:
+    """One item's forward and store write: ``(error text or None, forward seconds)``."""
+    t0 = time.perf_counter()
+    forward_s = 0.0
+    try:
+        feats = extract_preprocessed(model, pre, **forward)
+        forward_s = float(feats.record["forward_seconds"])
+        feats.record["read_preprocess_seconds"] = round(read_s, 4)
+        seconds = read_s + time.perf_counter() - t0
+        if "pth" in formats:
+            store.write_reference_pth(item.id, feats, log="safetensors" not in formats, source=item.source_text,
+                                      seconds=seconds)
+        if "safetensors" in formats:
+            store.write(item.id, feats, source=item.source_text, seconds=seconds)
+        return None, forward_s
+    except torch.cuda.OutOfMemoryError as exc:
+        torch.cuda.empty_cache()
+        return _error_text(exc) + " (try --mode chunked or a smaller --max-patches)", forward_s
+    except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+        return _error_text(exc), forward_s
+
+
 def _dist_context(device: str | torch.device | None) -> tuple[int, int, bool]:
     """``(rank, world_size, we_initialised)``; initialises a group from torchrun's env if needed."""
     import torch.distributed as dist
@@ -406,45 +429,29 @@ def extract_batch(model: torch.nn.Module, items: Iterable[Any], out: str | os.Pa
     # The bar is updated by hand: tqdm.auto's asyncio variant calls iter() on what it wraps, and
     # every iter() of a DataLoader starts its own workers, which then read the first volumes twice.
     bar = progress(total=len(todo), desc="extract", unit="vol", disable=disable)
-    scope = inference_scope(dev)  # linear weights packed once, freed activations reused, for the whole run
-    scope.__enter__()
-    try:
-        for i, pre, err, read_s in loader:
-            try:
+    forward = dict(mode=mode, window=window, overlap=overlap, device=dev, dtype=dtype,
+                   memory_budget_gb=memory_budget_gb)
+    with inference_scope(dev):  # linear weights packed once, freed activations reused, for the whole run
+        try:
+            for i, pre, err, read_s in loader:
                 item = todo[i]
                 if err is None:
-                    t0 = time.perf_counter()
-                    try:
-                        feats = extract_preprocessed(model, pre, mode=mode, window=window, overlap=overlap,
-                                                     device=dev, dtype=dtype, memory_budget_gb=memory_budget_gb)
-                        model_seconds += float(feats.record["forward_seconds"])
-                        feats.record["read_preprocess_seconds"] = round(read_s, 4)
-                        seconds = read_s + time.perf_counter() - t0
-                        if "pth" in formats:
-                            store.write_reference_pth(item.id, feats, log="safetensors" not in formats,
-                                                      source=item.source_text, seconds=seconds)
-                        if "safetensors" in formats:
-                            store.write(item.id, feats, source=item.source_text, seconds=seconds)
-                        ok += 1
-                        continue
-                    except torch.cuda.OutOfMemoryError as exc:
-                        torch.cuda.empty_cache()
-                        err = _error_text(exc) + " (try --mode chunked or a smaller --max-patches)"
-                    except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
-                        err = _error_text(exc)
-                store.record_failure(item.id, source=item.source_text, error=err)
-                failed += 1
-                failed_ids.append(item.id)
-            finally:
+                    err, forward_s = _embed_and_write(model, pre, item, read_s, store, formats, **forward)
+                    model_seconds += forward_s
+                if err is None:
+                    ok += 1
+                else:
+                    store.record_failure(item.id, source=item.source_text, error=err)
+                    failed += 1
+                    failed_ids.append(item.id)
                 bar.update(1)  # counted when done, so the rate and ETA are of finished volumes
-    except BaseException:
-        if world == 1:  # interrupted (Ctrl-C, an error): the table still shows what is done
-            store.write_index()
-        raise
-    finally:
-        scope.__exit__(None, None, None)
-        bar.close()
-        del loader
+        except BaseException:
+            if world == 1:  # interrupted (Ctrl-C, an error): the table still shows what is done
+                store.write_index()
+            raise
+        finally:
+            bar.close()
+            del loader
     counts = [ok, failed, skipped, len(mine), failed_before]
     if world > 1:
         import torch.distributed as dist

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
+import functools
 import sys
 import threading
 from collections.abc import Iterator
@@ -43,25 +43,21 @@ _TRIM_AFTER_BYTES = 64 * 2**20  # glibc's dynamic trim threshold for 32-MB mmap 
 
 _lock = threading.Lock()
 _depth = 0
-_libc: Any = None
-_libc_checked = False
 
 
+@functools.cache
 def _glibc() -> Any:
     """The process's glibc (``mallopt``, ``malloc_trim``), or ``None`` (other OS or C library)."""
-    global _libc, _libc_checked
-    if not _libc_checked:
-        _libc_checked = True
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(None)
-                libc.gnu_get_libc_version  # glibc only (musl has no mallopt)
-                libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-                libc.malloc_trim.argtypes = [ctypes.c_size_t]
-                _libc = libc
-            except (OSError, AttributeError):
-                _libc = None
-    return _libc
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only (musl has no mallopt)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 @contextlib.contextmanager
@@ -73,8 +69,7 @@ def reuse_freed_memory() -> Iterator[bool]:
         ``True`` when the setting is active (Linux/glibc, not switched off), else ``False``.
     """
     global _depth
-    off = switched_off() or os.environ.get(ENV_HEAP_REUSE, "").strip().lower() in ("0", "off", "false", "no")
-    libc = None if off else _glibc()
+    libc = None if switched_off() or switched_off(ENV_HEAP_REUSE) else _glibc()
     if libc is None:
         yield False
         return

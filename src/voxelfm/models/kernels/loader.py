@@ -65,9 +65,10 @@ def _load(name: str) -> str | None:
     return reason
 
 
-def switched_off() -> bool:
-    """``VOXELFM_CPU_KERNELS`` is ``0`` / ``off`` / ``false`` / ``no``: voxelfm's own CPU paths are off."""
-    return os.environ.get(ENV_SWITCH, "").strip().lower() in ("0", "off", "false", "no")
+def switched_off(name: str = ENV_SWITCH) -> bool:
+    """The environment variable ``name`` (default ``VOXELFM_CPU_KERNELS``: all of voxelfm's own CPU
+    paths) is ``0`` / ``off`` / ``false`` / ``no``."""
+    return os.environ.get(name, "").strip().lower() in ("0", "off", "false", "no")
 
 
 def _unsupported_reason(flag: str = "avx512_bf16") -> str | None:

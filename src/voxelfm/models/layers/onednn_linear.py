@@ -104,11 +104,11 @@ def inference_mlp(fc1: nn.Linear, fc2: nn.Linear, x: Tensor, *, rows: int = MLP_
     if cache is None or tokens <= rows or _fast_dtype(x, fc1) is None or _fast_dtype(x, fc2) is None:
         return inference_linear(fc2, inference_linear(fc1, x, gelu=True))
     flat = x.reshape(tokens, x.shape[-1])
-    first = inference_linear(fc2, inference_linear(fc1, flat[:rows], gelu=True))
-    out = first.new_empty(tokens, first.shape[-1])
-    out[:rows] = first
-    for start in range(rows, tokens, rows):
-        out[start:start + rows] = inference_linear(fc2, inference_linear(fc1, flat[start:start + rows], gelu=True))
+    out = None
+    for start in range(0, tokens, rows):
+        y = inference_linear(fc2, inference_linear(fc1, flat[start:start + rows], gelu=True))
+        out = y.new_empty(tokens, y.shape[-1]) if out is None else out  # dtype as the fast path gives it
+        out[start:start + rows] = y
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
